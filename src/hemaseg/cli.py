@@ -1,0 +1,135 @@
+"""The ``hemaseg`` command: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .data.formats import FORMATS
+from .data.io import DataError
+from .model import ARCHITECTURES, CheckpointError, ModelConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="hemaseg: find and outline every blood cell in smear images (Mask R-CNN).")
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Folder of images + masks (semantic or label images), or a COCO .json."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.csv, best.pt, last.pt."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Separate validation data (else a seeded split of --data)."),
+    val_fraction: float = typer.Option(0.2, help="Share of --data held out for validation when --val is not given."),
+    format: str = typer.Option("auto", help=f"Annotation format: {', '.join(FORMATS)}."),
+    epochs: int = typer.Option(20, help="Training epochs (with --resume: the new total, if larger)."),
+    batch_size: int = typer.Option(4, help="Images per optimisation step."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-4),
+    schedule: str = typer.Option("cosine", help="cosine, step or constant (after a linear warm-up)."),
+    warmup: int = typer.Option(100, help="Warm-up steps."),
+    seed: int = typer.Option(0, help="Seed of the split, the initial weights and the augmentation."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation mean IoU."),
+    arch: str = typer.Option("resnet18_fpn", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
+    scale: float = typer.Option(1.0, help="Resize factor applied to every image inside the model (1 = native pixels)."),
+    min_size: Optional[int] = typer.Option(None, help="Instead of --scale: torchvision's short-side size (the recipe used 800)."),
+    pretrained: str = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once."),
+    weights: Optional[Path] = typer.Option(None, help="Start from the weights of a hemaseg checkpoint (fine-tuning)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
+    amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
+    augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train Mask R-CNN on a folder of images and masks."""
+    from .data.transforms import AugmentConfig
+    from .train import RunExistsError, TrainConfig, train as run_train
+
+    try:
+        aug = AugmentConfig() if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
+        model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained)
+        if arch == "resnet50_fpn":
+            model = dataclasses.replace(model, fpn_channels=256)
+        cfg = TrainConfig(
+            data=str(data), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+            warmup_steps=warmup, seed=seed, patience=patience, workers=workers, device=device, amp=amp,
+            weights=str(weights) if weights else None, model=model, augment=aug,
+        )
+        result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
+    except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err)
+    best = result.best_metrics
+    score = f", validation mean IoU {best['val_mean_iou']:.4f}" if "val_mean_iou" in best else ""
+    typer.echo(f"done in {result.seconds / 60:.1f} min: best epoch {result.best_epoch}{score}\n"
+               f"model: {result.out / 'best.pt'}\nmetrics: {result.out / 'metrics.csv'}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output folder (images/, labels/, nuclei/)."),
+    n: int = typer.Option(40, "-n", "--count", help="Number of images."),
+    size: int = typer.Option(192, help="Image width and height in pixels."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate synthetic blood smears with exact instance ground truth."""
+    from .data.synthetic import SynthConfig, write_dataset
+
+    write_dataset(out, n, SynthConfig(height=size, width=size), seed=seed)
+    typer.echo(f"wrote {n} synthetic smears to {out} (images/, labels/ with class tables, nuclei/)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo data and run (replaced on each demo)."),
+    images: int = typer.Option(48, help="Synthetic images to generate."),
+    epochs: int = typer.Option(6, help="Training epochs."),
+) -> None:
+    """The built-in default job: synthesise smears, train a few minutes on the CPU, report."""
+    from .data.synthetic import SynthConfig, write_dataset
+    from .train import TrainConfig, train as run_train
+
+    t0 = time.perf_counter()
+    data = out / "data"
+    write_dataset(data, images, SynthConfig(height=160, width=160), seed=0)
+    typer.echo(f"synthesised {images} smears in {data}")
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)  # the demo's own output from an earlier demo
+    cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, batch_size=4, warmup_steps=30)
+    result = run_train(cfg, progress=sys.stderr.isatty(), log=typer.echo)
+    best = result.best_metrics
+    typer.echo(
+        f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min\n"
+        f"  best epoch {result.best_epoch}: validation mean IoU {best.get('val_mean_iou', float('nan')):.3f}, "
+        f"F1@0.5 {best.get('val_f1_50', float('nan')):.3f}\n"
+        f"  model:   {run / 'best.pt'}\n  config:  {run / 'config.json'}\n  metrics: {run / 'metrics.csv'}\n"
+        f"  data:    {data}"
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hemaseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,138 @@
+"""Model-independent segmentation metrics (after StarDist's ``matching.py``).
+
+Inputs are *instances*: a label image (``HxW`` ints, 0 background) or a mask stack (``N x H x W``,
+nonzero = inside; overlaps allowed), as NumPy arrays or tensors.
+
+* :func:`semantic_iou` / :func:`dice` - the recipe's per-image scores: the union of all predicted
+  cells against the union of all true cells. Both empty counts as a perfect 1.0.
+* :func:`match` - one-to-one matching of instances (Hungarian on IoU, pairs below ``thresh`` never
+  match) returning a :class:`Matching` record; :func:`match_dataset` pools counts over images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+def as_masks(x) -> np.ndarray:
+    """A label image ``HxW`` or stack ``NxHxW`` (array or tensor) -> ``N x H x W bool``."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 2:
+        ids = np.unique(a)
+        ids = ids[ids != 0]
+        return a[None] == ids[:, None, None]
+    if a.ndim == 3:
+        return a != 0
+    raise ValueError(f"expected a label image (H, W) or masks (N, H, W), got shape {a.shape}")
+
+
+def _union(x) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return (a != 0) if a.ndim == 2 else (a != 0).any(axis=0)
+
+
+def semantic_iou(true, pred) -> float:
+    """IoU of the union of true cells and the union of predicted cells (1.0 when both are empty).
+
+    >>> t = np.zeros((4, 4), int); t[:2] = 1; p = np.zeros((4, 4), int); p[1:3] = 5
+    >>> semantic_iou(t, p)
+    0.3333333333333333
+    """
+    t, p = _union(true), _union(pred)
+    if t.shape != p.shape:
+        raise ValueError(f"shape mismatch: truth {t.shape} vs prediction {p.shape}")
+    union = np.logical_or(t, p).sum()
+    return 1.0 if union == 0 else float(np.logical_and(t, p).sum() / union)
+
+
+def dice(true, pred) -> float:
+    """Dice (F1) of the union of true cells and the union of predicted cells (1.0 when both are empty)."""
+    t, p = _union(true), _union(pred)
+    total = t.sum() + p.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(t, p).sum() / total)
+
+
+def iou_matrix(true, pred) -> np.ndarray:
+    """``IoU[i, j]`` between true instance ``i`` and predicted instance ``j``."""
+    t, p = as_masks(true), as_masks(pred)
+    if t.shape[1:] != p.shape[1:]:
+        raise ValueError(f"shape mismatch: truth {t.shape[1:]} vs prediction {p.shape[1:]}")
+    if len(t) == 0 or len(p) == 0:
+        return np.zeros((len(t), len(p)))
+    tf = t.reshape(len(t), -1).astype(np.float32)
+    pf = p.reshape(len(p), -1).astype(np.float32)
+    inter = tf @ pf.T
+    union = tf.sum(1)[:, None] + pf.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Result of matching predicted to true instances at IoU threshold ``thresh``."""
+
+    thresh: float
+    n_true: int
+    n_pred: int
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    mean_matched_iou: float  # over true positives
+    panoptic_quality: float  # sum of matched IoU / (tp + fp/2 + fn/2)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _record(thresh: float, n_true: int, n_pred: int, tp: int, sum_iou: float) -> Matching:
+    fp, fn = n_pred - tp, n_true - tp
+    precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
+    recall = tp / n_true if n_true else (1.0 if n_pred == 0 else 0.0)
+    f1 = 2 * tp / (n_true + n_pred) if (n_true + n_pred) else 1.0
+    denom = tp + fp / 2 + fn / 2
+    return Matching(thresh, n_true, n_pred, tp, fp, fn, precision, recall, f1,
+                    sum_iou / tp if tp else 0.0, sum_iou / denom if denom else 1.0)
+
+
+def _matched(iou: np.ndarray, thresh: float) -> np.ndarray:
+    """IoUs of the optimal one-to-one matching restricted to pairs with IoU >= thresh."""
+    if iou.size == 0:
+        return np.zeros(0)
+    cost = np.where(iou >= thresh, -iou, 0.0)  # pairs below thresh can never help
+    rows, cols = linear_sum_assignment(cost)
+    vals = iou[rows, cols]
+    return vals[vals >= thresh]
+
+
+def match(true, pred, thresh: float = 0.5) -> Matching:
+    """Match instances one to one and count TP/FP/FN at IoU >= ``thresh``.
+
+    >>> t = np.zeros((6, 6), int); t[:3, :3] = 1; t[3:, 3:] = 2
+    >>> p = np.zeros((6, 6), int); p[:3, :2] = 1
+    >>> m = match(t, p, 0.5); (m.tp, m.fp, m.fn, round(m.mean_matched_iou, 3))
+    (1, 0, 1, 0.667)
+    """
+    iou = iou_matrix(true, pred)
+    vals = _matched(iou, thresh)
+    return _record(thresh, iou.shape[0], iou.shape[1], len(vals), float(vals.sum()))
+
+
+def match_dataset(pairs: Iterable[tuple[object, object]], thresh: float = 0.5) -> Matching:
+    """Pool the counts of :func:`match` over ``(true, pred)`` image pairs (micro-average)."""
+    n_true = n_pred = tp = 0
+    sum_iou = 0.0
+    for true, pred in pairs:
+        iou = iou_matrix(true, pred)
+        vals = _matched(iou, thresh)
+        n_true += iou.shape[0]
+        n_pred += iou.shape[1]
+        tp += len(vals)
+        sum_iou += float(vals.sum())
+    return _record(thresh, n_true, n_pred, tp, sum_iou)

@@ -1,0 +1,263 @@
+"""Mask R-CNN models (torchvision) by name, their frozen config, and safe checkpoint files.
+
+Architectures:
+
+* ``resnet18_fpn`` (default) - ResNet-18 with a 128-channel FPN, 128-channel box and mask heads and
+  anchors from 16 px. Blood cells are 3-25 um, i.e. 5-150 px in the images we see, and a crop holds
+  one to a few hundred of them: a light backbone at native resolution is enough, and trains from
+  random weights on a CPU (see docs/benchmarks.md).
+* ``resnet50_fpn`` - torchvision's ``maskrcnn_resnet50_fpn``, the original recipe's model.
+
+Input size: images are resized by the fixed factor ``scale`` (1.0 = native pixels), so cells keep
+their size in pixels whatever the image size; ``min_size`` restores torchvision's "short side to N
+px" rule (the recipe's 800 px) for whoever asks for it.
+
+A checkpoint (``*.pt``) is a plain dict of tensors and JSON-able values, loaded with
+``torch.load(weights_only=True)``: loading never executes code. Its ``config`` rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .data.io import atomic_write
+
+ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn")
+PRETRAINED = ("none", "imagenet", "coco")
+CHECKPOINT_FORMAT = "hemaseg-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used: names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model. Saved in every checkpoint and as ``config.json``."""
+
+    arch: str = "resnet18_fpn"
+    classes: tuple[str, ...] = ("cell",)
+    scale: float = 1.0
+    min_size: int | None = None  # torchvision's rule (short side to min_size) instead of ``scale``
+    max_size: int = 4096  # longest side after resizing
+    fpn_channels: int = 128
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    rpn_batch_size: int = 128  # anchors sampled per image for the RPN loss (torchvision: 256)
+    roi_batch_size: int = 128  # RoIs sampled per image for the heads' loss (torchvision: 512)
+    rpn_post_nms_train: int = 1000
+    rpn_post_nms_test: int = 1000
+    detections_per_image: int = 1000
+    box_score_threshold: float = 0.05
+    pretrained: str = "none"
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
+        if self.pretrained not in PRETRAINED:
+            raise ValueError(f"pretrained must be one of {PRETRAINED}, got {self.pretrained!r}")
+        if self.pretrained == "coco" and self.arch != "resnet50_fpn":
+            raise ValueError("COCO weights exist only for resnet50_fpn")
+        if not self.classes:
+            raise ValueError("a model needs at least one class")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+
+    @property
+    def num_classes(self) -> int:
+        """Including background."""
+        return len(self.classes) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+    @classmethod
+    def recipe(cls, classes: tuple[str, ...] = ("cell",)) -> "ModelConfig":
+        """The original recipe: maskrcnn_resnet50_fpn with torchvision's defaults (800 px short side)."""
+        return cls(arch="resnet50_fpn", classes=classes, min_size=800, max_size=1333, fpn_channels=256,
+                   anchor_sizes=(32, 64, 128, 256, 512), rpn_batch_size=256, roi_batch_size=512,
+                   rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100)
+
+
+class ScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with the resize replaced: multiply both sides by ``scale`` (capped so the
+    long side stays <= ``max_size``) instead of stretching the short side to ``min_size``."""
+
+    def __init__(self, scale: float, max_size: int, image_mean, image_std):
+        super().__init__(min_size=1, max_size=max_size, image_mean=image_mean, image_std=image_std)
+        self.scale = scale
+
+    def resize(self, image: torch.Tensor, target: dict[str, Any] | None = None):
+        h, w = image.shape[-2:]
+        s = min(self.scale, self.max_size / max(h, w))
+        if abs(s - 1.0) < 1e-6:
+            return image, target
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            target = dict(target)
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
+            if "masks" in target:
+                m = target["masks"]
+                target["masks"] = F.interpolate(m[:, None].float(), size=size)[:, 0].byte() if len(m) else m.new_zeros((0, *size))
+        return image, target
+
+
+def _download_error(what: str, err: Exception) -> RuntimeError:
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return RuntimeError(
+        f"could not download torchvision's {what} weights ({err.__class__.__name__}: {err}). "
+        f"Pretrained weights need internet once; this machine seems offline. Fetch them where you are online "
+        f"(they are cached in {cache}) and copy that folder here, or train with --pretrained none (the default)."
+    )
+
+
+def _load_torchvision(weights) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # URLError, socket errors, HTTP errors: all mean "not available offline"
+        raise _download_error(str(weights), err) from err
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    """Build the Mask R-CNN described by ``cfg`` (weights random, or torchvision's when asked)."""
+    anchor = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * len(cfg.anchor_sizes))
+    common = dict(
+        rpn_anchor_generator=anchor,
+        rpn_batch_size_per_image=cfg.rpn_batch_size,
+        box_batch_size_per_image=cfg.roi_batch_size,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_pre_nms_top_n_train=max(2000, cfg.rpn_post_nms_train),
+        rpn_pre_nms_top_n_test=max(1000, cfg.rpn_post_nms_test),
+        box_detections_per_img=cfg.detections_per_image,
+        box_score_thresh=cfg.box_score_threshold,
+    )
+    if cfg.arch == "resnet50_fpn":
+        if len(cfg.anchor_sizes) != 5:
+            raise ValueError("resnet50_fpn needs 5 anchor sizes (one per FPN level)")
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91 if cfg.pretrained == "coco" else cfg.num_classes,
+                                      **common)
+        if cfg.pretrained == "coco":
+            model.load_state_dict(_load_torchvision(MaskRCNN_ResNet50_FPN_Weights.COCO_V1))
+            model.roi_heads.box_predictor = FastRCNNPredictor(1024, cfg.num_classes)
+            model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, cfg.num_classes)
+        elif cfg.pretrained == "imagenet":
+            state = _load_torchvision(ResNet50_Weights.IMAGENET1K_V1)
+            body = model.backbone.body
+            missing = body.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+            assert not missing.missing_keys, missing
+    else:
+        pretrained = cfg.pretrained == "imagenet"
+        trunk = resnet18(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+        if pretrained:
+            state = _load_torchvision(ResNet18_Weights.IMAGENET1K_V1)
+            trunk.load_state_dict(state)
+            for name, p in trunk.named_parameters():  # torchvision's default: freeze the stem
+                if not name.startswith(("layer2", "layer3", "layer4")):
+                    p.requires_grad_(False)
+        c = cfg.fpn_channels
+        backbone = BackboneWithFPN(
+            trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[64, 128, 256, 512], out_channels=c, extra_blocks=LastLevelMaxPool(),
+        )
+        if len(cfg.anchor_sizes) != 5:
+            raise ValueError("resnet18_fpn needs 5 anchor sizes (one per FPN level)")
+        model = MaskRCNN(
+            backbone, num_classes=None,
+            box_head=TwoMLPHead(c * 7 * 7, 512), box_predictor=FastRCNNPredictor(512, cfg.num_classes),
+            mask_head=MaskRCNNHeads(c, [c] * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
+            **common,
+        )
+    t = model.transform
+    if cfg.min_size is not None:
+        model.transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, t.image_mean, t.image_std)
+    else:
+        model.transform = ScaleTransform(cfg.scale, cfg.max_size, t.image_mean, t.image_std)
+    return model
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: ModelConfig, **extra: Any) -> Path:
+    """Write ``{format, version, config, model, **extra}`` atomically; ``extra`` must be tensors or
+    JSON-able values (optimizer state, epoch, metrics) so that ``weights_only`` loading accepts it."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(),
+               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``; no code runs) and check its format."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such model file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refusal, truncated zip, not a torch file at all
+        raise CheckpointError(f"{p}: not a readable hemaseg checkpoint ({err.__class__.__name__}: {str(err)[:300]})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: not a hemaseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskRCNN, ModelConfig]:
+    """Rebuild a model from a checkpoint, in eval mode. The architecture comes from the file itself."""
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(dict(ckpt["config"], pretrained="none"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad model config in checkpoint ({err})") from err
+    model = build_model(cfg)
+    load_weights(model, ckpt["model"], source=str(path))
+    cfg = dataclasses.replace(cfg, pretrained=ckpt["config"].get("pretrained", "none"))
+    return model.to(device).eval(), cfg
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, allow_head_mismatch: bool = False) -> list[str]:
+    """Load ``state`` into ``model``. With ``allow_head_mismatch`` (fine-tuning to other classes),
+    tensors whose shape differs are skipped and their names returned; otherwise any mismatch is an
+    error naming ``source``."""
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if (skipped and not allow_head_mismatch) or missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit this architecture "
+            f"(shape mismatches: {skipped[:3]}, missing: {missing[:3]}, unexpected: {unexpected[:3]})"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
+    return skipped
+
+
+def write_config_json(path: str | Path, cfg: ModelConfig, **extra: Any) -> Path:
+    """``config.json`` beside the weights, for people and tools; the checkpoint carries its own copy."""
+    return atomic_write(path, lambda t: t.write_text(json.dumps({"model": cfg.to_dict(), **extra}, indent=2) + "\n"))

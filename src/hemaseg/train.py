@@ -1,0 +1,246 @@
+"""Train a model on a dataset folder: split, loop, validate, checkpoint, resume, stop early.
+
+A run folder holds ``config.json`` (model + training config), ``split.json`` (which images trained and
+which validated), ``metrics.csv`` (one row per epoch), ``last.pt`` (everything to resume) and
+``best.pt`` (the weights with the best validation mean IoU). Every file is written atomically.
+
+Each epoch seeds its own randomness from ``(seed, epoch)``, so a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.dataset import CellDataset, collate, split_refs
+from .data.formats import DatasetSource, open_dataset
+from .data.io import write_json, write_text
+from .data.transforms import AugmentConfig, build_train_transforms
+from .engine import evaluate, train_one_epoch
+from .model import ModelConfig, build_model, load_weights, read_checkpoint, save_checkpoint
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. ``model.classes`` is filled in from the data."""
+
+    data: str
+    out: str
+    val: str | None = None
+    val_fraction: float = 0.2
+    format: str = "auto"
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    seed: int = 0
+    patience: int | None = None  # stop after this many epochs without a better validation mean IoU
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, CUDA only
+    weights: str | None = None  # start from the weights of this hemaseg checkpoint
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        model = ModelConfig.from_dict(d.pop("model"))
+        aug = d.pop("augment")
+        aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        return cls(model=model, augment=aug, **d)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    stopped_early: bool
+    seconds: float
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run and ``resume`` was not asked for."""
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``i``: linear warm-up over ``warmup``
+    steps, then constant, cosine decay to 1% or a x0.1 step at 70% of ``total`` steps.
+
+    >>> f = lr_lambda("cosine", 10, 110)
+    >>> f(0), f(10), round(f(110), 3)
+    (0.1, 1.0, 0.01)
+    """
+    def f(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        if schedule == "step":
+            return 0.1 if i >= 0.7 * total else 1.0
+        t = min(1.0, (i - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    np.random.seed((seed * 1_000_003 + epoch) % 2**32)
+    return torch.Generator().manual_seed(seed * 7_919 + epoch)
+
+
+def _metrics_csv(history: list[dict[str, float]]) -> str:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[DatasetSource, list, DatasetSource | None, list]:
+    """Open the training data and the validation data (a folder, or a seeded split of the training data)."""
+    source = open_dataset(cfg.data, cfg.format)
+    if cfg.val:
+        val_source = open_dataset(cfg.val, cfg.format)
+        return source, sorted(source.refs, key=lambda r: str(r.image)), val_source, val_source.refs
+    train_refs, val_refs = split_refs(source.refs, cfg.val_fraction, cfg.seed)
+    return source, train_refs, (source if val_refs else None), val_refs
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring for the files written."""
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    state: dict[str, Any] | None = None
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in {out})")
+        state = read_checkpoint(last_path)
+        saved = TrainConfig.from_dict(state["train"])
+        # the saved run decides everything but its length and the progress display
+        cfg = dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs))
+    elif last_path.exists():
+        raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
+
+    source, train_refs, val_source, val_refs = prepare_data(cfg)
+    classes = tuple(dict.fromkeys(source.classes + (val_source.classes if val_source else ())))
+    mcfg = dataclasses.replace(cfg.model, classes=classes)
+    if state is not None and tuple(state["config"]["classes"]) != classes:
+        raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {classes}")
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    device = _device(cfg.device)
+    log(f"data: {source.root} ({source.format}), {len(train_refs)} training / {len(val_refs)} validation images, "
+        f"classes {list(classes)}; device {device}")
+
+    train_ds = CellDataset(source, train_refs, classes, build_train_transforms(cfg.augment))
+    val_loader = None
+    if val_source is not None and val_refs:
+        val_ds = CellDataset(val_source, val_refs, classes)
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate, num_workers=cfg.workers)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(dataclasses.replace(mcfg, pretrained="none") if state else mcfg)
+    if cfg.weights and state is None:
+        skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights, allow_head_mismatch=True)
+        log(f"started from {cfg.weights}" + (f" (new class heads: {len(skipped)} tensors re-initialised)" if skipped else ""))
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
+    scaler = torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
+
+    history: list[dict[str, float]] = []
+    best_epoch, best_score, start_epoch = 0, -math.inf, 1
+    if state is not None:
+        load_weights(model, state["model"], source=str(last_path))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
+        start_epoch = int(state["epoch"]) + 1
+        log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict()})
+        write_json(out / "split.json", {"train": [str(r.image) for r in train_refs], "val": [str(r.image) for r in val_refs]})
+
+    t0 = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        gen = _seed_epoch(cfg.seed, epoch)
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                            collate_fn=collate, num_workers=cfg.workers)
+        te = time.perf_counter()
+        losses = train_one_epoch(model, optimizer, loader, device, scheduler=scheduler, scaler=scaler,
+                                 progress=progress, desc=f"epoch {epoch}/{cfg.epochs}")
+        row: dict[str, float] = {"epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
+                                 "train_s": time.perf_counter() - te}
+        if val_loader is not None:
+            scores = evaluate(model, val_loader)
+            row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
+            score = scores["mean_iou"]
+        else:
+            score = -losses["loss"]
+        row["time_s"] = time.perf_counter() - t0
+        history.append(row)
+        improved = score > best_score
+        if improved:
+            best_epoch, best_score = epoch, score
+            save_checkpoint(best_path, model, mcfg, epoch=epoch, metrics=row)
+        save_checkpoint(last_path, model, mcfg, train=cfg.to_dict(), epoch=epoch, history=history,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler is not None else {},
+                        best_epoch=best_epoch, best_score=best_score)
+        write_text(out / "metrics.csv", _metrics_csv(history))
+        val_txt = (f" val mean IoU {row['val_mean_iou']:.4f} F1@0.5 {row['val_f1_50']:.3f}"
+                   if "val_mean_iou" in row else "")
+        log(f"epoch {epoch}/{cfg.epochs} loss {losses['loss']:.4f}{val_txt} "
+            f"({row['train_s']:.0f}s){' *best' if improved else ''}")
+        if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+            log(f"early stop: no better validation mean IoU for {cfg.patience} epochs")
+            stopped_early = True
+            break
+    best = history[best_epoch - 1] if history and best_epoch else {}
+    return TrainResult(out, best_epoch, best, history, stopped_early, time.perf_counter() - t0)

@@ -1,0 +1,111 @@
+import json
+import pickle
+import urllib.error
+
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights
+
+from hemaseg.model import (
+    CheckpointError, ModelConfig, build_model, load_model, load_weights, read_checkpoint, save_checkpoint,
+)
+from hemaseg.predict import PredictConfig, predict
+
+
+def test_config_json_round_trip():
+    cfg = ModelConfig(classes=("red_cell", "white_cell"), scale=1.5)
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.num_classes == 3
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="unknown architecture"):
+        ModelConfig(arch="resnet999")
+    with pytest.raises(ValueError, match="COCO weights exist only"):
+        ModelConfig(pretrained="coco")
+
+
+def test_default_model_keeps_a_crop_at_native_size_and_the_recipe_blows_it_up():
+    image = [torch.rand(3, 120, 120)]
+    compact = build_model(ModelConfig()).eval()
+    batch, _ = compact.transform(image)
+    assert tuple(batch.image_sizes[0]) == (120, 120)
+    recipe = build_model(ModelConfig.recipe()).eval()
+    batch, _ = recipe.transform(image)
+    assert tuple(batch.image_sizes[0]) == (800, 800)
+    scaled = build_model(ModelConfig(scale=2.0, max_size=200)).eval()
+    batch, _ = scaled.transform([torch.rand(3, 120, 60)])
+    assert tuple(batch.image_sizes[0]) == (200, 100)  # 2x capped by max_size on the long side
+
+
+def test_compact_default_is_much_smaller_than_the_recipe():
+    small = sum(p.numel() for p in build_model(ModelConfig()).parameters())
+    big = sum(p.numel() for p in build_model(ModelConfig.recipe()).parameters())
+    assert small < big / 2.5
+
+
+def test_heads_sized_to_classes():
+    model = build_model(ModelConfig(classes=("a", "b", "c")))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+
+
+def test_pretrained_offline_gives_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="could not download torchvision's .*IMAGENET1K_V1.*offline.*--pretrained none"):
+        build_model(ModelConfig(pretrained="imagenet"))
+
+
+def test_checkpoint_save_load_gives_identical_predictions(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(classes=("cell", "other"), box_score_threshold=0.0)
+    model = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, cfg, epoch=3)
+    loaded, cfg2 = load_model(path)
+    assert cfg2 == cfg and not loaded.training
+    images = [torch.rand(3, 64, 80), torch.rand(3, 50, 50)]
+    a = predict(model, images, PredictConfig(score_threshold=0.0))
+    b = predict(loaded, images, PredictConfig(score_threshold=0.0))
+    assert len(a[0]["scores"]) > 0
+    for x, y in zip(a, b):
+        for key in ("boxes", "labels", "scores", "masks"):
+            assert torch.equal(x[key], y[key]), key
+    assert read_checkpoint(path)["epoch"] == 3
+
+
+def test_bad_model_files_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_model(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+        load_model(junk)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a hemaseg checkpoint"):
+        load_model(tmp_path / "other.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/hemaseg-pwned", "w"))
+
+
+def test_loading_never_executes_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil()}, path, pickle_protocol=2)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        read_checkpoint(path)
+    import os
+    assert not os.path.exists("/tmp/hemaseg-pwned")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    cfg = ModelConfig()
+    model = build_model(cfg)
+    other = build_model(ModelConfig(classes=("a", "b"))).state_dict()
+    with pytest.raises(CheckpointError, match="src.pt: weights do not fit.*shape mismatches"):
+        load_weights(model, other, source="src.pt")
+    skipped = load_weights(model, other, source="src.pt", allow_head_mismatch=True)
+    assert skipped and all("predictor" in k for k in skipped)

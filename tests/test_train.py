@@ -1,0 +1,90 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from hemaseg.data.synthetic import SynthConfig, write_dataset
+from hemaseg.model import load_model, read_checkpoint
+from hemaseg.train import RunExistsError, TrainConfig, lr_lambda, train
+
+from conftest import save_png
+
+
+@pytest.fixture(scope="module")
+def smears(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("smears"), 10, SynthConfig(height=112, width=112), seed=5)
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), epochs=2, batch_size=2, warmup_steps=3, val_fraction=0.2, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_short_training_run_loss_falls_and_writes_the_run(smears, tmp_path):
+    result = train(_cfg(smears, tmp_path / "run", epochs=5, lr=1e-3), progress=False, log=lambda s: None)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 5
+    assert losses[-1] < 0.75 * losses[0], losses
+    for name in ("config.json", "split.json", "metrics.csv", "best.pt", "last.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert 0 <= float(rows[-1]["val_mean_iou"]) <= 1 and "val_f1_50" in rows[-1]
+    model, cfg = load_model(tmp_path / "run" / "best.pt")
+    assert set(cfg.classes) == {"red_cell", "white_cell", "platelet"}
+    assert read_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after_epoch_1(line):
+    if line.startswith("epoch 1/"):  # logged after epoch 1's checkpoints are written
+        raise Interrupted
+
+
+def test_resume_continues_exactly_where_it_stopped(smears, tmp_path):
+    quiet = dict(progress=False, log=lambda s: None)
+    straight = train(_cfg(smears, tmp_path / "a"), **quiet)
+    with pytest.raises(Interrupted):
+        train(_cfg(smears, tmp_path / "b"), progress=False, log=_stop_after_epoch_1)
+    resumed = train(_cfg(smears, tmp_path / "b", epochs=2), resume=True, **quiet)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"], rel=1e-4)
+    wa = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    wb = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_existing_run_is_not_overwritten(smears, tmp_path):
+    train(_cfg(smears, tmp_path / "r", epochs=1), progress=False, log=lambda s: None)
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(_cfg(smears, tmp_path / "r", epochs=1), progress=False, log=lambda s: None)
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(_cfg(smears, tmp_path / "new", epochs=1), resume=True, progress=False, log=lambda s: None)
+
+
+def test_images_without_cells_train(tmp_path):
+    for i in range(4):
+        save_png(tmp_path / "d" / f"{i}.bmp", np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+        mask = np.zeros((48, 48), np.uint8)
+        if i % 2:
+            mask[10:30, 10:30] = 128
+        save_png(tmp_path / "d" / f"{i}.png", mask)
+    result = train(_cfg(tmp_path / "d", tmp_path / "run", epochs=1, val_fraction=0), progress=False, log=lambda s: None)
+    assert np.isfinite(result.history[0]["loss"])
+    assert "val_mean_iou" not in result.history[0]  # no validation data: best = lowest loss
+
+
+def test_lr_schedules():
+    assert lr_lambda("constant", 0, 10)(5) == 1.0
+    step = lr_lambda("step", 0, 10)
+    assert step(6) == 1.0 and step(7) == 0.1
+    cos = lr_lambda("cosine", 0, 100)
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.505) and cos(100) == pytest.approx(0.01)
