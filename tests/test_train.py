@@ -88,3 +88,10 @@ def test_lr_schedules():
     assert step(6) == 1.0 and step(7) == 0.1
     cos = lr_lambda("cosine", 0, 100)
     assert cos(0) == 1.0 and cos(50) == pytest.approx(0.505) and cos(100) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_default_training_on_zheng_dataset1_reaches_090(zheng, tmp_path):
+    """The acceptance figure of docs/benchmarks.md (about 20 min on 2 cores): default settings."""
+    result = train(TrainConfig(data=str(zheng / "dataset1"), out=str(tmp_path / "run")), progress=False)
+    assert result.best_metrics["val_mean_iou"] >= 0.90

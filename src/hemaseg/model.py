@@ -19,8 +19,7 @@ A checkpoint (``*.pt``) is a plain dict of tensors and JSON-able values, loaded 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -98,7 +97,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def recipe(cls, classes: tuple[str, ...] = ("cell",)) -> "ModelConfig":
+    def recipe(cls, classes: tuple[str, ...] = ("cell",)) -> ModelConfig:
         """The original recipe: maskrcnn_resnet50_fpn with torchvision's defaults (800 px short side)."""
         return cls(arch="resnet50_fpn", classes=classes, min_size=800, max_size=1333, fpn_channels=256,
                    anchor_sizes=(32, 64, 128, 256, 512), rpn_batch_size=256, roi_batch_size=512,
@@ -256,8 +255,3 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
     return skipped
-
-
-def write_config_json(path: str | Path, cfg: ModelConfig, **extra: Any) -> Path:
-    """``config.json`` beside the weights, for people and tools; the checkpoint carries its own copy."""
-    return atomic_write(path, lambda t: t.write_text(json.dumps({"model": cfg.to_dict(), **extra}, indent=2) + "\n"))
