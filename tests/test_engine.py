@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ class Oracle(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(()))
         self.answers = answers
+        self.roi_heads = SimpleNamespace(score_thresh=0.05)  # what predict() adjusts on a Mask R-CNN
 
     def forward(self, images, targets=None):
         if self.training:

@@ -95,7 +95,7 @@ def synth(
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo data and run (replaced on each demo)."),
     images: int = typer.Option(48, help="Synthetic images to generate."),
-    epochs: int = typer.Option(6, help="Training epochs."),
+    epochs: int = typer.Option(12, help="Training epochs."),
 ) -> None:
     """The built-in default job: synthesise smears, train a few minutes on the CPU, report."""
     from .data.synthetic import SynthConfig, write_dataset
