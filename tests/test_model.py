@@ -108,3 +108,29 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         load_weights(model, other, source="src.pt")
     skipped = load_weights(model, other, source="src.pt", allow_head_mismatch=True)
     assert skipped and all("predictor" in k for k in skipped)
+
+
+def test_resnet50_fpn_has_torchvisions_structure_so_coco_weights_fit(monkeypatch, tmp_path):
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    torch.manual_seed(1)
+    coco_cfg = ModelConfig(arch="resnet50_fpn", classes=tuple(f"c{i}" for i in range(90)), pretrained="coco")
+    fake_coco = build_model(coco_cfg, download=False).state_dict()  # stands in for the download
+    shapes = {k: tuple(v.shape) for k, v in reference.items() if not k.endswith("num_batches_tracked")}
+    assert shapes == {k: tuple(v.shape) for k, v in fake_coco.items()}
+
+    monkeypatch.setattr(MaskRCNN_ResNet50_FPN_Weights, "get_state_dict", lambda *a, **k: fake_coco)
+    cfg = ModelConfig(arch="resnet50_fpn", classes=("cell",), pretrained="coco")
+    torch.manual_seed(2)
+    model = build_model(cfg)
+    state = model.state_dict()
+    key = "backbone.body.layer3.0.conv1.weight"
+    assert torch.equal(state[key], fake_coco[key])
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape == (2, 1024)  # new head for 1 class + bg
+    assert not model.backbone.body.conv1.weight.requires_grad  # stem frozen, as torchvision does
+    # a checkpoint of a pretrained model loads without any download
+    monkeypatch.setattr(MaskRCNN_ResNet50_FPN_Weights, "get_state_dict", lambda *a, **k: 1 / 0)
+    loaded, cfg2 = load_model(save_checkpoint(tmp_path / "p.pt", model, cfg))
+    assert cfg2.pretrained == "coco"
+    assert torch.equal(loaded.state_dict()[key], fake_coco[key])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import sys
@@ -60,8 +59,6 @@ def train(
     try:
         aug = AugmentConfig() if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained)
-        if arch == "resnet50_fpn":
-            model = dataclasses.replace(model, fpn_channels=256)
         cfg = TrainConfig(
             data=str(data), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,

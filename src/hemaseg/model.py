@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18
-from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -57,7 +57,7 @@ class ModelConfig:
     scale: float = 1.0
     min_size: int | None = None  # torchvision's rule (short side to min_size) instead of ``scale``
     max_size: int = 4096  # longest side after resizing
-    fpn_channels: int = 128
+    fpn_channels: int | None = None  # FPN and head width; None: 128 for resnet18_fpn, 256 (fixed) for resnet50_fpn
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     rpn_batch_size: int = 128  # anchors sampled per image for the RPN loss (torchvision: 256)
     roi_batch_size: int = 128  # RoIs sampled per image for the heads' loss (torchvision: 512)
@@ -76,8 +76,15 @@ class ModelConfig:
             raise ValueError("COCO weights exist only for resnet50_fpn")
         if not self.classes:
             raise ValueError("a model needs at least one class")
+        if self.arch == "resnet50_fpn" and self.fpn_channels not in (None, 256):
+            raise ValueError("resnet50_fpn has torchvision's fixed FPN width of 256 channels")
         if not self.scale > 0:
             raise ValueError(f"scale must be > 0, got {self.scale}")
+
+    @property
+    def channels(self) -> int:
+        """FPN and head width."""
+        return self.fpn_channels or (256 if self.arch == "resnet50_fpn" else 128)
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +106,7 @@ class ModelConfig:
     @classmethod
     def recipe(cls, classes: tuple[str, ...] = ("cell",)) -> ModelConfig:
         """The original recipe: maskrcnn_resnet50_fpn with torchvision's defaults (800 px short side)."""
-        return cls(arch="resnet50_fpn", classes=classes, min_size=800, max_size=1333, fpn_channels=256,
+        return cls(arch="resnet50_fpn", classes=classes, min_size=800, max_size=1333,
                    anchor_sizes=(32, 64, 128, 256, 512), rpn_batch_size=256, roi_batch_size=512,
                    rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100)
 
@@ -144,11 +151,41 @@ def _load_torchvision(weights) -> dict[str, torch.Tensor]:
         raise _download_error(str(weights), err) from err
 
 
-def build_model(cfg: ModelConfig) -> MaskRCNN:
-    """Build the Mask R-CNN described by ``cfg`` (weights random, or torchvision's when asked)."""
-    anchor = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * len(cfg.anchor_sizes))
-    common = dict(
-        rpn_anchor_generator=anchor,
+# trunk, its FPN input channels, box-head width per architecture
+_TRUNKS = {"resnet18_fpn": (resnet18, [64, 128, 256, 512], 512, ResNet18_Weights.IMAGENET1K_V1),
+           "resnet50_fpn": (resnet50, [256, 512, 1024, 2048], 1024, ResNet50_Weights.IMAGENET1K_V1)}
+
+
+def build_model(cfg: ModelConfig, *, download: bool = True) -> MaskRCNN:
+    """Build the Mask R-CNN described by ``cfg``: random weights, or torchvision's when ``cfg.pretrained``
+    asks and ``download`` is true. ``download=False`` builds the same structure (frozen BatchNorm for
+    pretrained models) without fetching anything: for loading a checkpoint, which brings its own weights.
+
+    ``resnet50_fpn`` has exactly the structure of torchvision's ``maskrcnn_resnet50_fpn``, so its COCO
+    weights load into it; only the class-specific predictors start anew.
+    """
+    if len(cfg.anchor_sizes) != 5:
+        raise ValueError(f"{cfg.arch} needs 5 anchor sizes (one per FPN level), got {cfg.anchor_sizes}")
+    pretrained = cfg.pretrained != "none"
+    make_trunk, in_channels, box_width, imagenet = _TRUNKS[cfg.arch]
+    # pretrained: torchvision's recipe (frozen BatchNorm, stem and layer1 frozen); from scratch: BatchNorm learns
+    trunk = make_trunk(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+    if cfg.pretrained == "imagenet" and download:
+        trunk.load_state_dict(_load_torchvision(imagenet))
+    if pretrained:
+        for name, p in trunk.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+    c = cfg.channels
+    backbone = BackboneWithFPN(
+        trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=in_channels, out_channels=c, extra_blocks=LastLevelMaxPool(),
+    )
+    model = MaskRCNN(
+        backbone, num_classes=None,
+        box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),
+        mask_head=MaskRCNNHeads(c, [c] * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
+        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5),
         rpn_batch_size_per_image=cfg.rpn_batch_size,
         box_batch_size_per_image=cfg.roi_batch_size,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
@@ -158,42 +195,9 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         box_detections_per_img=cfg.detections_per_image,
         box_score_thresh=cfg.box_score_threshold,
     )
-    if cfg.arch == "resnet50_fpn":
-        if len(cfg.anchor_sizes) != 5:
-            raise ValueError("resnet50_fpn needs 5 anchor sizes (one per FPN level)")
-        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91 if cfg.pretrained == "coco" else cfg.num_classes,
-                                      **common)
-        if cfg.pretrained == "coco":
-            model.load_state_dict(_load_torchvision(MaskRCNN_ResNet50_FPN_Weights.COCO_V1))
-            model.roi_heads.box_predictor = FastRCNNPredictor(1024, cfg.num_classes)
-            model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, cfg.num_classes)
-        elif cfg.pretrained == "imagenet":
-            state = _load_torchvision(ResNet50_Weights.IMAGENET1K_V1)
-            body = model.backbone.body
-            missing = body.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
-            assert not missing.missing_keys, missing
-    else:
-        pretrained = cfg.pretrained == "imagenet"
-        trunk = resnet18(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
-        if pretrained:
-            state = _load_torchvision(ResNet18_Weights.IMAGENET1K_V1)
-            trunk.load_state_dict(state)
-            for name, p in trunk.named_parameters():  # torchvision's default: freeze the stem
-                if not name.startswith(("layer2", "layer3", "layer4")):
-                    p.requires_grad_(False)
-        c = cfg.fpn_channels
-        backbone = BackboneWithFPN(
-            trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-            in_channels_list=[64, 128, 256, 512], out_channels=c, extra_blocks=LastLevelMaxPool(),
-        )
-        if len(cfg.anchor_sizes) != 5:
-            raise ValueError("resnet18_fpn needs 5 anchor sizes (one per FPN level)")
-        model = MaskRCNN(
-            backbone, num_classes=None,
-            box_head=TwoMLPHead(c * 7 * 7, 512), box_predictor=FastRCNNPredictor(512, cfg.num_classes),
-            mask_head=MaskRCNNHeads(c, [c] * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
-            **common,
-        )
+    if cfg.pretrained == "coco" and download:
+        load_weights(model, _load_torchvision(MaskRCNN_ResNet50_FPN_Weights.COCO_V1), "torchvision COCO weights",
+                     allow_head_mismatch=True)
     t = model.transform
     if cfg.min_size is not None:
         model.transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, t.image_mean, t.image_std)
@@ -231,12 +235,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ma
     """Rebuild a model from a checkpoint, in eval mode. The architecture comes from the file itself."""
     ckpt = read_checkpoint(path)
     try:
-        cfg = ModelConfig.from_dict(dict(ckpt["config"], pretrained="none"))
+        cfg = ModelConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: bad model config in checkpoint ({err})") from err
-    model = build_model(cfg)
+    model = build_model(cfg, download=False)
     load_weights(model, ckpt["model"], source=str(path))
-    cfg = dataclasses.replace(cfg, pretrained=ckpt["config"].get("pretrained", "none"))
     return model.to(device).eval(), cfg
 
 

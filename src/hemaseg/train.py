@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate, num_workers=cfg.workers)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(dataclasses.replace(mcfg, pretrained="none") if state else mcfg)
+    model = build_model(mcfg, download=state is None)  # a resumed run brings its own weights
     if cfg.weights and state is None:
         skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights, allow_head_mismatch=True)
         log(f"started from {cfg.weights}" + (f" (new class heads: {len(skipped)} tensors re-initialised)" if skipped else ""))
