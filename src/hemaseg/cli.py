@@ -13,7 +13,7 @@ import typer
 
 from . import __version__
 from .data.formats import FORMATS
-from .data.io import DataError
+from .data.io import DataError, write_text
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -72,6 +72,137 @@ def train(
     score = f", validation mean IoU {best['val_mean_iou']:.4f}" if "val_mean_iou" in best else ""
     typer.echo(f"done in {result.seconds / 60:.1f} min: best epoch {result.best_epoch}{score}\n"
                f"model: {result.out / 'best.pt'}\nmetrics: {result.out / 'metrics.csv'}")
+
+
+def _method(method: str, model: Optional[Path], cfg):
+    from .predict import ClassicalMethod, MaskRCNNMethod
+
+    if method == "maskrcnn":
+        if model is None:
+            raise ValueError("--model is needed for --method maskrcnn (a best.pt from `hemaseg train`)")
+        return MaskRCNNMethod.from_checkpoint(model, cfg)
+    return ClassicalMethod(method)
+
+
+@app.command()
+def segment(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt)."),
+    method: str = typer.Option("maskrcnn", help="maskrcnn, or a classical baseline: otsu, edges."),
+    score_threshold: float = typer.Option(0.5, help="Minimum detection score."),
+    min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
+    drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
+    pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
+    from .data.formats import list_images
+    from .predict import SegmentConfig
+    from .segment import segment_files
+
+    try:
+        cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border, pixel_size=pixel_size)
+        files = list_images(inputs)
+        if not files:
+            raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+        summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo)
+    except (DataError, CheckpointError, ValueError) as err:
+        _fail(err)
+    n_ok = sum(r["status"] == "ok" for r in summary.rows)
+    typer.echo(f"segmented {n_ok}/{len(summary.rows)} images, {sum(r['cells'] for r in summary.rows)} cells -> {out}"
+               f" (summary.csv, predictions_coco.json)")
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} image(s) failed, listed in {out / 'summary.csv'}", err=True)
+        raise typer.Exit(code=1)
+
+
+def _eval_refs(data: Path, format: str, split: Optional[Path], subset: str):
+    from .data.dataset import select_refs
+    from .data.formats import open_dataset
+
+    source = open_dataset(data, format)
+    refs = select_refs(source.refs, source.root, split, subset) if split else source.refs
+    return source, refs
+
+
+def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path], title: str, progress: bool):
+    import csv as _csv
+
+    from .evaluation import evaluate_method, write_evaluation
+    from .report import compare_rows, evaluation_sections, html_page, markdown_table
+    from .segment import csv_text
+    from .viz import training_curves_png
+
+    evals, figures = [], {}
+    for m in methods:
+        ev = evaluate_method(m, source, refs, cfg, progress=progress)
+        sub = out if len(methods) == 1 else out / m.name
+        for key, path in write_evaluation(ev, sub).items():
+            if key.startswith("figure_"):
+                figures[f"{m.name}: {path.stem}"] = path.read_bytes()
+        evals.append(ev)
+    rows = compare_rows(evals)
+    table = markdown_table(rows)
+    write_text(out / "compare.md", table)
+    write_text(out / "compare.csv", csv_text(rows, list(rows[0])))
+    curves = None
+    if run is not None and (run / "metrics.csv").is_file():
+        with open(run / "metrics.csv", encoding="utf-8") as fh:
+            curves = training_curves_png(list(_csv.DictReader(fh)))
+    write_text(out / "report.html", html_page(title, evaluation_sections(evals, figures, curves)))
+    return table
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: per_image.csv, summary.json, figures/, report.html."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn)."),
+    method: str = typer.Option("maskrcnn", help="maskrcnn, otsu or edges."),
+    split: Optional[Path] = typer.Option(None, help="A run's split.json: evaluate only its --subset images."),
+    subset: str = typer.Option("val", help="Which list of --split: val (held out) or train."),
+    run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
+    format: str = typer.Option("auto", help=f"Annotation format: {', '.join(FORMATS)}."),
+    score_threshold: float = typer.Option(0.5, help="Minimum detection score."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
+    from .predict import SegmentConfig
+
+    try:
+        cfg = SegmentConfig(score_threshold=score_threshold)
+        source, refs = _eval_refs(data, format, split, subset)
+        table = _run_evaluations([_method(method, model, cfg)], source, refs, out, cfg, run,
+                                 f"Evaluation of {method} on {data}", progress)
+    except (DataError, CheckpointError, ValueError) as err:
+        _fail(err)
+    typer.echo(table + f"\nwritten to {out} (report.html, summary.json, per_image.csv, figures/)")
+
+
+@app.command()
+def compare(
+    data: Path = typer.Option(..., "--data", help="Images with ground truth."),
+    out: Path = typer.Option(..., "--out", help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn)."),
+    methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods."),
+    split: Optional[Path] = typer.Option(None, help="A run's split.json: compare on its --subset images only."),
+    subset: str = typer.Option("val"),
+    run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
+    format: str = typer.Option("auto"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
+    from .predict import SegmentConfig
+
+    try:
+        cfg = SegmentConfig()
+        source, refs = _eval_refs(data, format, split, subset)
+        chosen = [_method(m.strip(), model, cfg) for m in methods.split(",") if m.strip()]
+        table = _run_evaluations(chosen, source, refs, out, cfg, run, f"Comparison on {data}", progress)
+    except (DataError, CheckpointError, ValueError) as err:
+        _fail(err)
+    typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
 
 
 @app.command()

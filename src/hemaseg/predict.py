@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .data.contract import masks_to_boxes
+
 
 @dataclass(frozen=True)
 class PredictConfig:
@@ -41,3 +43,80 @@ def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = P
         results.append({"boxes": out["boxes"][keep].cpu(), "labels": out["labels"][keep].cpu(),
                         "scores": out["scores"][keep].cpu(), "masks": masks.cpu()})
     return results
+
+
+# ------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How raw instances become reported cells, and what is written."""
+
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_area: int = 0  # px: smaller cells are dropped
+    drop_border: bool = False  # drop cells touching the image border
+    pixel_size: float | None = None  # um per pixel: adds um columns
+
+
+class Method:
+    """A segmentation method: contract image in, ``dict(masks, labels, scores)`` out (CPU tensors).
+    ``classes[i]`` names label ``i + 1``."""
+
+    name: str = "method"
+    classes: tuple[str, ...] = ("cell",)
+
+    def __call__(self, image: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+
+class MaskRCNNMethod(Method):
+    """A trained hemaseg model."""
+
+    def __init__(self, model: nn.Module, classes: tuple[str, ...], cfg: SegmentConfig = SegmentConfig(), name: str = "maskrcnn"):
+        self.model, self.classes, self.name = model.eval(), tuple(classes), name
+        self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold)
+
+    @classmethod
+    def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> "MaskRCNNMethod":
+        from .model import load_model
+
+        model, mcfg = load_model(path, device)
+        return cls(model, mcfg.classes, cfg)
+
+    def __call__(self, image: torch.Tensor) -> dict:
+        return predict(self.model, [image], self.predict_cfg)[0]
+
+
+class ClassicalMethod(Method):
+    """A scikit-image baseline of :mod:`hemaseg.baselines`; every cell has score 1."""
+
+    def __init__(self, name: str):
+        from .baselines import METHODS
+
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from maskrcnn, {', '.join(METHODS)}")
+        self.name = name
+
+    def __call__(self, image: torch.Tensor) -> dict:
+        from .baselines import segment_classical
+
+        masks = torch.from_numpy(segment_classical(image, self.name))
+        n = len(masks)
+        return {"masks": masks, "labels": torch.ones(n, dtype=torch.int64), "scores": torch.ones(n),
+                "boxes": masks_to_boxes(masks)}
+
+
+def filter_cells(result: dict, cfg: SegmentConfig) -> dict:
+    """Drop cells under ``cfg.min_area`` px or (``drop_border``) touching the border; sort by score."""
+    masks = result["masks"].bool()
+    keep = torch.ones(len(masks), dtype=torch.bool)
+    if len(masks):
+        if cfg.min_area:
+            keep &= masks.flatten(1).sum(1) >= cfg.min_area
+        if cfg.drop_border:
+            border = masks[:, 0].any(1) | masks[:, -1].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
+            keep &= ~border
+        keep &= masks.flatten(1).any(1)
+    order = torch.argsort(result["scores"][keep], descending=True, stable=True)
+    out = {k: v[keep][order] for k, v in result.items() if k in ("masks", "labels", "scores")}
+    out["boxes"] = masks_to_boxes(out["masks"])
+    return out

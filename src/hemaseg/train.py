@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.dataset import CellDataset, collate, split_refs
+from .data.dataset import CellDataset, collate, ref_key, split_refs
 from .data.formats import DatasetSource, open_dataset
 from .data.io import write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
@@ -204,7 +204,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict()})
-        write_json(out / "split.json", {"train": [str(r.image) for r in train_refs], "val": [str(r.image) for r in val_refs]})
+        write_json(out / "split.json", {"root": str(source.root.resolve()),
+                                        "train": [ref_key(r, source.root) for r in train_refs],
+                                        "val": [ref_key(r, val_source.root if val_source else source.root) for r in val_refs]})
 
     t0 = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stopped_early = False

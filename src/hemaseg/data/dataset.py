@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -62,3 +64,31 @@ def split_refs(refs: list[SampleRef], val_fraction: float, seed: int) -> tuple[l
 def collate(batch):
     """Detection batches are lists: ``(images, targets)`` of equal length."""
     return tuple(zip(*batch))
+
+
+def ref_key(ref: SampleRef, root: Path) -> str:
+    """How ``split.json`` names a sample: its image path relative to the dataset root (portable)."""
+    try:
+        return ref.image.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(ref.image.resolve())
+
+
+def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subset: str = "val") -> list[SampleRef]:
+    """The samples of ``refs`` listed under ``subset`` (``train``/``val``) in a run's ``split.json``.
+
+    Entries match by path relative to ``root`` or by resolved path; an entry matching nothing is an error.
+    """
+    data = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    if subset not in data:
+        raise ValueError(f"{split_file}: no '{subset}' list (has {sorted(k for k in data if k != 'root')})")
+    wanted = list(data[subset])
+    by_key = {ref_key(r, root): r for r in refs}
+    by_path = {str(r.image.resolve()): r for r in refs}
+    chosen, missing = [], []
+    for entry in wanted:
+        r = by_key.get(entry) or by_path.get(str(Path(entry).resolve()))
+        (chosen.append(r) if r is not None else missing.append(entry))
+    if missing:
+        raise ValueError(f"{split_file}: {len(missing)} '{subset}' image(s) not in {root}: {missing[:5]}")
+    return chosen

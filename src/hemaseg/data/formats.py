@@ -370,3 +370,22 @@ def _coco_target(coco, ref: SampleRef, classes: tuple[str, ...], h: int, w: int)
     if not masks:
         return empty_target(h, w)
     return make_target(np.stack(masks), labels)
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Image files named by ``inputs`` (files, or folders searched non-recursively), in order, without
+    duplicates. In a folder, files that look like masks are skipped: ``NAME_mask(s)/_label(s).*`` and a
+    ``NAME.png`` beside an image ``NAME.bmp|jpg|tif`` (Zheng's layout)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(q for q in p.iterdir() if _is_image(q))
+            stems_non_png = {q.stem for q in files if q.suffix.lower() != ".png"}
+            found += [q for q in files if _strip_mask_suffix(q.stem) == q.stem
+                      and not (q.suffix.lower() == ".png" and q.stem in stems_non_png)]
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return list(dict.fromkeys(found))

@@ -1,0 +1,77 @@
+"""Per-cell measurements from instance masks (scikit-image ``regionprops``).
+
+Lengths use the Crofton perimeter (within 0.5% of ``2 pi r`` for digital disks of radius >= 10 px; the
+default 4-connected estimate overshoots by 3-4%). With ``pixel_size`` (um per pixel) areas and lengths
+are also given in um.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from skimage.measure import regionprops
+
+COLUMNS = ("id", "class", "score", "area_px", "perimeter_px", "equivalent_diameter_px", "circularity",
+           "eccentricity", "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+UM_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
+NUCLEUS_COLUMNS = ("nucleus_area_px", "cytoplasm_area_px", "nc_ratio")
+
+
+def measure_cells(
+    masks: np.ndarray,
+    classes: Sequence[str],
+    scores: Sequence[float] | None = None,
+    nuclei: np.ndarray | None = None,
+    pixel_size: float | None = None,
+) -> list[dict]:
+    """One row per cell of ``masks`` (``N x H x W``, nonzero inside). Cell ``i`` gets id ``i + 1``.
+
+    ``nuclei`` (``N x H x W``) adds nucleus and cytoplasm areas and the nucleus/cytoplasm ratio for cells
+    that have a nucleus. Coordinates are pixels, ``bbox`` XYXY with exclusive ``x2, y2``.
+
+    >>> m = np.zeros((1, 20, 20), np.uint8); m[0, 5:15, 2:12] = 1
+    >>> row = measure_cells(m, ["cell"], pixel_size=0.5)[0]
+    >>> row["area_px"], row["area_um2"], (row["bbox_x1"], row["bbox_y2"]), (row["centroid_x"], row["centroid_y"])
+    (100, 25.0, (2, 15), (6.5, 9.5))
+    """
+    m = np.asarray(masks) != 0
+    if m.ndim != 3:
+        raise ValueError(f"masks must be N x H x W, got shape {m.shape}")
+    if len(classes) != len(m) or (scores is not None and len(scores) != len(m)):
+        raise ValueError(f"{len(m)} masks but {len(classes)} classes / {None if scores is None else len(scores)} scores")
+    rows = []
+    for i in range(len(m)):
+        ys, xs = np.nonzero(m[i])
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crop = np.pad(m[i, y0:y1, x0:x1], 1).astype(np.uint8)  # padding: the perimeter sees the border
+        p = regionprops(crop)[0]
+        area = int(p.area)
+        perim = float(p.perimeter_crofton)
+        row = {
+            "id": i + 1, "class": classes[i], "score": None if scores is None else round(float(scores[i]), 4),
+            "area_px": area, "perimeter_px": round(perim, 3),
+            "equivalent_diameter_px": round(float(p.equivalent_diameter_area), 3),
+            "circularity": round(min(1.0, 4 * math.pi * area / perim**2), 4) if perim > 0 else 0.0,
+            "eccentricity": round(float(p.eccentricity), 4),
+            "centroid_x": round(float(xs.mean()), 3), "centroid_y": round(float(ys.mean()), 3),
+            "bbox_x1": int(x0), "bbox_y1": int(y0), "bbox_x2": int(x1), "bbox_y2": int(y1),
+        }
+        if pixel_size:
+            row.update({"area_um2": round(area * pixel_size**2, 4), "perimeter_um": round(perim * pixel_size, 4),
+                        "equivalent_diameter_um": round(float(p.equivalent_diameter_area) * pixel_size, 4)})
+        if nuclei is not None:
+            nuc = int((np.asarray(nuclei[i]) != 0)[m[i]].sum())
+            cyto = area - nuc
+            row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": cyto,
+                        "nc_ratio": round(nuc / cyto, 4) if nuc and cyto else None})
+        rows.append(row)
+    return rows
+
+
+def columns(pixel_size: float | None, nuclei: bool) -> list[str]:
+    """The per-cell CSV header for these options."""
+    return list(COLUMNS) + (list(UM_COLUMNS) if pixel_size else []) + (list(NUCLEUS_COLUMNS) if nuclei else [])

@@ -1,0 +1,94 @@
+"""Pictures: overlays of cell outlines, side-by-side figures, training curves (PNG bytes or arrays)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from skimage.segmentation import find_boundaries
+
+from .data.contract import masks_to_labels
+
+PALETTE = np.array([(255, 215, 0), (0, 200, 255), (255, 64, 129), (118, 255, 3), (255, 145, 0),
+                    (170, 0, 255), (0, 230, 118), (255, 255, 255)], np.uint8)
+
+
+def class_colour(class_index: int) -> tuple[int, int, int]:
+    """Colour of class ``class_index`` (1-based) in overlays."""
+    return tuple(int(c) for c in PALETTE[(class_index - 1) % len(PALETTE)])
+
+
+def overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[int] | None = None,
+            scores: Sequence[float] | None = None, text: bool = True) -> np.ndarray:
+    """``HWC uint8`` image with each cell's outline in its class colour, and its id (and score).
+
+    ``masks`` is ``N x H x W``; overlapping cells are drawn in score order (the best on top).
+    """
+    out = np.array(image, dtype=np.uint8, copy=True)
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    n = len(masks)
+    if n == 0:
+        return out
+    labels = list(labels) if labels is not None else [1] * n
+    lab = masks_to_labels(np.asarray(masks), scores)
+    edges = find_boundaries(lab, mode="inner")
+    colours = np.array([class_colour(int(c)) for c in labels], np.uint8)
+    out[edges] = colours[lab[edges].astype(np.int64) - 1]
+    if text:
+        pil = Image.fromarray(out)
+        draw = ImageDraw.Draw(pil)
+        for i in range(n):
+            ys, xs = np.nonzero(lab == i + 1)
+            if len(ys) == 0:
+                continue
+            caption = f"{i + 1}" + (f" {float(scores[i]):.2f}" if scores is not None else "")
+            draw.text((float(xs.mean()) - 4, float(ys.mean()) - 5), caption, fill=tuple(int(c) for c in colours[i]))
+        out = np.asarray(pil)
+    return out
+
+
+def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str], gap: int = 4) -> np.ndarray:
+    """Panels of equal height (``HWC uint8``) in a row with a title strip above each."""
+    h = max(p.shape[0] for p in panels)
+    strip = 14
+    cols = []
+    for p, t in zip(panels, titles):
+        canvas = np.full((h + strip, p.shape[1], 3), 255, np.uint8)
+        canvas[strip:strip + p.shape[0]] = p
+        pil = Image.fromarray(canvas)
+        ImageDraw.Draw(pil).text((2, 1), t, fill=(0, 0, 0))
+        cols.append(np.asarray(pil))
+        cols.append(np.full((h + strip, gap, 3), 255, np.uint8))
+    return np.concatenate(cols[:-1], axis=1)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def training_curves_png(history: list[dict]) -> bytes:
+    """Loss and validation scores per epoch from a run's ``metrics.csv`` rows, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(float(r["epoch"])) for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    a.plot(epochs, [float(r["loss"]) for r in history], marker="o")
+    a.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    for key, name in (("val_mean_iou", "mean IoU"), ("val_mean_dice", "Dice"), ("val_f1_50", "F1@0.5")):
+        if history and key in history[0]:
+            b.plot(epochs, [float(r[key]) for r in history], marker="o", label=name)
+    b.set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
