@@ -38,3 +38,29 @@ def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):
 def test_version():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith("hemaseg ")
+
+
+def test_segment_evaluate_compare_from_the_command_line(tmp_path):
+    from hemaseg.data.synthetic import SynthConfig, write_dataset
+    from hemaseg.model import ModelConfig, build_model, save_checkpoint
+
+    data = write_dataset(tmp_path / "d", 2, SynthConfig(height=64, width=64), seed=3)
+    cfg = ModelConfig(classes=("platelet", "red_cell", "white_cell"))
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
+    r = runner.invoke(app, ["segment", str(data / "images"), "--model", str(ckpt), "--out", str(tmp_path / "seg"),
+                            "--no-progress", "--score-threshold", "0.0"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "seg" / "synth_0000_overlay.png").is_file() and (tmp_path / "seg" / "summary.csv").is_file()
+    r = runner.invoke(app, ["segment", str(data / "images"), "--method", "otsu", "--out", str(tmp_path / "otsu"), "--no-progress"])
+    assert r.exit_code == 0 and "segmented 2/2 images" in r.output
+    r = runner.invoke(app, ["evaluate", "--data", str(data), "--method", "edges", "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["images"] == 2 and 0 <= summary["mean_iou"] <= 1 and "0.90" in summary["matching"]
+    r = runner.invoke(app, ["compare", "--data", str(data), "--model", str(ckpt), "--out", str(tmp_path / "cmp"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["maskrcnn", "otsu", "edges"]
+    assert (tmp_path / "cmp" / "report.html").is_file()
+    r = runner.invoke(app, ["segment", str(data / "images"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--model is needed" in r.output

@@ -76,7 +76,7 @@ class MaskRCNNMethod(Method):
         self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold)
 
     @classmethod
-    def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> "MaskRCNNMethod":
+    def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> MaskRCNNMethod:
         from .model import load_model
 
         model, mcfg = load_model(path, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from .evaluation import Evaluation
 
@@ -46,7 +46,7 @@ def html_page(title: str, sections: list[tuple[str, str]]) -> str:
            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
            "figure{display:inline-block;margin:6px}img{image-rendering:pixelated;max-width:100%}"
            "figcaption{font-size:small;color:#555}")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f"<h2>{html.escape(h)}</h2>{inner}" for h, inner in sections)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1><p>hemaseg, {stamp}</p>{body}</body></html>\n")

@@ -88,7 +88,10 @@ def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subse
     chosen, missing = [], []
     for entry in wanted:
         r = by_key.get(entry) or by_path.get(str(Path(entry).resolve()))
-        (chosen.append(r) if r is not None else missing.append(entry))
+        if r is None:
+            missing.append(entry)
+        else:
+            chosen.append(r)
     if missing:
         raise ValueError(f"{split_file}: {len(missing)} '{subset}' image(s) not in {root}: {missing[:5]}")
     return chosen

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from hemaseg.data.formats import open_dataset
+from hemaseg.evaluation import coco_ap, evaluate_method, write_evaluation
+from hemaseg.predict import Method
+from hemaseg.report import evaluation_sections, html_page, markdown_table, compare_rows
+
+from conftest import semantic_pair
+
+
+def _truth():
+    t = np.zeros((2, 30, 30), np.uint8)
+    t[0, 2:12, 2:12] = 1
+    t[1, 15:28, 15:28] = 1
+    return t
+
+
+def test_coco_ap_perfect_missing_and_empty():
+    t = _truth()
+    perfect = coco_ap([t], [(t, np.array([0.9, 0.8]))])
+    assert perfect["mask_AP"] == pytest.approx(1.0) and perfect["box_AP50"] == pytest.approx(1.0)
+    half = coco_ap([t], [(t[:1], np.array([0.9]))])
+    assert half["mask_AP50"] == pytest.approx(0.5, abs=0.01)  # recall stops at 0.5
+    assert coco_ap([t], [(np.zeros((0, 30, 30)), np.zeros(0))])["mask_AP"] == 0.0
+
+
+def test_many_detections_are_not_capped_at_100():
+    t = np.zeros((150, 40, 150), np.uint8)
+    for i in range(150):
+        t[i, (i // 50) * 10:(i // 50) * 10 + 5, (i % 50) * 3:(i % 50) * 3 + 2] = 1
+    ap = coco_ap([t], [(t, np.linspace(1, 0.5, 150))])
+    assert ap["mask_AP"] == pytest.approx(1.0)
+
+
+class HalfOracle(Method):
+    """Predicts the true cells of the first image, nothing on the others."""
+
+    name = "half"
+
+    def __init__(self, source):
+        self.source, self.calls = source, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        from hemaseg.data.formats import load_sample
+
+        _, target = load_sample(self.source.refs[0], self.source.classes)
+        if self.calls > 1:
+            target["masks"] = target["masks"][:0]
+        n = len(target["masks"])
+        return {"masks": target["masks"], "labels": torch.ones(n, dtype=torch.int64), "scores": torch.ones(n)}
+
+
+def test_evaluate_method_writes_scores_figures_and_an_offline_report(tmp_path):
+    semantic_pair(tmp_path / "d", "a", cells=[(2, 2, 10, 10), (12, 14, 20, 28)])
+    semantic_pair(tmp_path / "d", "b", cells=[(2, 2, 10, 10)])
+    src = open_dataset(tmp_path / "d")
+    ev = evaluate_method(HalfOracle(src), src, src.refs, progress=False)
+    assert [round(r["iou"], 3) for r in ev.per_image] == [1.0, 0.0]
+    assert ev.summary["mean_iou"] == pytest.approx(0.5)
+    assert ev.summary["matching"]["0.90"]["tp"] == 2 and ev.summary["matching"]["0.50"]["fn"] == 1
+    assert ev.summary["f1_50"] == pytest.approx(2 * 2 / (3 + 2))
+    written = write_evaluation(ev, tmp_path / "out", n_figures=1)
+    assert written["summary"].is_file() and written["per_image"].is_file()
+    figures = {k: p.read_bytes() for k, p in written.items() if k.startswith("figure_")}
+    assert len(figures) == 2
+    page = html_page("t", evaluation_sections([ev], figures))
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+    table = markdown_table(compare_rows([ev]))
+    assert table.splitlines()[2].startswith("| half | 2 | 0.5000")

@@ -1,0 +1,63 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from hemaseg.data.io import read_label_image
+from hemaseg.predict import Method, SegmentConfig, filter_cells
+from hemaseg.segment import segment_files
+
+from conftest import save_png
+
+
+class Squares(Method):
+    """A fake method: two square cells, the second touching the border, scores 0.9 and 0.6."""
+
+    name = "squares"
+    classes = ("red_cell", "white_cell")
+
+    def __call__(self, image):
+        h, w = image.shape[1:]
+        masks = torch.zeros(2, h, w, dtype=torch.uint8)
+        masks[0, 5:15, 5:15] = 1
+        masks[1, 0:4, 20:30] = 1
+        return {"masks": masks, "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.6])}
+
+
+def test_batch_writes_all_outputs_and_survives_a_bad_file(tmp_path):
+    good = save_png(tmp_path / "in" / "good one.png", np.full((40, 40, 3), 200, np.uint8))
+    bad = tmp_path / "in" / "bad.png"
+    bad.write_bytes(b"broken")
+    later = save_png(tmp_path / "in" / "later.bmp", np.full((40, 40, 3), 100, np.uint8))
+    out = tmp_path / "out"
+    summary = segment_files([good, bad, later], Squares(), out, SegmentConfig(pixel_size=0.5), progress=False, log=lambda s: None)
+    assert [r["status"] for r in summary.rows] == ["ok", "failed", "ok"]
+    assert summary.failed[0][0] == str(bad) and "bad.png" in summary.failed[0][1]
+    lab = read_label_image(out / "good one_labels.png")
+    assert lab.dtype == np.uint16 and set(np.unique(lab)) == {0, 1, 2}
+    assert (out / "good one_overlay.png").is_file() and (out / "later_overlay.png").is_file()
+    cells = list(csv.DictReader(open(out / "good one_cells.csv")))
+    assert [c["class"] for c in cells] == ["white_cell", "red_cell"]
+    assert float(cells[0]["area_px"]) == 100 and float(cells[0]["area_um2"]) == 25
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[0]["n_white_cell"] == "1" and rows[0]["n_red_cell"] == "1"
+    coco = COCO(str(out / "predictions_coco.json"))
+    assert len(coco.getAnnIds()) == 4 and {c["name"] for c in coco.cats.values()} == {"red_cell", "white_cell"}
+    ann = coco.anns[1]
+    assert ann["score"] == 0.9 and coco.annToMask(ann).sum() == 100
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_filter_cells_min_area_border_and_score_order():
+    result = Squares()(torch.zeros(3, 40, 40))
+    kept = filter_cells(result, SegmentConfig(drop_border=True))
+    assert kept["scores"].tolist() == [pytest.approx(0.9)] and kept["boxes"].tolist() == [[5, 5, 15, 15]]
+    kept = filter_cells(result, SegmentConfig(min_area=50))
+    assert len(kept["masks"]) == 1
+    kept = filter_cells({**result, "scores": torch.tensor([0.1, 0.7])}, SegmentConfig())
+    assert kept["scores"].tolist() == pytest.approx([0.7, 0.1])
+    json.dumps(kept["boxes"].tolist())
