@@ -74,13 +74,15 @@ def train(
                f"model: {result.out / 'best.pt'}\nmetrics: {result.out / 'metrics.csv'}")
 
 
-def _method(method: str, model: Optional[Path], cfg):
-    from .predict import ClassicalMethod, MaskRCNNMethod
+def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None):
+    from .predict import ClassicalMethod, ModelMethod
 
-    if method == "maskrcnn":
-        if model is None:
-            raise ValueError("--model is needed for --method maskrcnn (a best.pt from `hemaseg train`)")
-        return MaskRCNNMethod.from_checkpoint(model, cfg)
+    if method in ("maskrcnn", "unet"):
+        path = unet if method == "unet" and unet is not None else model
+        if path is None:
+            raise ValueError(f"--model{' or --unet' if method == 'unet' else ''} is needed for --method {method} "
+                             f"(a best.pt from `hemaseg train`)")
+        return ModelMethod.from_checkpoint(path, cfg)
     return ClassicalMethod(method)
 
 
@@ -89,7 +91,7 @@ def segment(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt)."),
-    method: str = typer.Option("maskrcnn", help="maskrcnn, or a classical baseline: otsu, edges."),
+    method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges."),
     score_threshold: float = typer.Option(0.5, help="Minimum detection score."),
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
@@ -159,7 +161,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
     out: Path = typer.Option(..., "--out", help="Output folder: per_image.csv, summary.json, figures/, report.html."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn)."),
-    method: str = typer.Option("maskrcnn", help="maskrcnn, otsu or edges."),
+    method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Optional[Path] = typer.Option(None, help="A run's split.json: evaluate only its --subset images."),
     subset: str = typer.Option("val", help="Which list of --split: val (held out) or train."),
     run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
@@ -185,7 +187,8 @@ def compare(
     data: Path = typer.Option(..., "--data", help="Images with ground truth."),
     out: Path = typer.Option(..., "--out", help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn)."),
-    methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods."),
+    methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Optional[Path] = typer.Option(None, help="A run's split.json: compare on its --subset images only."),
     subset: str = typer.Option("val"),
     run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
@@ -198,7 +201,7 @@ def compare(
     try:
         cfg = SegmentConfig()
         source, refs = _eval_refs(data, format, split, subset)
-        chosen = [_method(m.strip(), model, cfg) for m in methods.split(",") if m.strip()]
+        chosen = [_method(m.strip(), model, cfg, unet) for m in methods.split(",") if m.strip()]
         table = _run_evaluations(chosen, source, refs, out, cfg, run, f"Comparison on {data}", progress)
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)

@@ -7,6 +7,8 @@ Architectures:
   one to a few hundred of them: a light backbone at native resolution is enough, and trains from
   random weights on a CPU (see docs/benchmarks.md).
 * ``resnet50_fpn`` - torchvision's ``maskrcnn_resnet50_fpn``, the original recipe's model.
+* ``unet`` - not Mask R-CNN: the semantic U-Net baseline of :mod:`hemaseg.unet` (cells = connected
+  components), behind the same interface so that it trains and evaluates the same way.
 
 Input size: images are resized by the fixed factor ``scale`` (1.0 = native pixels), so cells keep
 their size in pixels whatever the image size; ``min_size`` restores torchvision's "short side to N
@@ -38,7 +40,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .data.io import atomic_write
 
-ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn")
+ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -72,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
         if self.pretrained not in PRETRAINED:
             raise ValueError(f"pretrained must be one of {PRETRAINED}, got {self.pretrained!r}")
+        if self.arch == "unet" and self.pretrained != "none":
+            raise ValueError("the U-Net baseline trains from random weights only")
         if self.pretrained == "coco" and self.arch != "resnet50_fpn":
             raise ValueError("COCO weights exist only for resnet50_fpn")
         if not self.classes:
@@ -83,8 +87,8 @@ class ModelConfig:
 
     @property
     def channels(self) -> int:
-        """FPN and head width."""
-        return self.fpn_channels or (256 if self.arch == "resnet50_fpn" else 128)
+        """FPN and head width (U-Net: channels at full resolution)."""
+        return self.fpn_channels or {"resnet50_fpn": 256, "resnet18_fpn": 128, "unet": 16}[self.arch]
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +160,7 @@ _TRUNKS = {"resnet18_fpn": (resnet18, [64, 128, 256, 512], 512, ResNet18_Weights
            "resnet50_fpn": (resnet50, [256, 512, 1024, 2048], 1024, ResNet50_Weights.IMAGENET1K_V1)}
 
 
-def build_model(cfg: ModelConfig, *, download: bool = True) -> MaskRCNN:
+def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
     """Build the Mask R-CNN described by ``cfg``: random weights, or torchvision's when ``cfg.pretrained``
     asks and ``download`` is true. ``download=False`` builds the same structure (frozen BatchNorm for
     pretrained models) without fetching anything: for loading a checkpoint, which brings its own weights.
@@ -164,6 +168,10 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> MaskRCNN:
     ``resnet50_fpn`` has exactly the structure of torchvision's ``maskrcnn_resnet50_fpn``, so its COCO
     weights load into it; only the class-specific predictors start anew.
     """
+    if cfg.arch == "unet":
+        from .unet import UNetSegmenter
+
+        return UNetSegmenter(cfg.channels)
     if len(cfg.anchor_sizes) != 5:
         raise ValueError(f"{cfg.arch} needs 5 anchor sizes (one per FPN level), got {cfg.anchor_sizes}")
     pretrained = cfg.pretrained != "none"
@@ -231,7 +239,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskRCNN, ModelConfig]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild a model from a checkpoint, in eval mode. The architecture comes from the file itself."""
     ckpt = read_checkpoint(path)
     try:

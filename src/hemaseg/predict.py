@@ -26,16 +26,19 @@ def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = P
     Returns one dict per image: ``boxes`` Float[N,4] XYXY, ``labels`` Int64[N], ``scores`` Float[N],
     ``masks`` UInt8[N,H,W] (binary, at the input image's size), sorted by decreasing score, on the CPU.
     """
-    was_training, floor = model.training, model.roi_heads.score_thresh
+    heads = getattr(model, "roi_heads", None)  # a Mask R-CNN; the U-Net baseline has none
+    was_training = model.training
+    floor = heads.score_thresh if heads is not None else None
     model.eval()
-    # masks are computed only for detections that will be kept: the mask head is the costly part
-    model.roi_heads.score_thresh = max(floor, cfg.score_threshold)
+    if heads is not None:  # masks are computed only for detections that will be kept: the mask head is the costly part
+        heads.score_thresh = max(floor, cfg.score_threshold)
     device = next(model.parameters()).device
     try:
         outputs = model([im.to(device) for im in images])
     finally:
         model.train(was_training)
-        model.roi_heads.score_thresh = floor
+        if heads is not None:
+            heads.score_thresh = floor
     results = []
     for out in outputs:
         keep = out["scores"] >= cfg.score_threshold
@@ -68,19 +71,19 @@ class Method:
         raise NotImplementedError
 
 
-class MaskRCNNMethod(Method):
-    """A trained hemaseg model."""
+class ModelMethod(Method):
+    """A trained hemaseg model (Mask R-CNN, or the U-Net baseline)."""
 
     def __init__(self, model: nn.Module, classes: tuple[str, ...], cfg: SegmentConfig = SegmentConfig(), name: str = "maskrcnn"):
         self.model, self.classes, self.name = model.eval(), tuple(classes), name
         self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold)
 
     @classmethod
-    def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> MaskRCNNMethod:
+    def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> ModelMethod:
         from .model import load_model
 
         model, mcfg = load_model(path, device)
-        return cls(model, mcfg.classes, cfg)
+        return cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
 
     def __call__(self, image: torch.Tensor) -> dict:
         return predict(self.model, [image], self.predict_cfg)[0]

@@ -163,9 +163,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
 
     source, train_refs, val_source, val_refs = prepare_data(cfg)
     classes = tuple(dict.fromkeys(source.classes + (val_source.classes if val_source else ())))
-    mcfg = dataclasses.replace(cfg.model, classes=classes)
-    if state is not None and tuple(state["config"]["classes"]) != classes:
-        raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {classes}")
+    # the semantic U-Net baseline knows one class, whatever the data's
+    mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes)
+    if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
+        raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
     device = _device(cfg.device)
     log(f"data: {source.root} ({source.format}), {len(train_refs)} training / {len(val_refs)} validation images, "
