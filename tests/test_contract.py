@@ -1,4 +1,7 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 import pytest
 import torch
 
@@ -97,3 +100,16 @@ def test_validate_target_catches_wrong_dtypes():
         validate_target(image, dict(t, masks=t["masks"].bool()))
     with pytest.raises(ValueError, match="image"):
         validate_target(image.double(), t)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint16, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 6)))
+def test_label_image_instances_label_image_is_the_same_partition(lab):
+    masks, ids = labels_to_masks(lab)
+    back = masks_to_labels(masks)
+    assert masks.shape == (len(ids), *lab.shape)
+    # same partition: each original id maps to exactly one new id, background stays background
+    assert np.array_equal(back == 0, lab == 0)
+    assert np.array_equal(ids[back[lab > 0].astype(np.int64) - 1], lab[lab > 0])
+    target = make_target(masks)
+    assert target["boxes"].shape == (len(ids), 4)
