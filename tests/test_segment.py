@@ -61,3 +61,26 @@ def test_filter_cells_min_area_border_and_score_order():
     kept = filter_cells({**result, "scores": torch.tensor([0.1, 0.7])}, SegmentConfig())
     assert kept["scores"].tolist() == pytest.approx([0.7, 0.1])
     json.dumps(kept["boxes"].tolist())
+
+
+class Disk(Method):
+    name = "disk"
+
+    def __call__(self, image):
+        h, w = image.shape[1:]
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        m = (((yy - 60.4) ** 2 + (xx - 70.2) ** 2) <= 25**2).to(torch.uint8)[None]
+        return {"masks": m, "labels": torch.ones(1, dtype=torch.int64), "scores": torch.ones(1)}
+
+
+def test_cells_csv_of_a_disk_matches_the_analytic_area_and_perimeter(tmp_path):
+    import math
+
+    img = save_png(tmp_path / "disk.png", np.zeros((120, 140, 3), np.uint8))
+    segment_files([img], Disk(), tmp_path / "out", SegmentConfig(pixel_size=0.2), progress=False, log=lambda s: None)
+    row = next(csv.DictReader(open(tmp_path / "out" / "disk_cells.csv")))
+    assert float(row["area_px"]) == pytest.approx(math.pi * 25**2, rel=0.02)
+    assert float(row["perimeter_px"]) == pytest.approx(2 * math.pi * 25, rel=0.02)
+    assert float(row["area_um2"]) == pytest.approx(math.pi * 5**2, rel=0.02)
+    assert float(row["perimeter_um"]) == pytest.approx(2 * math.pi * 5, rel=0.02)
+    assert float(row["equivalent_diameter_um"]) == pytest.approx(10, rel=0.02)
