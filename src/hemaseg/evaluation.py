@@ -24,7 +24,7 @@ from .data.contract import labels_to_masks, masks_to_labels, tensor_to_image
 from .data.dataset import CellDataset
 from .data.formats import DatasetSource, SampleRef
 from .data.io import write_image, write_json, write_text
-from .metrics import dice, match, match_dataset, semantic_iou
+from .metrics import MatchCounter, matched_ious, dice, iou_matrix, semantic_iou
 from .predict import Method, SegmentConfig, filter_cells
 from .segment import csv_text, encode_rle
 from .viz import overlay, side_by_side
@@ -34,14 +34,13 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate_method` measured. ``truth``/``preds`` hold label images for the figures."""
+    """What :func:`evaluate_method` measured. ``figures`` maps the index of each worst/best image to
+    ``(HWC uint8 image, true label image, predicted label image)``."""
 
     method: str
     per_image: list[dict]
     summary: dict
-    images: list[np.ndarray] = field(default_factory=list, repr=False)
-    truth: list[np.ndarray] = field(default_factory=list, repr=False)
-    preds: list[np.ndarray] = field(default_factory=list, repr=False)
+    figures: dict[int, tuple] = field(default_factory=dict, repr=False)
 
 
 def coco_ap(truth: list[np.ndarray], preds: list[tuple[np.ndarray, np.ndarray]], max_dets: int = 1000) -> dict:
@@ -49,38 +48,55 @@ def coco_ap(truth: list[np.ndarray], preds: list[tuple[np.ndarray, np.ndarray]],
 
     ``truth``: per image ``N x H x W`` masks; ``preds``: per image ``(M x H x W masks, M scores)``.
     """
-    images, gts, dts = [], [], []
-    for i, (t, (p, s)) in enumerate(zip(truth, preds), start=1):
-        h, w = t.shape[1:]
-        images.append({"id": i, "height": h, "width": w})
-        for m in t:
+    acc = CocoAccumulator(max_dets)
+    for t, (p, s) in zip(truth, preds):
+        acc.add(t, p, s)
+    return acc.result()
+
+
+class CocoAccumulator:
+    """Collects ground truth and detections image by image as RLE (compact), then runs COCOeval."""
+
+    def __init__(self, max_dets: int = 1000):
+        self.max_dets = max_dets
+        self.images: list[dict] = []
+        self.gts: list[dict] = []
+        self.dts: list[dict] = []
+
+    def add(self, truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> None:
+        i = len(self.images) + 1
+        h, w = truth.shape[1:]
+        self.images.append({"id": i, "height": h, "width": w})
+        for m in truth:
             rle = encode_rle(m)
-            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": 1, "segmentation": rle, "iscrowd": 0,
-                        "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
-        for m, score in zip(p, s):
+            self.gts.append({"id": len(self.gts) + 1, "image_id": i, "category_id": 1, "segmentation": rle, "iscrowd": 0,
+                             "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+        for m, score in zip(pred, scores):
             rle = encode_rle(m)
-            dts.append({"image_id": i, "category_id": 1, "segmentation": rle, "score": float(score),
-                        "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
-    out = {}
-    for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
-        if not dts or not gts:
-            out.update({f"{prefix}_AP": 0.0, f"{prefix}_AP50": 0.0, f"{prefix}_AP75": 0.0})
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO()
-            gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1, "name": "cell"}]}
-            gt.createIndex()
-            dt = gt.loadRes([dict(d) for d in dts])
-            ev = COCOeval(gt, dt, iou_type)
-            ev.params.useCats = 0
-            ev.params.maxDets = [1, 10, max_dets]
-            ev.evaluate()
-            ev.accumulate()
-        # read the precision table directly: summarize() hard-codes maxDets=100 for AP@[.5:.95]
-        prec = ev.eval["precision"][:, :, :, 0, -1]  # [IoU thr, recall, class, area=all, maxDets=max_dets]
-        out.update({f"{prefix}_AP": _mean_defined(prec), f"{prefix}_AP50": _mean_defined(prec[0]),
-                    f"{prefix}_AP75": _mean_defined(prec[5])})
-    return out
+            self.dts.append({"image_id": i, "category_id": 1, "segmentation": rle, "score": float(score),
+                             "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+
+    def result(self) -> dict:
+        out = {}
+        for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+            if not self.dts or not self.gts:
+                out.update({f"{prefix}_AP": 0.0, f"{prefix}_AP50": 0.0, f"{prefix}_AP75": 0.0})
+                continue
+            with contextlib.redirect_stdout(io.StringIO()):
+                gt = COCO()
+                gt.dataset = {"images": self.images, "annotations": self.gts, "categories": [{"id": 1, "name": "cell"}]}
+                gt.createIndex()
+                dt = gt.loadRes([dict(d) for d in self.dts])
+                ev = COCOeval(gt, dt, iou_type)
+                ev.params.useCats = 0
+                ev.params.maxDets = [1, 10, self.max_dets]
+                ev.evaluate()
+                ev.accumulate()
+            # read the precision table directly: summarize() hard-codes maxDets=100 for AP@[.5:.95]
+            prec = ev.eval["precision"][:, :, :, 0, -1]  # [IoU thr, recall, class, area=all, maxDets=max_dets]
+            out.update({f"{prefix}_AP": _mean_defined(prec), f"{prefix}_AP50": _mean_defined(prec[0]),
+                        f"{prefix}_AP75": _mean_defined(prec[5])})
+        return out
 
 
 def _mean_defined(p: np.ndarray) -> float:
@@ -90,11 +106,18 @@ def _mean_defined(p: np.ndarray) -> float:
 
 
 def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef], cfg: SegmentConfig = SegmentConfig(),
-                    max_dets: int = 1000, progress: bool = True) -> Evaluation:
-    """Run ``method`` on ``refs`` and score it against their ground truth (see the module docstring)."""
+                    max_dets: int = 1000, n_figures: int = 3, progress: bool = True) -> Evaluation:
+    """Run ``method`` on ``refs`` and score it against their ground truth (see the module docstring).
+
+    Memory stays bounded: masks are reduced to counts and RLE as they come, and only the images of the
+    ``n_figures`` worst and best IoU are kept for the figures.
+    """
     ds = CellDataset(source, refs)
-    rows, truths, preds_scored = [], [], []
+    rows: list[dict] = []
     ev = Evaluation(method.name, rows, {})
+    counter = MatchCounter(THRESHOLDS)
+    coco = CocoAccumulator(max_dets)
+    kept: dict[int, tuple] = {}  # image index -> (image, truth labels, predicted labels)
     for i in tqdm(range(len(ds)), desc=f"evaluate ({method.name})", disable=not progress):
         image, target = ds[i]
         t0 = time.perf_counter()
@@ -102,24 +125,28 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         seconds = time.perf_counter() - t0
         t = target["masks"].numpy()
         p = result["masks"].numpy()
-        m50 = match(t, p, 0.5)
+        scores = result["scores"].numpy()
+        iou = iou_matrix(t, p)
+        counter.add(iou)
+        coco.add(t, p, scores)
+        tp = len(matched_ious(iou, 0.5))
         rows.append({"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(t),
-                     "n_pred": len(p), "tp_50": m50.tp, "f1_50": m50.f1, "seconds": seconds})
-        truths.append(t)
-        preds_scored.append((p, result["scores"].numpy()))
-        ev.images.append(tensor_to_image(image))
-        ev.truth.append(masks_to_labels(t))
-        ev.preds.append(masks_to_labels(p, result["scores"].numpy()))
+                     "n_pred": len(p), "tp_50": tp, "f1_50": 2 * tp / (len(t) + len(p)) if len(t) + len(p) else 1.0,
+                     "seconds": seconds})
+        kept[i] = (tensor_to_image(image), masks_to_labels(t), masks_to_labels(p, scores))
+        by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
+        for k in by_iou[n_figures:-n_figures or None]:
+            del kept[k]
+    ev.figures = kept
     n = max(len(rows), 1)
     summary = {"method": method.name, "images": len(rows),
                "mean_iou": sum(r["iou"] for r in rows) / n, "mean_dice": sum(r["dice"] for r in rows) / n,
                "seconds_per_image": sum(r["seconds"] for r in rows) / n}
-    pairs = [(t, p) for t, (p, _) in zip(truths, preds_scored)]
-    summary["matching"] = {f"{th:.2f}": match_dataset(pairs, th).as_dict() for th in THRESHOLDS}
+    summary["matching"] = {f"{th:.2f}": counter.result(th).as_dict() for th in THRESHOLDS}
     m50 = summary["matching"]["0.50"]
     summary.update({"f1_50": m50["f1"], "precision_50": m50["precision"], "recall_50": m50["recall"],
                     "pq_50": m50["panoptic_quality"]})
-    summary.update(coco_ap(truths, preds_scored, max_dets))
+    summary.update(coco.result())
     ev.summary = summary
     return ev
 
@@ -130,10 +157,10 @@ def write_evaluation(ev: Evaluation, out: str | Path, n_figures: int = 3) -> dic
     out = Path(out)
     written = {"per_image": write_text(out / "per_image.csv", csv_text(ev.per_image, list(ev.per_image[0]) if ev.per_image else ["image"])),
                "summary": write_json(out / "summary.json", ev.summary)}
-    order = sorted(range(len(ev.per_image)), key=lambda i: ev.per_image[i]["iou"])
+    order = sorted(ev.figures, key=lambda i: ev.per_image[i]["iou"])
     picks = [("worst", i) for i in order[:n_figures]] + [("best", i) for i in order[::-1][:n_figures]]
     for rank, (kind, i) in enumerate(picks):
-        img, t, p = ev.images[i], ev.truth[i], ev.preds[i]
+        img, t, p = ev.figures[i]
         panels = [img, overlay(img, labels_to_masks(t)[0], text=False), overlay(img, labels_to_masks(p)[0], text=False)]
         name = Path(ev.per_image[i]["image"]).stem
         fig = side_by_side(panels, ["image", "truth", f"{ev.method} IoU {ev.per_image[i]['iou']:.3f}"])

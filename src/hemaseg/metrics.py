@@ -101,7 +101,7 @@ def _record(thresh: float, n_true: int, n_pred: int, tp: int, sum_iou: float) ->
                     sum_iou / tp if tp else 0.0, sum_iou / denom if denom else 1.0)
 
 
-def _matched(iou: np.ndarray, thresh: float) -> np.ndarray:
+def matched_ious(iou: np.ndarray, thresh: float) -> np.ndarray:
     """IoUs of the optimal one-to-one matching restricted to pairs with IoU >= thresh."""
     if iou.size == 0:
         return np.zeros(0)
@@ -120,19 +120,36 @@ def match(true, pred, thresh: float = 0.5) -> Matching:
     (1, 0, 1, 0.667)
     """
     iou = iou_matrix(true, pred)
-    vals = _matched(iou, thresh)
+    vals = matched_ious(iou, thresh)
     return _record(thresh, iou.shape[0], iou.shape[1], len(vals), float(vals.sum()))
+
+
+class MatchCounter:
+    """Pools matching counts over images at several thresholds from one IoU matrix per image.
+
+    >>> c = MatchCounter((0.5, 0.9)); c.add(np.array([[0.8, 0.1]])); c.add(np.zeros((1, 0)))
+    >>> r = c.result(0.5); (r.tp, r.fp, r.fn), c.result(0.9).tp
+    ((1, 1, 1), 0)
+    """
+
+    def __init__(self, thresholds: Iterable[float] = (0.5,)):
+        self.counts = {float(t): [0, 0, 0, 0.0] for t in thresholds}  # n_true, n_pred, tp, sum of matched IoU
+
+    def add(self, iou: np.ndarray) -> None:
+        for t, c in self.counts.items():
+            vals = matched_ious(iou, t)
+            c[0] += iou.shape[0]
+            c[1] += iou.shape[1]
+            c[2] += len(vals)
+            c[3] += float(vals.sum())
+
+    def result(self, thresh: float) -> Matching:
+        return _record(thresh, *self.counts[float(thresh)])
 
 
 def match_dataset(pairs: Iterable[tuple[object, object]], thresh: float = 0.5) -> Matching:
     """Pool the counts of :func:`match` over ``(true, pred)`` image pairs (micro-average)."""
-    n_true = n_pred = tp = 0
-    sum_iou = 0.0
+    counter = MatchCounter((thresh,))
     for true, pred in pairs:
-        iou = iou_matrix(true, pred)
-        vals = _matched(iou, thresh)
-        n_true += iou.shape[0]
-        n_pred += iou.shape[1]
-        tp += len(vals)
-        sum_iou += float(vals.sum())
-    return _record(thresh, n_true, n_pred, tp, sum_iou)
+        counter.add(iou_matrix(true, pred))
+    return counter.result(thresh)
