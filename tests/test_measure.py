@@ -27,13 +27,15 @@ def test_disk_area_and_perimeter_within_2_percent(r):
 def test_ellipse_eccentricity_and_nucleus_ratio():
     yy, xx = np.mgrid[:100, :100]
     ell = (((yy - 50) / 20.0) ** 2 + ((xx - 50) / 40.0) ** 2 <= 1).astype(np.uint8)
-    nuc = np.zeros_like(ell)
-    nuc[40:60, 40:60] = 1
-    row = measure_cells(ell[None], ["white_cell"], [0.9], nuclei=nuc[None])[0]
+    nuc = (((yy - 50.3) ** 2 + (xx - 49.6) ** 2) <= 225).astype(np.uint8)  # a disk nucleus, r = 15
+    row = measure_cells(ell[None], ["white_cell"], [0.9], nuclei=nuc[None], pixel_size=0.5)[0]
     assert row["eccentricity"] == pytest.approx(math.sqrt(1 - 0.25), abs=0.02)
-    assert row["nucleus_area_px"] == 400
-    assert row["nc_ratio"] == pytest.approx(400 / (row["area_px"] - 400), rel=1e-3)
+    assert row["nucleus_area_px"] == int(nuc.sum())
+    assert row["nc_ratio"] == pytest.approx(nuc.sum() / (row["area_px"] - nuc.sum()), rel=1e-3)
     assert row["score"] == 0.9
+    assert row["nucleus_lobes"] == 1 and row["nucleus_circularity"] == pytest.approx(1.0, abs=0.03)
+    assert row["nucleus_area_um2"] == pytest.approx(nuc.sum() / 4)
+    assert row["cytoplasm_area_um2"] == pytest.approx((row["area_px"] - nuc.sum()) / 4)
 
 
 def test_cell_on_the_border_and_empty_masks():

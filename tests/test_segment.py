@@ -42,6 +42,7 @@ def test_batch_writes_all_outputs_and_survives_a_bad_file(tmp_path):
     cells = list(csv.DictReader(open(out / "good one_cells.csv")))
     assert [c["class"] for c in cells] == ["white_cell", "red_cell"]
     assert float(cells[0]["area_px"]) == 100 and float(cells[0]["area_um2"]) == 25
+    assert "nc_ratio" in cells[0] and cells[0]["nucleus_area_px"] == ""  # a uniform white cell: no nucleus found
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert rows[0]["n_white_cell"] == "1" and rows[0]["n_red_cell"] == "1"

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.measure import regionprops
 
+from .nuclei import count_lobes
+
 COLUMNS = ("id", "class", "score", "area_px", "perimeter_px", "equivalent_diameter_px", "circularity",
            "eccentricity", "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 UM_COLUMNS = ("area_um2", "perimeter_um", "equivalent_diameter_um")
-NUCLEUS_COLUMNS = ("nucleus_area_px", "cytoplasm_area_px", "nc_ratio")
+NUCLEUS_COLUMNS = ("nucleus_area_px", "cytoplasm_area_px", "nc_ratio", "nucleus_lobes", "nucleus_circularity")
+NUCLEUS_UM_COLUMNS = ("nucleus_area_um2", "cytoplasm_area_um2")
 
 
 def measure_cells(
@@ -28,8 +31,8 @@ def measure_cells(
 ) -> list[dict]:
     """One row per cell of ``masks`` (``N x H x W``, nonzero inside). Cell ``i`` gets id ``i + 1``.
 
-    ``nuclei`` (``N x H x W``) adds nucleus and cytoplasm areas and the nucleus/cytoplasm ratio for cells
-    that have a nucleus. Coordinates are pixels, ``bbox`` XYXY with exclusive ``x2, y2``.
+    ``nuclei`` (``N x H x W``) adds nucleus and cytoplasm areas, the nucleus/cytoplasm area ratio, the
+    nucleus lobe count and circularity for cells that have a nucleus (empty cells for the others). Coordinates are pixels, ``bbox`` XYXY with exclusive ``x2, y2``.
 
     >>> m = np.zeros((1, 20, 20), np.uint8); m[0, 5:15, 2:12] = 1
     >>> row = measure_cells(m, ["cell"], pixel_size=0.5)[0]
@@ -64,14 +67,25 @@ def measure_cells(
             row.update({"area_um2": round(area * pixel_size**2, 4), "perimeter_um": round(perim * pixel_size, 4),
                         "equivalent_diameter_um": round(float(p.equivalent_diameter_area) * pixel_size, 4)})
         if nuclei is not None:
-            nuc = int((np.asarray(nuclei[i]) != 0)[m[i]].sum())
-            cyto = area - nuc
-            row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": cyto,
-                        "nc_ratio": round(nuc / cyto, 4) if nuc and cyto else None})
+            nmask = (np.asarray(nuclei[i]) != 0) & m[i]
+            nuc = int(nmask.sum())
+            if nuc:
+                ncrop = np.pad(nmask[y0:y1, x0:x1], 1).astype(np.uint8)
+                nperim = float(regionprops(ncrop)[0].perimeter_crofton)
+                row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": area - nuc,
+                            "nc_ratio": round(nuc / (area - nuc), 4) if area > nuc else None,
+                            "nucleus_lobes": count_lobes(ncrop),
+                            "nucleus_circularity": round(min(1.0, 4 * math.pi * nuc / nperim**2), 4) if nperim else 0.0})
+                if pixel_size:
+                    row.update({"nucleus_area_um2": round(nuc * pixel_size**2, 4),
+                                "cytoplasm_area_um2": round((area - nuc) * pixel_size**2, 4)})
         rows.append(row)
     return rows
 
 
 def columns(pixel_size: float | None, nuclei: bool) -> list[str]:
     """The per-cell CSV header for these options."""
-    return list(COLUMNS) + (list(UM_COLUMNS) if pixel_size else []) + (list(NUCLEUS_COLUMNS) if nuclei else [])
+    cols = list(COLUMNS) + (list(UM_COLUMNS) if pixel_size else [])
+    if nuclei:
+        cols += list(NUCLEUS_COLUMNS) + (list(NUCLEUS_UM_COLUMNS) if pixel_size else [])
+    return cols

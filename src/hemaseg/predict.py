@@ -58,6 +58,7 @@ class SegmentConfig:
     min_area: int = 0  # px: smaller cells are dropped
     drop_border: bool = False  # drop cells touching the image border
     pixel_size: float | None = None  # um per pixel: adds um columns
+    nuclei: bool = True  # split white cells into nucleus and cytoplasm (hemaseg.nuclei)
 
 
 class Method:

@@ -1,5 +1,6 @@
 """Segment image files in batch and write, per image, atomically: a label image, an overlay, a per-cell
-CSV; and for the batch a summary CSV and a COCO JSON with every instance mask and score.
+CSV (with nucleus, cytoplasm, N:C ratio and lobes for white cells); and for the batch a summary CSV and
+a COCO JSON with every instance mask and score.
 
 A file that fails (unreadable, wrong format ...) is reported in the summary and the batch goes on.
 """
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from .data.contract import image_to_tensor, masks_to_labels
 from .data.io import read_image, write_image, write_json, write_text
 from .measure import columns, measure_cells
+from .nuclei import NUCLEATED, nuclei_for
 from .predict import Method, SegmentConfig, filter_cells
 from .viz import overlay
 
@@ -63,6 +65,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     taken: set[str] = set()
     coco_images, coco_anns = [], []
     classes = list(method.classes)
+    with_nuclei = cfg.nuclei and any(c.lower() in NUCLEATED for c in classes)
     for image_id, path in enumerate(tqdm(files, desc=f"segment ({method.name})", disable=not progress), start=1):
         name = _unique_name(path.stem, taken)
         try:
@@ -78,12 +81,13 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         labels = result["labels"].tolist()
         scores = result["scores"].tolist()
         names = [classes[i - 1] for i in labels]
+        nuclei = nuclei_for(image, masks, names) if with_nuclei else None
         lab = masks_to_labels(masks, scores)
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        write_image(out / f"{name}_overlay.png", overlay(rgb, masks, labels, scores))
-        cells = measure_cells(masks, names, scores, pixel_size=cfg.pixel_size)
-        write_text(out / f"{name}_cells.csv", csv_text(cells, columns(cfg.pixel_size, nuclei=False)))
+        write_image(out / f"{name}_overlay.png", overlay(rgb, masks, labels, scores, nuclei=nuclei))
+        cells = measure_cells(masks, names, scores, nuclei=nuclei, pixel_size=cfg.pixel_size)
+        write_text(out / f"{name}_cells.csv", csv_text(cells, columns(cfg.pixel_size, nuclei=with_nuclei)))
         row = {"image": str(path), "status": "ok", "error": "", "cells": len(cells)}
         for c in classes:
             row[f"n_{c}"] = names.count(c)

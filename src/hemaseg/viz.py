@@ -20,11 +20,15 @@ def class_colour(class_index: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in PALETTE[(class_index - 1) % len(PALETTE)])
 
 
+NUCLEUS_COLOUR = (255, 0, 255)
+
+
 def overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[int] | None = None,
-            scores: Sequence[float] | None = None, text: bool = True) -> np.ndarray:
+            scores: Sequence[float] | None = None, text: bool = True, nuclei: np.ndarray | None = None) -> np.ndarray:
     """``HWC uint8`` image with each cell's outline in its class colour, and its id (and score).
 
-    ``masks`` is ``N x H x W``; overlapping cells are drawn in score order (the best on top).
+    ``masks`` is ``N x H x W``; overlapping cells are drawn in score order (the best on top). ``nuclei``
+    (``N x H x W``) adds nucleus outlines in magenta.
     """
     out = np.array(image, dtype=np.uint8, copy=True)
     if out.ndim == 2:
@@ -37,6 +41,8 @@ def overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[int] | None =
     edges = find_boundaries(lab, mode="inner")
     colours = np.array([class_colour(int(c)) for c in labels], np.uint8)
     out[edges] = colours[lab[edges].astype(np.int64) - 1]
+    if nuclei is not None and len(nuclei):
+        out[find_boundaries(np.asarray(nuclei).any(axis=0), mode="inner")] = NUCLEUS_COLOUR
     if text:
         pil = Image.fromarray(out)
         draw = ImageDraw.Draw(pil)
