@@ -64,3 +64,26 @@ def test_segment_evaluate_compare_from_the_command_line(tmp_path):
     assert (tmp_path / "cmp" / "report.html").is_file()
     r = runner.invoke(app, ["segment", str(data / "images"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--model is needed" in r.output
+
+
+def test_segment_with_classifier_and_report(tmp_path):
+    from hemaseg.classify import FEATURE_NAMES, LinearClassifier
+
+    n = len(FEATURE_NAMES)
+    clf = LinearClassifier(("neutrophil", "lymphocyte"), FEATURE_NAMES, (0.0,) * n, (1.0,) * n,
+                           ((0.0,) * n, (0.0,) * n), (0.0, 1.0), threshold=0.5)
+    clf.save(tmp_path / "wbc.json")
+    yy, xx = np.mgrid[:60, :60]
+    img = np.full((60, 60, 3), 230, np.uint8)
+    img[(yy - 30) ** 2 + (xx - 30) ** 2 < 20**2] = (150, 90, 170)
+    img[(yy - 30) ** 2 + (xx - 30) ** 2 < 9**2] = (60, 30, 90)
+    save_png(tmp_path / "in" / "wbc.png", img)
+    r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--method", "otsu", "--classifier", str(tmp_path / "wbc.json"),
+                            "--out", str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "lymphocyte 1 (100.0%)" in r.output and (tmp_path / "out" / "differential.html").is_file()
+    (tmp_path / "out" / "differential.html").unlink()
+    r = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert r.exit_code == 0 and (tmp_path / "out" / "differential.html").is_file()
+    r = runner.invoke(app, ["report", str(tmp_path / "in")])
+    assert r.exit_code == 2

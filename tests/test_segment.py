@@ -85,3 +85,43 @@ def test_cells_csv_of_a_disk_matches_the_analytic_area_and_perimeter(tmp_path):
     assert float(row["area_um2"]) == pytest.approx(math.pi * 5**2, rel=0.02)
     assert float(row["perimeter_um"]) == pytest.approx(2 * math.pi * 5, rel=0.02)
     assert float(row["equivalent_diameter_um"]) == pytest.approx(10, rel=0.02)
+
+
+class OneWhiteCell(Method):
+    """A white cell with a dark nucleus, at a fixed place."""
+
+    name = "one"
+    classes = ("white_cell",)
+
+    def __call__(self, image):
+        h, w = image.shape[1:]
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        m = ((yy - 20) ** 2 + (xx - 20) ** 2 < 15**2).to(torch.uint8)[None]
+        return {"masks": m, "labels": torch.ones(1, dtype=torch.int64), "scores": torch.ones(1)}
+
+
+def test_typed_cells_and_the_differential_report(tmp_path):
+    from hemaseg.classify import FEATURE_NAMES, LinearClassifier
+    from hemaseg.report import write_differential
+
+    n = len(FEATURE_NAMES)
+    # a hand-made classifier: nucleus darkness decides; a pale cell stays unidentified
+    coef = np.zeros((2, n))
+    k = FEATURE_NAMES.index("nucleus_fraction")
+    coef[0, k], coef[1, k] = 8.0, -8.0
+    clf = LinearClassifier(("neutrophil", "lymphocyte"), FEATURE_NAMES, (0.0,) * n, (1.0,) * n,
+                           tuple(map(tuple, coef)), (-1.0, 1.0), threshold=0.9)
+    yy, xx = np.mgrid[:40, :40]
+    dark = np.full((40, 40, 3), 200, np.uint8)
+    dark[(yy - 20) ** 2 + (xx - 20) ** 2 < 10**2] = 60  # big nucleus: fraction 0.44
+    files = [save_png(tmp_path / "in" / "a.png", dark), save_png(tmp_path / "in" / "b.png", np.full((40, 40, 3), 200, np.uint8))]
+    segment_files(files, OneWhiteCell(), tmp_path / "out", progress=False, log=lambda s: None, classifier=clf)
+    a = next(csv.DictReader(open(tmp_path / "out" / "a_cells.csv")))
+    b = next(csv.DictReader(open(tmp_path / "out" / "b_cells.csv")))
+    assert a["type"] == "neutrophil" and float(a["type_confidence"]) > 0.9
+    assert b["type"] == "unidentified"  # no nucleus: fraction 0 -> p = 0.88 < 0.9, never forced
+    d = write_differential(tmp_path / "out")
+    assert d["counts"]["neutrophil"] == 1 and d["counts"]["unidentified"] == 1 and d["percent"]["neutrophil"] == 50
+    page = (tmp_path / "out" / "differential.html").read_text()
+    assert "Research use only" in page and "Gallery: neutrophil" in page and "https://" not in page
+    assert json.loads((tmp_path / "out" / "differential.json").read_text())["total"] == 2

@@ -96,6 +96,7 @@ def segment(
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
+    classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
@@ -108,7 +109,18 @@ def segment(
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-        summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo)
+        clf = None
+        if classifier is not None:
+            from .classify import LinearClassifier
+
+            clf = LinearClassifier.load(classifier)
+        summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo, classifier=clf)
+        if clf is not None:
+            from .report import write_differential
+
+            d = write_differential(out)
+            typer.echo("differential: " + ", ".join(f"{t} {n} ({d['percent'][t]:.1f}%)" for t, n in d["counts"].items())
+                       + f" -> {out / 'differential.html'} (research use only)")
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
     n_ok = sum(r["status"] == "ok" for r in summary.rows)
@@ -206,6 +218,20 @@ def compare(
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
+
+
+@app.command()
+def report(
+    results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` output folder."),
+) -> None:
+    """(Re)build the white-cell differential report of a segment folder: HTML, CSV, JSON."""
+    from .report import write_differential
+
+    try:
+        d = write_differential(results)
+    except (ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{d['total']} white cells -> {results / 'differential.html'} (research use only)")
 
 
 @app.command()

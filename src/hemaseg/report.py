@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 from collections.abc import Sequence
-from datetime import datetime, UTC
+from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
+
+from .classify import UNIDENTIFIED, WBC_TYPES
 from .evaluation import Evaluation
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
@@ -64,3 +70,108 @@ def evaluation_sections(evals: Sequence[Evaluation], figures: dict[str, bytes], 
     if figures:
         sections.append(("Worst and best images", "".join(_img(png, name) for name, png in figures.items())))
     return sections
+
+
+# ------------------------------------------------------------------------------ differential
+def differential(results_dir: str | Path) -> dict:
+    """Read a ``segment`` output folder: counts and percentages per white-cell type, per-image rows,
+    every typed cell (with its image and bbox) and the N:C ratios."""
+    root = Path(results_dir)
+    with open(root / "summary.csv", encoding="utf-8") as fh:
+        images = list(csv.DictReader(fh))
+    cells = []
+    for path in sorted(root.glob("*_cells.csv")):
+        with open(path, encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("type"):
+                    row["source"] = path.name[: -len("_cells.csv")]
+                    cells.append(row)
+    if not images or f"n_{UNIDENTIFIED}" not in images[0]:
+        raise ValueError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
+    counts = {t: sum(c["type"] == t for c in cells) for t in (*WBC_TYPES, UNIDENTIFIED)}
+    total = sum(counts.values())
+    return {"counts": counts, "percent": {t: (100 * n / total if total else 0.0) for t, n in counts.items()},
+            "total": total, "images": images, "cells": cells,
+            "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
+
+
+def _crop(image_path: str, cell: dict, size: int = 96) -> bytes | None:
+    from PIL import Image
+
+    from .data.io import read_image
+
+    try:
+        img = read_image(image_path)
+    except Exception:
+        return None
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = img[:, :, :3]
+    if img.dtype != np.uint8:
+        img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).astype(np.uint8)
+    x1, y1, x2, y2 = (int(cell[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+    pad = max(x2 - x1, y2 - y1) // 8
+    crop = img[max(0, y1 - pad): y2 + pad, max(0, x1 - pad): x2 + pad]
+    pil = Image.fromarray(crop)
+    pil.thumbnail((size, size))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
+    """Write ``differential.html``, ``differential.csv`` and ``differential.json`` into a ``segment``
+    folder and return the numbers."""
+    from .data.io import write_json, write_text
+    from .segment import csv_text
+
+    root = Path(results_dir)
+    page, d = differential_report(root, per_type)
+    write_text(root / "differential.html", page)
+    rows = [{"type": t, "count": n, "percent": round(d["percent"][t], 2)} for t, n in d["counts"].items()]
+    write_text(root / "differential.csv", csv_text(rows, ["type", "count", "percent"]))
+    write_json(root / "differential.json", {"counts": d["counts"], "percent": d["percent"], "total": d["total"],
+                                            "research_use_only": True})
+    return d
+
+
+def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[str, dict]:
+    """The white-cell differential of a ``segment`` folder as one offline HTML page, plus its numbers."""
+    d = differential(results_dir)
+    sources = {Path(r["image"]).stem: r["image"] for r in d["images"]}
+    sections = [("Research use only", "<p><b>Research use only.</b> Not for diagnosis. Types come from an automatic "
+                 "classifier trained on labels that were not expert-checked; review the gallery.</p>")]
+    rows = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
+    sections.append(("Differential", _html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "%")))
+                     + f"<p>{d['total']} white cells in {len(d['images'])} images.</p>"))
+    if d["nc_ratio"]:
+        sections.append(("N:C ratio", _img(_histogram_png(d["nc_ratio"]), "nucleus / cytoplasm area ratio per cell")))
+    per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]
+    cols = [("image", "image"), ("status", "status"), ("cells", "cells")] + [(f"n_{t}", t) for t in d["counts"]]
+    sections.append(("Per image", _html_table(per_image, cols)))
+    for t in d["counts"]:
+        members = [c for c in d["cells"] if c["type"] == t][:per_type]
+        figs = []
+        for c in members:
+            png = _crop(sources.get(c["source"], ""), c)
+            if png is not None:
+                figs.append(_img(png, f"{c['source']} #{c['id']} ({float(c['type_confidence']):.2f})"))
+        if figs:
+            sections.append((f"Gallery: {t} ({d['counts'][t]})", "".join(figs)))
+    return html_page("White-cell differential", sections), d
+
+
+def _histogram_png(values: list[float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.5), dpi=100)
+    ax.hist(values, bins=20)
+    ax.set(xlabel="nucleus / cytoplasm area", ylabel="cells")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .data.contract import image_to_tensor, masks_to_labels
 from .data.io import read_image, write_image, write_json, write_text
+from .classify import UNIDENTIFIED, LinearClassifier, cell_features
 from .measure import columns, measure_cells
 from .nuclei import NUCLEATED, nuclei_for
 from .predict import Method, SegmentConfig, filter_cells
@@ -57,8 +58,12 @@ def _unique_name(stem: str, taken: set[str]) -> str:
 
 
 def segment_files(files: list[Path], method: Method, out: str | Path, cfg: SegmentConfig = SegmentConfig(),
-                  progress: bool = True, log: Callable[[str], None] = print) -> SegmentSummary:
-    """Segment ``files`` with ``method`` into ``out`` (see the module docstring for the files)."""
+                  progress: bool = True, log: Callable[[str], None] = print,
+                  classifier: LinearClassifier | None = None) -> SegmentSummary:
+    """Segment ``files`` with ``method`` into ``out`` (see the module docstring for the files).
+
+    With a white-cell ``classifier`` (:mod:`hemaseg.classify`), nucleated cells also get a ``type`` (or
+    ``unidentified``) and its confidence, and the summary counts cells per type."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = SegmentSummary(out)
@@ -66,6 +71,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     coco_images, coco_anns = [], []
     classes = list(method.classes)
     with_nuclei = cfg.nuclei and any(c.lower() in NUCLEATED for c in classes)
+    types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
     for image_id, path in enumerate(tqdm(files, desc=f"segment ({method.name})", disable=not progress), start=1):
         name = _unique_name(path.stem, taken)
         try:
@@ -87,10 +93,20 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         write_image(out / f"{name}_overlay.png", overlay(rgb, masks, labels, scores, nuclei=nuclei))
         cells = measure_cells(masks, names, scores, nuclei=nuclei, pixel_size=cfg.pixel_size)
-        write_text(out / f"{name}_cells.csv", csv_text(cells, columns(cfg.pixel_size, nuclei=with_nuclei)))
+        if classifier is not None and nuclei is not None:
+            for cell in cells:
+                k = cell["id"] - 1
+                if cell["class"].lower() in NUCLEATED:
+                    feats = cell_features(image, masks[k], nuclei[k])
+                    cell["type"], conf = classifier.predict(feats[None])[0]
+                    cell["type_confidence"] = round(conf, 4)
+        cell_columns = columns(cfg.pixel_size, nuclei=with_nuclei) + (["type", "type_confidence"] if classifier else [])
+        write_text(out / f"{name}_cells.csv", csv_text(cells, cell_columns))
         row = {"image": str(path), "status": "ok", "error": "", "cells": len(cells)}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
+        for t in types:
+            row[f"n_{t}"] = sum(cell.get("type") == t for cell in cells)
         summary.rows.append(row)
         h, w = lab.shape
         coco_images.append({"id": image_id, "file_name": str(path), "height": h, "width": w})
@@ -100,7 +116,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
                               "segmentation": rle, "area": float(mask_utils.area(rle)),
                               "bbox": [float(v) for v in mask_utils.toBbox(rle)], "score": round(float(s), 5),
                               "iscrowd": 0, "cell_id": k + 1})
-    header = ["image", "status", "error", "cells"] + [f"n_{c}" for c in classes]
+    header = ["image", "status", "error", "cells"] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
     write_text(out / "summary.csv", csv_text(summary.rows, header))
     write_json(out / "predictions_coco.json", {
         "info": {"description": f"hemaseg predictions ({method.name})"},
