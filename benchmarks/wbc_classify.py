@@ -16,10 +16,20 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 from sklearn.model_selection import StratifiedKFold
 
-from hemaseg.classify import UNIDENTIFIED, WBC_TYPES, cell_features, fit_linear, read_zheng_classes
+from hemaseg.classify import (
+    UNIDENTIFIED,
+    WBC_TYPES,
+    cell_features,
+    fit_linear,
+    read_zheng_classes,
+)
 from hemaseg.data.formats import load_sample, open_dataset
 from hemaseg.nuclei import split_nucleus
 
