@@ -19,6 +19,7 @@ from skimage.color import rgb2hsv
 from skimage.measure import regionprops
 
 from .data.io import write_json
+from .measure import circularity
 from .nuclei import count_lobes
 
 WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
@@ -37,9 +38,7 @@ def _shape(mask: np.ndarray) -> list[float]:
     if not mask.any():
         return [0.0, 0.0, 0.0]
     p = regionprops(np.pad(mask, 1).astype(np.uint8))[0]
-    perim = p.perimeter_crofton
-    circ = min(1.0, 4 * np.pi * p.area / perim**2) if perim > 0 else 0.0
-    return [float(circ), float(p.eccentricity), float(p.solidity)]
+    return [circularity(p.area, p.perimeter_crofton), float(p.eccentricity), float(p.solidity)]
 
 
 def _colour(rgb: np.ndarray, hsv: np.ndarray, mask: np.ndarray) -> list[float]:

@@ -13,7 +13,7 @@ import typer
 
 from . import __version__
 from .data.formats import FORMATS
-from .data.io import DataError, write_text
+from .data.io import DataError, csv_text, write_text
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -54,7 +54,8 @@ def train(
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
     from .data.transforms import AugmentConfig
-    from .train import RunExistsError, TrainConfig, train as run_train
+    from .train import RunExistsError, TrainConfig
+    from .train import train as run_train
 
     try:
         aug = AugmentConfig() if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
@@ -145,7 +146,6 @@ def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path],
 
     from .evaluation import evaluate_method, write_evaluation
     from .report import compare_rows, evaluation_sections, html_page, markdown_table
-    from .segment import csv_text
     from .viz import training_curves_png
 
     evals, figures = [], {}
@@ -256,7 +256,8 @@ def demo(
 ) -> None:
     """The built-in default job: synthesise smears, train a few minutes on the CPU, report."""
     from .data.synthetic import SynthConfig, write_dataset
-    from .train import TrainConfig, train as run_train
+    from .train import TrainConfig
+    from .train import train as run_train
 
     t0 = time.perf_counter()
     data = out / "data"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import dice, match_dataset, semantic_iou
+from .metrics import MatchCounter, dice, iou_matrix, semantic_iou
 from .predict import PredictConfig, predict
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
@@ -80,12 +80,13 @@ def evaluate(
     ``mean_iou``/``mean_dice`` - the recipe's per-image union-vs-union scores, averaged over images;
     ``f1_50``, ``precision_50``, ``recall_50`` - instance matching at IoU 0.5 pooled over all images.
     """
-    ious, dices, pairs = [], [], []
+    ious, dices = [], []
+    counter = MatchCounter((0.5,))
     for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False):
         for pred, target in zip(predict(model, list(images), cfg), targets):
             ious.append(semantic_iou(target["masks"], pred["masks"]))
             dices.append(dice(target["masks"], pred["masks"]))
-            pairs.append((target["masks"], pred["masks"]))
-    m = match_dataset(pairs, 0.5)
+            counter.add(iou_matrix(target["masks"], pred["masks"]))
+    m = counter.result(0.5)
     return {"mean_iou": sum(ious) / max(len(ious), 1), "mean_dice": sum(dices) / max(len(dices), 1),
             "f1_50": m.f1, "precision_50": m.precision, "recall_50": m.recall, "images": len(ious)}

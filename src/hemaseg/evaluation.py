@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from .data.contract import labels_to_masks, masks_to_labels, tensor_to_image
 from .data.dataset import CellDataset
 from .data.formats import DatasetSource, SampleRef
-from .data.io import write_image, write_json, write_text
+from .data.io import csv_text, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, iou_matrix, matched_ious, semantic_iou
 from .nuclei import nuclei_for
 from .predict import Method, SegmentConfig, filter_cells
-from .segment import csv_text, encode_rle
+from .segment import encode_rle
 from .viz import overlay, side_by_side
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

@@ -58,7 +58,7 @@ def measure_cells(
             "id": i + 1, "class": classes[i], "score": None if scores is None else round(float(scores[i]), 4),
             "area_px": area, "perimeter_px": round(perim, 3),
             "equivalent_diameter_px": round(float(p.equivalent_diameter_area), 3),
-            "circularity": round(min(1.0, 4 * math.pi * area / perim**2), 4) if perim > 0 else 0.0,
+            "circularity": round(circularity(area, perim), 4),
             "eccentricity": round(float(p.eccentricity), 4),
             "centroid_x": round(float(xs.mean()), 3), "centroid_y": round(float(ys.mean()), 3),
             "bbox_x1": int(x0), "bbox_y1": int(y0), "bbox_x2": int(x1), "bbox_y2": int(y1),
@@ -75,12 +75,17 @@ def measure_cells(
                 row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": area - nuc,
                             "nc_ratio": round(nuc / (area - nuc), 4) if area > nuc else None,
                             "nucleus_lobes": count_lobes(ncrop),
-                            "nucleus_circularity": round(min(1.0, 4 * math.pi * nuc / nperim**2), 4) if nperim else 0.0})
+                            "nucleus_circularity": round(circularity(nuc, nperim), 4)})
                 if pixel_size:
                     row.update({"nucleus_area_um2": round(nuc * pixel_size**2, 4),
                                 "cytoplasm_area_um2": round((area - nuc) * pixel_size**2, 4)})
         rows.append(row)
     return rows
+
+
+def circularity(area: float, perimeter: float) -> float:
+    """``4 pi area / perimeter^2``, capped at 1 (a disk); 0 for a zero perimeter."""
+    return min(1.0, 4 * math.pi * area / perimeter**2) if perimeter > 0 else 0.0
 
 
 def columns(pixel_size: float | None, nuclei: bool) -> list[str]:

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from .classify import UNIDENTIFIED, WBC_TYPES
 from .evaluation import Evaluation
+from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
                    ("f1_50", "F1@0.5"), ("pq_50", "PQ@0.5"), ("mask_AP", "mask AP"), ("mask_AP50", "mask AP50"),
@@ -98,17 +97,13 @@ def differential(results_dir: str | Path) -> dict:
 def _crop(image_path: str, cell: dict, size: int = 96) -> bytes | None:
     from PIL import Image
 
+    from .data.contract import image_to_tensor, tensor_to_image
     from .data.io import read_image
 
     try:
-        img = read_image(image_path)
-    except Exception:
+        img = tensor_to_image(image_to_tensor(read_image(image_path)))
+    except Exception:  # the gallery shows what it can; the table still counts the cell
         return None
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).astype(np.uint8)
     x1, y1, x2, y2 = (int(cell[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
     pad = max(x2 - x1, y2 - y1) // 8
     crop = img[max(0, y1 - pad): y2 + pad, max(0, x1 - pad): x2 + pad]
@@ -122,8 +117,7 @@ def _crop(image_path: str, cell: dict, size: int = 96) -> bytes | None:
 def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
     """Write ``differential.html``, ``differential.csv`` and ``differential.json`` into a ``segment``
     folder and return the numbers."""
-    from .data.io import write_json, write_text
-    from .segment import csv_text
+    from .data.io import csv_text, write_json, write_text
 
     root = Path(results_dir)
     page, d = differential_report(root, per_type)
@@ -145,7 +139,7 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
     sections.append(("Differential", _html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "%")))
                      + f"<p>{d['total']} white cells in {len(d['images'])} images.</p>"))
     if d["nc_ratio"]:
-        sections.append(("N:C ratio", _img(_histogram_png(d["nc_ratio"]), "nucleus / cytoplasm area ratio per cell")))
+        sections.append(("N:C ratio", _img(histogram_png(d["nc_ratio"], "nucleus / cytoplasm area"), "nucleus / cytoplasm area ratio per cell")))
     per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]
     cols = [("image", "image"), ("status", "status"), ("cells", "cells")] + [(f"n_{t}", t) for t in d["counts"]]
     sections.append(("Per image", _html_table(per_image, cols)))
@@ -159,19 +153,3 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
         if figs:
             sections.append((f"Gallery: {t} ({d['counts'][t]})", "".join(figs)))
     return html_page("White-cell differential", sections), d
-
-
-def _histogram_png(values: list[float]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.5), dpi=100)
-    ax.hist(values, bins=20)
-    ax.set(xlabel="nucleus / cytoplasm area", ylabel="cells")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()

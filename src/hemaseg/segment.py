@@ -7,8 +7,6 @@ A file that fails (unreadable, wrong format ...) is reported in the summary and 
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +15,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from .data.contract import image_to_tensor, masks_to_labels
-from .data.io import read_image, write_image, write_json, write_text
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
+from .data.contract import image_to_tensor, masks_to_labels, tensor_to_image
+from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .measure import columns, measure_cells
 from .nuclei import NUCLEATED, nuclei_for
 from .predict import Method, SegmentConfig, filter_cells
@@ -31,15 +29,6 @@ class SegmentSummary:
     out: Path
     rows: list[dict] = field(default_factory=list)  # one per image
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
-
-
-def csv_text(rows: list[dict], header: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in header})
-    return buf.getvalue()
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -90,7 +79,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         nuclei = nuclei_for(image, masks, names) if with_nuclei else None
         lab = masks_to_labels(masks, scores)
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
-        rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rgb = tensor_to_image(image)
         write_image(out / f"{name}_overlay.png", overlay(rgb, masks, labels, scores, nuclei=nuclei))
         cells = measure_cells(masks, names, scores, nuclei=nuclei, pixel_size=cfg.pixel_size)
         if classifier is not None and nuclei is not None:

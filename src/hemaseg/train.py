@@ -10,9 +10,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
@@ -26,10 +24,16 @@ from torch.utils.data import DataLoader
 
 from .data.dataset import CellDataset, collate, ref_key, split_refs
 from .data.formats import DatasetSource, open_dataset
-from .data.io import write_json, write_text
+from .data.io import csv_text, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
 from .engine import evaluate, train_one_epoch
-from .model import ModelConfig, build_model, load_weights, read_checkpoint, save_checkpoint
+from .model import (
+    ModelConfig,
+    build_model,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -125,15 +129,8 @@ def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
 
 
 def _metrics_csv(history: list[dict[str, float]]) -> str:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    return csv_text([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history], keys)
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[DatasetSource, list, DatasetSource | None, list]:

@@ -77,13 +77,34 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def training_curves_png(history: list[dict]) -> bytes:
-    """Loss and validation scores per epoch from a run's ``metrics.csv`` rows, as PNG bytes."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure_png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def histogram_png(values: Sequence[float], xlabel: str, bins: int = 20) -> bytes:
+    """A histogram of ``values`` as PNG bytes."""
+    fig, ax = _pyplot().subplots(figsize=(5, 2.5), dpi=100)
+    ax.hist(values, bins=bins)
+    ax.set(xlabel=xlabel, ylabel="cells")
+    return _figure_png(fig)
+
+
+def training_curves_png(history: list[dict]) -> bytes:
+    """Loss and validation scores per epoch from a run's ``metrics.csv`` rows, as PNG bytes."""
+    plt = _pyplot()
     epochs = [int(float(r["epoch"])) for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
     a.plot(epochs, [float(r["loss"]) for r in history], marker="o")
@@ -93,8 +114,4 @@ def training_curves_png(history: list[dict]) -> bytes:
             b.plot(epochs, [float(r[key]) for r in history], marker="o", label=name)
     b.set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
     b.legend(loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -121,6 +123,16 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda t: t.write_text(text, encoding="utf-8"))
+
+
+def csv_text(rows: list[dict], header: list[str]) -> str:
+    """CSV text of ``rows`` with the columns ``header`` (missing or ``None`` values empty, extras ignored)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in header})
+    return buf.getvalue()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
