@@ -23,6 +23,14 @@ def test_synth_then_train_from_the_command_line(tmp_path):
     assert config["train"]["epochs"] == 1
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train"]) == 3 and len(split["val"]) == 1
+    assert config["model"]["classes"][-1] == "nucleus"  # synthetic data has nuclei/: learned by default
+    r = runner.invoke(app, ["synth", "--out", str(tmp_path / "d2"), "-n", "4", "--size", "64", "--seed", "1"])
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--data", str(tmp_path / "d2"), "--nuclei", "off",
+                            "--out", str(tmp_path / "run2"), "--epochs", "1", "--val-fraction", "0.25", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert "nucleus" not in config["model"]["classes"] and len(config["train"]["data"]) == 2
+    assert json.loads((tmp_path / "run2" / "split.json").read_text())["sources"] == ["d", "d2"]
 
 
 def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path):

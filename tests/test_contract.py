@@ -113,3 +113,21 @@ def test_label_image_instances_label_image_is_the_same_partition(lab):
     assert np.array_equal(ids[back[lab > 0].astype(np.int64) - 1], lab[lab > 0])
     target = make_target(masks)
     assert target["boxes"].shape == (len(ids), 4)
+
+
+def test_nucleus_instances_appended_and_the_empty_case():
+    from hemaseg.data.contract import add_nucleus_instances
+
+    cells = np.zeros((2, 8, 8), np.uint8)
+    cells[0, :4, :4] = 1
+    cells[1, 4:, 4:] = 1
+    nuclei = np.zeros_like(cells)
+    nuclei[0, 1:3, 1:3] = 1  # cell 1 has no nucleus (a red cell): no instance for it
+    t = add_nucleus_instances(make_target(cells, [1, 2], nuclei), label=3)
+    assert t["labels"].tolist() == [1, 2, 3] and t["masks"].shape == (3, 8, 8)
+    assert t["boxes"].tolist()[2] == [1, 1, 3, 3] and "nuclei" not in t
+    validate_target(torch.zeros(3, 8, 8), t)
+    empty = add_nucleus_instances(empty_target(8, 8, with_nuclei=True), label=3)
+    assert empty["masks"].shape == (0, 8, 8) and empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64
+    no_nuclei = add_nucleus_instances(make_target(cells), label=3)
+    assert no_nuclei["labels"].tolist() == [1, 1]

@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import torch
 
-from hemaseg.data.dataset import CellDataset, ref_key, select_refs, split_refs
+from hemaseg.data.dataset import CellDataset, ref_key, select_refs, split_record, split_refs
 from hemaseg.data.formats import open_dataset
 
 from conftest import semantic_pair
@@ -41,3 +42,32 @@ def test_dataset_items_follow_the_contract(tmp_path):
     ds = CellDataset(src)
     image, target = ds[1]
     assert image.shape == (3, 24, 32) and target["image_id"] == 1 and len(target["masks"]) == 1
+
+
+def test_nucleus_label_adds_each_nucleus_as_an_instance(tmp_path):
+    semantic_pair(tmp_path / "d", "a", h=30, w=40, cells=((2, 2, 12, 12), (15, 20, 27, 36)))
+    src = open_dataset(tmp_path / "d")
+    plain = CellDataset(src, classes=("cell", "nucleus"))[0][1]
+    learned = CellDataset(src, classes=("cell", "nucleus"), nucleus_label=2)[0][1]
+    assert plain["labels"].tolist() == [1, 1] and "nuclei" in plain
+    assert learned["labels"].tolist() == [1, 1, 2, 2] and "nuclei" not in learned
+    assert torch.equal(learned["masks"][2:], plain["nuclei"]) and learned["boxes"].shape == (4, 4)
+
+
+def test_split_of_several_folders_selects_per_folder(tmp_path):
+    for i in range(4):
+        semantic_pair(tmp_path / "zheng" / "d1", f"{i:03d}")
+        semantic_pair(tmp_path / "zheng" / "d2", f"{i:03d}")  # same names in both folders
+    d1, d2 = open_dataset(tmp_path / "zheng" / "d1"), open_dataset(tmp_path / "zheng" / "d2")
+    (t1, v1), (t2, v2) = split_refs(d1.refs, 0.25, 0), split_refs(d2.refs, 0.25, 0)
+    record = split_record([(d1.root, t1), (d2.root, t2)], [(d1.root, v1), (d2.root, v2)])
+    assert record["sources"] == ["d1", "d2"] and record["root"] == str((tmp_path / "zheng").resolve())
+    assert record["val"] == [f"d1/{v1[0].name}.bmp", f"d2/{v2[0].name}.bmp"]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(record))
+    assert select_refs(d1.refs, d1.root, split, "val") == v1
+    assert select_refs(d2.refs, d2.root, split, "train") == t2
+    semantic_pair(tmp_path / "other", "000")
+    other = open_dataset(tmp_path / "other")
+    with pytest.raises(ValueError, match="none of the run's data folders"):
+        select_refs(other.refs, other.root, split, "val")

@@ -53,3 +53,21 @@ def test_non_finite_loss_stops_before_the_step():
     with pytest.raises(DivergedError, match="lower the learning rate"):
         train_one_epoch(model, opt, loader, torch.device("cpu"), progress=False)
     assert torch.isfinite(model.w).all()
+
+
+def test_evaluate_leaves_nucleus_instances_out_of_the_cell_scores():
+    truth = np.zeros((1, 10, 10), np.uint8)
+    truth[0, :6, :6] = 1
+    true_nucleus = np.zeros_like(truth)
+    true_nucleus[0, 2:4, 2:4] = 1
+    pred = np.concatenate([truth, np.zeros_like(truth), np.zeros_like(truth)])
+    pred[2, 1:3, 2:4] = 1  # a nucleus instance (4 px) sharing 2 px with the true one (4 px); the other is empty
+    answer = _answer(pred)
+    answer["labels"] = torch.tensor([1, 2, 2])
+    loader = [([torch.zeros(3, 10, 10)], [make_target(truth, nuclei=true_nucleus)])]
+    scores = evaluate(Oracle([answer]), loader, nucleus_label=2)
+    assert scores["mean_iou"] == 1.0 and scores["f1_50"] == 1.0
+    assert scores["nucleus_dice"] == pytest.approx(2 * 2 / (4 + 4))
+    answer["labels"] = torch.tensor([1, 2, 2])
+    plain = evaluate(Oracle([dict(answer)]), loader)  # without nucleus_label the nucleus counts as a cell
+    assert plain["f1_50"] < 1.0 and "nucleus_dice" not in plain

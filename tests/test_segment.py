@@ -123,3 +123,44 @@ def test_typed_cells_and_the_differential_report(tmp_path):
     page = (tmp_path / "out" / "differential.html").read_text()
     assert "Research use only" in page and "Gallery: neutrophil" in page and "https://" not in page
     assert json.loads((tmp_path / "out" / "differential.json").read_text())["total"] == 2
+
+
+class CellAndNucleus(torch.nn.Module):
+    """A fake two-class Mask R-CNN ('white_cell', 'nucleus'): one cell and its nucleus, and a stray
+    nucleus outside every cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))  # predict() reads the device from the parameters
+
+    def forward(self, images):
+        h, w = images[0].shape[1:]
+        m = torch.zeros(3, 1, h, w)
+        m[0, 0, 5:25, 5:25] = 1  # cell
+        m[1, 0, 10:14, 10:14] = 1  # its nucleus: 16 px
+        m[2, 0, 30:34, 30:34] = 1  # nucleus of no cell
+        return [{"masks": m, "labels": torch.tensor([1, 2, 2]), "scores": torch.tensor([0.9, 0.8, 0.7]),
+                 "boxes": torch.zeros(3, 4)} for _ in images]
+
+
+def test_a_model_with_a_nucleus_class_reports_cells_with_their_learned_nuclei(tmp_path):
+    from hemaseg.predict import ModelMethod
+
+    method = ModelMethod(CellAndNucleus(), ("white_cell", "nucleus"))
+    assert method.classes == ("white_cell",) and method.nucleus_label == 2
+    result = method(torch.full((3, 40, 40), 0.7))
+    assert result["labels"].tolist() == [1] and result["nuclei"].shape == (1, 40, 40)
+    assert int(result["nuclei"].sum()) == 16
+    kept = filter_cells(result, SegmentConfig(min_area=1))
+    assert int(kept["nuclei"].sum()) == 16 and len(kept["nuclei"]) == len(kept["masks"]) == 1
+
+    img = save_png(tmp_path / "uniform.png", np.full((40, 40, 3), 180, np.uint8))  # split finds no nucleus here
+    for mode, area in (("auto", "16"), ("split", "")):
+        segment_files([img], method, tmp_path / mode, SegmentConfig(nuclei=mode), progress=False, log=lambda s: None)
+        row = next(csv.DictReader(open(tmp_path / mode / "uniform_cells.csv")))
+        assert row["nucleus_area_px"] == area, mode
+        assert json.load(open(tmp_path / mode / "predictions_coco.json"))["categories"] == [{"id": 1, "name": "white_cell"}]
+    with pytest.raises(ValueError, match="last class"):
+        ModelMethod(CellAndNucleus(), ("nucleus", "white_cell"))
+    with pytest.raises(ValueError, match="nuclei must be"):
+        SegmentConfig(nuclei="learned")

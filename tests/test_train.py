@@ -17,7 +17,7 @@ def smears(tmp_path_factory):
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), epochs=2, batch_size=2, warmup_steps=3, val_fraction=0.2, seed=1)
+    base = dict(data=data if isinstance(data, tuple) else str(data), out=str(out), epochs=2, batch_size=2, warmup_steps=3, val_fraction=0.2, seed=1)
     return TrainConfig(**{**base, **kw})
 
 
@@ -32,7 +32,7 @@ def test_short_training_run_loss_falls_and_writes_the_run(smears, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     assert 0 <= float(rows[-1]["val_mean_iou"]) <= 1 and "val_f1_50" in rows[-1]
     model, cfg = load_model(tmp_path / "run" / "best.pt")
-    assert set(cfg.classes) == {"red_cell", "white_cell", "platelet"}
+    assert set(cfg.classes) == {"red_cell", "white_cell", "platelet", "nucleus"} and cfg.classes[-1] == "nucleus"
     assert read_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch
 
 
@@ -95,3 +95,37 @@ def test_default_training_on_zheng_dataset1_reaches_090(zheng, tmp_path):
     """The acceptance figure of docs/benchmarks.md (about 20 min on 2 cores): default settings."""
     result = train(TrainConfig(data=str(zheng / "dataset1"), out=str(tmp_path / "run")), progress=False)
     assert result.best_metrics["val_mean_iou"] >= 0.90
+
+
+def test_training_on_two_folders_learns_nuclei_and_splits_each(tmp_path):
+    import json
+
+    from conftest import semantic_pair
+
+    from hemaseg.data.dataset import select_refs
+    from hemaseg.data.formats import open_dataset
+
+    for i in range(5):
+        semantic_pair(tmp_path / "data" / "d1", f"{i:03d}", h=40, w=40, cells=((5, 5, 25, 25),))
+        semantic_pair(tmp_path / "data" / "d2", f"{i:03d}", h=48, w=48, cells=((10, 10, 30, 34),))
+    data = (str(tmp_path / "data" / "d1"), str(tmp_path / "data" / "d2"))
+    quiet = dict(progress=False, log=lambda s: None)
+    result = train(_cfg(data, tmp_path / "run", epochs=1), **quiet)
+    _, cfg = load_model(tmp_path / "run" / "best.pt")
+    assert cfg.classes == ("cell", "nucleus")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["sources"] == ["d1", "d2"] and len(split["train"]) == 8 and len(split["val"]) == 2
+    for d in data:
+        src = open_dataset(d)
+        assert len(select_refs(src.refs, src.root, tmp_path / "run" / "split.json", "val")) == 1
+    assert "val_mean_iou" in result.history[0]
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["train"])
+    assert saved.data == data and saved.nuclei == "auto"
+
+    train(_cfg(data[0], tmp_path / "cells-only", epochs=1, nuclei="off"), **quiet)
+    assert load_model(tmp_path / "cells-only" / "best.pt")[1].classes == ("cell",)
+    old = saved.to_dict()
+    del old["nuclei"]  # a run written before nuclei were learned resumes as it was trained
+    assert TrainConfig.from_dict(old).nuclei == "off"
+    with pytest.raises(ValueError, match="nuclei must be"):
+        _cfg(data, tmp_path / "x", nuclei="split")

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,6 +20,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hemaseg: find and outline every blood cell in smear images (Mask R-CNN).")
 
 
+# options several commands share, declared once
+Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.")]
+Subset = Annotated[str, typer.Option(help="Which list of --split: val (held out) or train.")]
+Run = Annotated[Optional[Path], typer.Option(help="A run folder: adds its training curves to the report.")]
+Format = Annotated[str, typer.Option(help=f"Annotation format: {', '.join(FORMATS)}.")]
+ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.")]
+Nuclei = Annotated[str, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
+                                          "else split inside each cell), split, or off.")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
@@ -27,7 +38,8 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Folder of images + masks (semantic or label images), or a COCO .json."),
+    data: list[Path] = typer.Option(..., "--data", help="Folder of images + masks (semantic or label images), or a "
+                                    "COCO .json; repeat to train on several (each split on its own)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.csv, best.pt, last.pt."),
     val: Optional[Path] = typer.Option(None, "--val", help="Separate validation data (else a seeded split of --data)."),
     val_fraction: float = typer.Option(0.2, help="Share of --data held out for validation when --val is not given."),
@@ -45,6 +57,8 @@ def train(
     min_size: Optional[int] = typer.Option(None, help="Instead of --scale: torchvision's short-side size (the recipe used 800)."),
     pretrained: str = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once."),
     weights: Optional[Path] = typer.Option(None, help="Start from the weights of a hemaseg checkpoint (fine-tuning)."),
+    nuclei: str = typer.Option("auto", help="auto: learn the nuclei of data that has them (semantic 255, nuclei/ "
+                               "folder) as a 'nucleus' class; off: cells only."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
@@ -61,10 +75,10 @@ def train(
         aug = AugmentConfig() if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained)
         cfg = TrainConfig(
-            data=str(data), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
+            data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
             warmup_steps=warmup, seed=seed, patience=patience, workers=workers, device=device, amp=amp,
-            weights=str(weights) if weights else None, model=model, augment=aug,
+            weights=str(weights) if weights else None, nuclei=nuclei, model=model, augment=aug,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
     except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
@@ -93,12 +107,13 @@ def segment(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt)."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges."),
-    score_threshold: float = typer.Option(0.5, help="Minimum detection score."),
+    score_threshold: ScoreThreshold = 0.5,
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    nuclei: Nuclei = "auto",
+    progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
     from .data.formats import list_images
@@ -106,7 +121,8 @@ def segment(
     from .segment import segment_files
 
     try:
-        cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border, pixel_size=pixel_size)
+        cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
+                            pixel_size=pixel_size, nuclei=nuclei)
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
@@ -174,18 +190,14 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Output folder: per_image.csv, summary.json, figures/, report.html."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn)."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
-    split: Optional[Path] = typer.Option(None, help="A run's split.json: evaluate only its --subset images."),
-    subset: str = typer.Option("val", help="Which list of --split: val (held out) or train."),
-    run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
-    format: str = typer.Option("auto", help=f"Annotation format: {', '.join(FORMATS)}."),
-    score_threshold: float = typer.Option(0.5, help="Minimum detection score."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
+    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
     from .predict import SegmentConfig
 
     try:
-        cfg = SegmentConfig(score_threshold=score_threshold)
+        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei)
         source, refs = _eval_refs(data, format, split, subset)
         table = _run_evaluations([_method(method, model, cfg)], source, refs, out, cfg, run,
                                  f"Evaluation of {method} on {data}", progress)
@@ -201,17 +213,14 @@ def compare(
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn)."),
     methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
-    split: Optional[Path] = typer.Option(None, help="A run's split.json: compare on its --subset images only."),
-    subset: str = typer.Option("val"),
-    run: Optional[Path] = typer.Option(None, help="A run folder: adds its training curves to the report."),
-    format: str = typer.Option("auto"),
-    progress: bool = typer.Option(True),
+    split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
+    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
     from .predict import SegmentConfig
 
     try:
-        cfg = SegmentConfig()
+        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei)
         source, refs = _eval_refs(data, format, split, subset)
         chosen = [_method(m.strip(), model, cfg, unet) for m in methods.split(",") if m.strip()]
         table = _run_evaluations(chosen, source, refs, out, cfg, run, f"Comparison on {data}", progress)

@@ -1,7 +1,7 @@
 """Evaluate a segmentation method against ground truth in any supported format.
 
 Per image: the recipe's union IoU and Dice, cell counts, matches at IoU 0.5, seconds, and - where the
-ground truth has nuclei - the Dice of the predicted nuclei (:mod:`hemaseg.nuclei`) against the true ones. Over the set:
+ground truth has nuclei - the Dice of the predicted nuclei (learned or split, :mod:`hemaseg.nuclei`) against the true ones. Over the set:
 mean IoU and Dice, instance matching at IoU 0.5-0.9 (pooled counts, :mod:`hemaseg.metrics`), and COCO
 mask and box AP/AP50/AP75 (pycocotools, class-agnostic, up to ``max_dets`` detections per image so
 dense images are not undercounted).
@@ -27,7 +27,7 @@ from .data.formats import DatasetSource, SampleRef
 from .data.io import csv_text, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, iou_matrix, matched_ious, semantic_iou
 from .nuclei import nuclei_for
-from .predict import Method, SegmentConfig, filter_cells
+from .predict import Method, SegmentConfig, filter_cells, learned_nuclei
 from .segment import encode_rle
 from .viz import overlay, side_by_side
 
@@ -135,9 +135,9 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(t),
                "n_pred": len(p), "tp_50": tp, "f1_50": 2 * tp / (len(t) + len(p)) if len(t) + len(p) else 1.0,
                "seconds": seconds}
-        if cfg.nuclei and "nuclei" in target and target["nuclei"].any():
+        if cfg.nuclei != "off" and "nuclei" in target and target["nuclei"].any():
             names = [method.classes[k - 1] for k in result["labels"].tolist()]
-            row["nucleus_dice"] = dice(target["nuclei"].numpy(), nuclei_for(image, p, names))
+            row["nucleus_dice"] = dice(target["nuclei"].numpy(), nuclei_for(image, p, names, learned_nuclei(result, cfg)))
         rows.append(row)
         kept[i] = (tensor_to_image(image), masks_to_labels(t), masks_to_labels(p, scores))
         by_iou = sorted(kept, key=lambda k: rows[k]["iou"])

@@ -1,12 +1,16 @@
-"""Nucleus inside a segmented white cell, and its lobes.
+"""Nucleus of each segmented white cell, and its lobes.
 
-Design, chosen by measurement (docs/benchmarks.md): the cell outline comes from the model; inside it,
-the nucleus is the darker part - an Otsu threshold of the darkness computed over the cell's own pixels,
-so it adapts to each cell's stain. Given the true cell outlines of Zheng et al. it reaches a mean nucleus
-Dice of 0.918 (dataset1, 300 images) and 0.962 (dataset2, 50) with no training and no extra model
-output (``benchmarks/nucleus_split.py``). Measured against it, nuclei learned as Mask R-CNN instances
-of their own reach 0.945 vs this split's 0.908 with the same cells (``benchmarks/nucleus_learned.py``):
-the split is the fallback until the learned nucleus is wired into ``segment``.
+Two sources, one entry point (:func:`nuclei_for`):
+
+* **learned** (preferred): a model trained with nuclei as instances of their own class ``"nucleus"``
+  (:mod:`hemaseg.train` does it whenever the training data carries nuclei). Each predicted nucleus is
+  given to the cell that holds most of it (:func:`assign_nuclei`).
+* **split** (fallback, for models without a nucleus class or a cell the model gave no nucleus): inside
+  the cell outline, the nucleus is the darker part - an Otsu threshold of the darkness computed over
+  the cell's own pixels, so it adapts to each cell's stain.
+
+Measured on held-out Zheng et al. images (docs/benchmarks.md, ``benchmarks/nucleus_learned.py``): the
+learned nucleus reaches a higher nucleus Dice than the split of the same model's cells.
 """
 
 from __future__ import annotations
@@ -63,11 +67,43 @@ def count_lobes(nucleus: np.ndarray, rel: float = 0.4, min_core: int = 3) -> int
     return int((sizes >= min_core).sum())
 
 
-def nuclei_for(image: torch.Tensor, masks: np.ndarray, classes: list[str],
+NUCLEUS_CLASS = "nucleus"  # the class name a model's learned nuclei carry
+
+
+def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray, min_inside: float = 0.5) -> np.ndarray:
+    """Give each of ``nuclei`` (``M x H x W``) to the cell of ``cells`` (``N x H x W``) that holds most of
+    its pixels, if that cell holds at least ``min_inside`` of them; returns ``N x H x W uint8``, the
+    union of each cell's nuclei clipped to the cell. A nucleus in no cell is dropped.
+
+    >>> cells = np.zeros((2, 4, 8), np.uint8); cells[0, :, :4] = 1; cells[1, :, 4:] = 1
+    >>> nuclei = np.zeros((2, 4, 8), np.uint8); nuclei[0, 1:3, 4:7] = 1; nuclei[1, 1:3, 1:4] = 1
+    >>> assign_nuclei(cells, nuclei).sum(axis=(1, 2)).tolist()  # the second nucleus lies in cell 0
+    [6, 6]
+    """
+    cells = np.asarray(cells) != 0
+    nuclei = np.asarray(nuclei) != 0
+    out = np.zeros(cells.shape, np.uint8)
+    if not len(cells) or not len(nuclei):
+        return out
+    overlap = nuclei.reshape(len(nuclei), -1).astype(np.float32) @ cells.reshape(len(cells), -1).T.astype(np.float32)
+    size = nuclei.reshape(len(nuclei), -1).sum(1)
+    owner = overlap.argmax(1)
+    for j, k in enumerate(owner):
+        if size[j] and overlap[j, k] >= min_inside * size[j]:
+            out[k] |= nuclei[j] & cells[k]
+    return out
+
+
+def nuclei_for(image: torch.Tensor, masks: np.ndarray, classes: list[str], learned: np.ndarray | None = None,
                nucleated: tuple[str, ...] = NUCLEATED) -> np.ndarray:
-    """``N x H x W uint8`` nuclei of the cells of ``masks`` whose class is nucleated (others: empty)."""
+    """``N x H x W uint8`` nuclei of the cells of ``masks`` whose class is nucleated (others: empty): the
+    ``learned`` nucleus of the cell (``N x H x W``, e.g. ``result["nuclei"]`` of a model with a nucleus
+    class) where it has one, else the within-cell split (:func:`split_nucleus`)."""
     out = np.zeros(np.asarray(masks).shape, np.uint8)
     for i, (m, c) in enumerate(zip(masks, classes)):
         if c.lower() in nucleated:
-            out[i] = split_nucleus(image, m)
+            if learned is not None and learned[i].any():
+                out[i] = np.asarray(learned[i]) != 0
+            else:
+                out[i] = split_nucleus(image, m)
     return out

@@ -49,6 +49,9 @@ def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = P
 
 
 # ------------------------------------------------------------------------------ methods
+NUCLEUS_MODES = ("auto", "split", "off")
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """How raw instances become reported cells, and what is written."""
@@ -58,11 +61,16 @@ class SegmentConfig:
     min_area: int = 0  # px: smaller cells are dropped
     drop_border: bool = False  # drop cells touching the image border
     pixel_size: float | None = None  # um per pixel: adds um columns
-    nuclei: bool = True  # split white cells into nucleus and cytoplasm (hemaseg.nuclei)
+    nuclei: str = "auto"  # white-cell nuclei: auto (learned if the model has them, else split), split, off
+
+    def __post_init__(self):
+        if self.nuclei not in NUCLEUS_MODES:
+            raise ValueError(f"nuclei must be one of {NUCLEUS_MODES}, got {self.nuclei!r}")
 
 
 class Method:
-    """A segmentation method: contract image in, ``dict(masks, labels, scores)`` out (CPU tensors).
+    """A segmentation method: contract image in, ``dict(masks, labels, scores, boxes)`` out (CPU tensors),
+    plus ``nuclei`` (``UInt8[N,H,W]``, each cell's learned nucleus) when the method predicts them.
     ``classes[i]`` names label ``i + 1``."""
 
     name: str = "method"
@@ -73,10 +81,21 @@ class Method:
 
 
 class ModelMethod(Method):
-    """A trained hemaseg model (Mask R-CNN, or the U-Net baseline)."""
+    """A trained hemaseg model (Mask R-CNN, or the U-Net baseline).
+
+    A model trained with a ``"nucleus"`` class (:data:`hemaseg.nuclei.NUCLEUS_CLASS`) returns cells only;
+    its nucleus instances are given to their cells (:func:`hemaseg.nuclei.assign_nuclei`) as ``nuclei``.
+    """
 
     def __init__(self, model: nn.Module, classes: tuple[str, ...], cfg: SegmentConfig = SegmentConfig(), name: str = "maskrcnn"):
-        self.model, self.classes, self.name = model.eval(), tuple(classes), name
+        from .nuclei import NUCLEUS_CLASS
+
+        self.model, self.name = model.eval(), name
+        classes = tuple(classes)
+        self.nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if NUCLEUS_CLASS in classes else None
+        self.classes = tuple(c for c in classes if c != NUCLEUS_CLASS)
+        if self.nucleus_label is not None and self.nucleus_label != len(classes):
+            raise ValueError(f"the '{NUCLEUS_CLASS}' class must be the model's last class, got {classes}")
         self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold)
 
     @classmethod
@@ -87,7 +106,22 @@ class ModelMethod(Method):
         return cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
 
     def __call__(self, image: torch.Tensor) -> dict:
-        return predict(self.model, [image], self.predict_cfg)[0]
+        out = predict(self.model, [image], self.predict_cfg)[0]
+        if self.nucleus_label is None:
+            return out
+        return split_nucleus_instances(out, self.nucleus_label)
+
+
+def split_nucleus_instances(result: dict, nucleus_label: int) -> dict:
+    """A prediction with nucleus instances (label ``nucleus_label``) -> its cells, with ``nuclei``
+    (``UInt8[N,H,W]``) holding each cell's nuclei."""
+    from .nuclei import assign_nuclei
+
+    is_nucleus = result["labels"] == nucleus_label
+    cells = {k: v[~is_nucleus] for k, v in result.items()}
+    nuclei = assign_nuclei(cells["masks"].numpy(), result["masks"][is_nucleus].numpy())
+    cells["nuclei"] = torch.from_numpy(nuclei)
+    return cells
 
 
 class ClassicalMethod(Method):
@@ -109,8 +143,14 @@ class ClassicalMethod(Method):
                 "boxes": masks_to_boxes(masks)}
 
 
+def learned_nuclei(result: dict, cfg: SegmentConfig):
+    """``N x H x W`` learned nuclei of ``result`` to use under ``cfg.nuclei`` (None: split every cell)."""
+    return result["nuclei"].numpy() if cfg.nuclei == "auto" and "nuclei" in result else None
+
+
 def filter_cells(result: dict, cfg: SegmentConfig) -> dict:
-    """Drop cells under ``cfg.min_area`` px or (``drop_border``) touching the border; sort by score."""
+    """Drop cells under ``cfg.min_area`` px or (``drop_border``) touching the border (with their
+    ``nuclei``, if any); sort by score."""
     masks = result["masks"].bool()
     keep = torch.ones(len(masks), dtype=torch.bool)
     if len(masks):
@@ -121,6 +161,6 @@ def filter_cells(result: dict, cfg: SegmentConfig) -> dict:
             keep &= ~border
         keep &= masks.flatten(1).any(1)
     order = torch.argsort(result["scores"][keep], descending=True, stable=True)
-    out = {k: v[keep][order] for k, v in result.items() if k in ("masks", "labels", "scores")}
+    out = {k: v[keep][order] for k, v in result.items() if k in ("masks", "labels", "scores", "nuclei")}
     out["boxes"] = masks_to_boxes(out["masks"])
     return out

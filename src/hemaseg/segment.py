@@ -20,7 +20,7 @@ from .data.contract import image_to_tensor, masks_to_labels, tensor_to_image
 from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .measure import columns, measure_cells
 from .nuclei import NUCLEATED, nuclei_for
-from .predict import Method, SegmentConfig, filter_cells
+from .predict import Method, SegmentConfig, filter_cells, learned_nuclei
 from .viz import overlay
 
 
@@ -59,7 +59,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     taken: set[str] = set()
     coco_images, coco_anns = [], []
     classes = list(method.classes)
-    with_nuclei = cfg.nuclei and any(c.lower() in NUCLEATED for c in classes)
+    with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in classes)
     types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
     for image_id, path in enumerate(tqdm(files, desc=f"segment ({method.name})", disable=not progress), start=1):
         name = _unique_name(path.stem, taken)
@@ -76,7 +76,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         labels = result["labels"].tolist()
         scores = result["scores"].tolist()
         names = [classes[i - 1] for i in labels]
-        nuclei = nuclei_for(image, masks, names) if with_nuclei else None
+        nuclei = nuclei_for(image, masks, names, learned_nuclei(result, cfg)) if with_nuclei else None
         lab = masks_to_labels(masks, scores)
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
         rgb = tensor_to_image(image)

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
-from .data.dataset import CellDataset, collate, ref_key, split_refs
+from .data.dataset import CellDataset, collate, split_record, split_refs
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
 from .engine import evaluate, train_one_epoch
+from .nuclei import NUCLEUS_CLASS
 from .model import (
     ModelConfig,
     build_model,
@@ -40,9 +41,14 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. ``model.classes`` is filled in from the data."""
+    """A training run. ``model.classes`` is filled in from the data.
 
-    data: str
+    ``data`` is one dataset (folder or COCO JSON) or several, each split with ``seed`` on its own so
+    every one is represented in validation. ``nuclei="auto"`` teaches the model the nuclei of the
+    training data, where it has them, as instances of a last class ``"nucleus"``; ``"off"`` does not.
+    """
+
+    data: str | tuple[str, ...]
     out: str
     val: str | None = None
     val_fraction: float = 0.2
@@ -59,10 +65,17 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, CUDA only
     weights: str | None = None  # start from the weights of this hemaseg checkpoint
+    nuclei: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
+        if not isinstance(self.data, str):
+            object.__setattr__(self, "data", tuple(str(d) for d in self.data))
+            if not self.data:
+                raise ValueError("data: no dataset given")
+        if self.nuclei not in ("auto", "off"):
+            raise ValueError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,12 +83,17 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
+    @property
+    def data_paths(self) -> tuple[str, ...]:
+        return (self.data,) if isinstance(self.data, str) else self.data
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
+        d.setdefault("nuclei", "off")  # runs written before nuclei were learned
         model = ModelConfig.from_dict(d.pop("model"))
         aug = d.pop("augment")
         aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
@@ -133,14 +151,27 @@ def _metrics_csv(history: list[dict[str, float]]) -> str:
     return csv_text([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in history], keys)
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[DatasetSource, list, DatasetSource | None, list]:
-    """Open the training data and the validation data (a folder, or a seeded split of the training data)."""
-    source = open_dataset(cfg.data, cfg.format)
+Part = tuple[DatasetSource, list]  # a dataset and the samples of it taken
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[list[Part], list[Part]]:
+    """Open the training data and the validation data (``cfg.val``, or a seeded split of each dataset)."""
+    sources = [open_dataset(d, cfg.format) for d in cfg.data_paths]
     if cfg.val:
         val_source = open_dataset(cfg.val, cfg.format)
-        return source, sorted(source.refs, key=lambda r: str(r.image)), val_source, val_source.refs
-    train_refs, val_refs = split_refs(source.refs, cfg.val_fraction, cfg.seed)
-    return source, train_refs, (source if val_refs else None), val_refs
+        return [(s, sorted(s.refs, key=lambda r: str(r.image))) for s in sources], [(val_source, val_source.refs)]
+    train_parts, val_parts = [], []
+    for s in sources:
+        train_refs, val_refs = split_refs(s.refs, cfg.val_fraction, cfg.seed)
+        train_parts.append((s, train_refs))
+        if val_refs:
+            val_parts.append((s, val_refs))
+    return train_parts, val_parts
+
+
+def _has_nuclei(source: DatasetSource) -> bool:
+    """Whether the dataset's targets carry ``nuclei`` (semantic masks; instance labels with nuclei/)."""
+    return source.format == "semantic" or any(r.nuclei is not None for r in source.refs)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
@@ -158,21 +189,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     elif last_path.exists():
         raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
 
-    source, train_refs, val_source, val_refs = prepare_data(cfg)
-    classes = tuple(dict.fromkeys(source.classes + (val_source.classes if val_source else ())))
+    train_parts, val_parts = prepare_data(cfg)
+    names = [c for s, _ in train_parts + val_parts for c in s.classes]
+    learn_nuclei = cfg.nuclei == "auto" and cfg.model.arch != "unet" and any(_has_nuclei(s) for s, _ in train_parts)
+    if learn_nuclei or NUCLEUS_CLASS in names:  # the nucleus class is always last (see predict.ModelMethod)
+        names = [c for c in names if c != NUCLEUS_CLASS] + [NUCLEUS_CLASS]
+    classes = tuple(dict.fromkeys(names))
     # the semantic U-Net baseline knows one class, whatever the data's
     mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes)
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
         raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
     device = _device(cfg.device)
-    log(f"data: {source.root} ({source.format}), {len(train_refs)} training / {len(val_refs)} validation images, "
-        f"classes {list(classes)}; device {device}")
+    n_train, n_val = (sum(len(r) for _, r in parts) for parts in (train_parts, val_parts))
+    log(f"data: {', '.join(f'{s.root} ({s.format})' for s, _ in train_parts)}, {n_train} training / {n_val} validation "
+        f"images, classes {list(classes)}{' (nuclei learned as instances)' if learn_nuclei else ''}; device {device}")
 
-    train_ds = CellDataset(source, train_refs, classes, build_train_transforms(cfg.augment))
+    nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if learn_nuclei else None
+    transforms = build_train_transforms(cfg.augment)
+    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label) for s, refs in train_parts])
     val_loader = None
-    if val_source is not None and val_refs:
-        val_ds = CellDataset(val_source, val_refs, classes)
+    if val_parts:
+        val_ds = ConcatDataset([CellDataset(s, refs, classes) for s, refs in val_parts])
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate, num_workers=cfg.workers)
 
     torch.manual_seed(cfg.seed)
@@ -202,9 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict()})
-        write_json(out / "split.json", {"root": str(source.root.resolve()),
-                                        "train": [ref_key(r, source.root) for r in train_refs],
-                                        "val": [ref_key(r, val_source.root if val_source else source.root) for r in val_refs]})
+        write_json(out / "split.json", split_record([(s.root, r) for s, r in train_parts], [(s.root, r) for s, r in val_parts]))
 
     t0 = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stopped_early = False
@@ -218,7 +254,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         row: dict[str, float] = {"epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
                                  "train_s": time.perf_counter() - te}
         if val_loader is not None:
-            scores = evaluate(model, val_loader)
+            scores = evaluate(model, val_loader, nucleus_label=nucleus_label)
             row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
             score = scores["mean_iou"]
         else:

@@ -153,6 +153,28 @@ def drop_empty(target: Target, min_area: int = 1) -> Target:
     return out
 
 
+def add_nucleus_instances(target: Target, label: int) -> Target:
+    """The target with each cell's nucleus (``target["nuclei"]``, when present) appended as an instance
+    of class ``label`` of its own, overlapping its cell - how a model learns nuclei (:mod:`hemaseg.train`).
+    The ``nuclei`` key is dropped: its rows no longer follow ``masks``.
+
+    >>> cell = np.zeros((1, 6, 6), np.uint8); cell[0, 1:5, 1:5] = 1
+    >>> nucleus = np.zeros_like(cell); nucleus[0, 2:4, 2:4] = 1
+    >>> t = add_nucleus_instances(make_target(cell, nuclei=nucleus), label=2)
+    >>> t["labels"].tolist(), t["masks"].sum(dim=(1, 2)).tolist(), t["boxes"][1].tolist(), "nuclei" in t
+    ([1, 2], [16, 4], [2.0, 2.0, 4.0, 4.0], False)
+    """
+    out = {k: v for k, v in target.items() if k != "nuclei"}
+    nuclei = target.get("nuclei")
+    if nuclei is None:
+        return out
+    nuclei = nuclei[(nuclei.flatten(1) != 0).any(dim=1)]
+    out["masks"] = torch.cat([target["masks"], nuclei])
+    out["labels"] = torch.cat([target["labels"], torch.full((nuclei.shape[0],), int(label), dtype=torch.int64)])
+    out["boxes"] = masks_to_boxes(out["masks"])
+    return out
+
+
 def empty_target(height: int, width: int, with_nuclei: bool = False) -> Target:
     """The target of an image with no cell."""
     target: Target = {

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .contract import Target
+from .contract import Target, add_nucleus_instances
 from .formats import DatasetSource, SampleRef, load_sample
 
 
 class CellDataset(Dataset):
     """Samples of a dataset as contract ``(image, target)`` pairs, loaded lazily, optionally transformed.
 
-    ``classes`` is the model's class list; the source's class names must all be in it.
+    ``classes`` is the model's class list; the source's class names must all be in it. With
+    ``nucleus_label``, each cell's nucleus becomes an instance of that class of its own (after the
+    transforms; :func:`~.contract.add_nucleus_instances`) - how a model learns nuclei.
     """
 
     def __init__(self, source: DatasetSource, refs: list[SampleRef] | None = None,
-                 classes: tuple[str, ...] | None = None, transforms=None, stray: str = "nearest"):
+                 classes: tuple[str, ...] | None = None, transforms=None, stray: str = "nearest",
+                 nucleus_label: int | None = None):
         self.source = source
         self.refs = list(source.refs if refs is None else refs)
         self.classes = tuple(classes or source.classes)
@@ -29,6 +33,7 @@ class CellDataset(Dataset):
             raise ValueError(f"{source.root}: classes {unknown} are not among the model's classes {self.classes}")
         self.transforms = transforms
         self.stray = stray
+        self.nucleus_label = nucleus_label
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -38,6 +43,8 @@ class CellDataset(Dataset):
         target["image_id"] = index
         if self.transforms is not None:
             image, target = self.transforms(image, target)
+        if self.nucleus_label is not None:
+            target = add_nucleus_instances(target, self.nucleus_label)
         return image, target
 
 
@@ -74,15 +81,36 @@ def ref_key(ref: SampleRef, root: Path) -> str:
         return str(ref.image.resolve())
 
 
-def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subset: str = "val") -> list[SampleRef]:
-    """The samples of ``refs`` listed under ``subset`` (``train``/``val``) in a run's ``split.json``.
+def split_record(train: list[tuple[Path, list[SampleRef]]], val: list[tuple[Path, list[SampleRef]]]) -> dict:
+    """The content of a run's ``split.json`` for training and validation samples drawn from one or more
+    dataset roots: ``root`` (their common folder), ``sources`` (each root relative to it) and the
+    ``train``/``val`` image paths relative to ``root``."""
+    roots = list(dict.fromkeys(r.resolve() for r, _ in train + val))
+    common = Path(os.path.commonpath(roots)) if roots else Path(".").resolve()
+    return {"root": str(common), "sources": [r.relative_to(common).as_posix() for r in roots],
+            "train": [ref_key(ref, common) for _, refs in train for ref in refs],
+            "val": [ref_key(ref, common) for _, refs in val for ref in refs]}
 
-    Entries match by path relative to ``root`` or by resolved path; an entry matching nothing is an error.
+
+def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subset: str = "val") -> list[SampleRef]:
+    """The samples of ``refs`` (a dataset under ``root``) listed under ``subset`` (``train``/``val``) in a
+    run's ``split.json``.
+
+    Entries match by path relative to ``root``, by resolved path, or - for a run trained on several
+    folders (``sources``) - by their path under the source that is ``root``; entries of the other
+    sources are skipped. An entry of this dataset matching nothing is an error.
     """
     data = json.loads(Path(split_file).read_text(encoding="utf-8"))
     if subset not in data:
-        raise ValueError(f"{split_file}: no '{subset}' list (has {sorted(k for k in data if k != 'root')})")
+        raise ValueError(f"{split_file}: no '{subset}' list (has {sorted(k for k in data if k not in ('root', 'sources'))})")
     wanted = list(data[subset])
+    sources = [s for s in data.get("sources", []) if s not in ("", ".")]
+    if sources:
+        mine = [s for s in sources if root.resolve().parts[-len(Path(s).parts):] == Path(s).parts]
+        if not mine:
+            raise ValueError(f"{split_file}: {root} is none of the run's data folders {sources}")
+        prefix = mine[0].rstrip("/") + "/"
+        wanted = [e[len(prefix):] for e in wanted if e.startswith(prefix)]
     by_key = {ref_key(r, root): r for r in refs}
     by_path = {str(r.image.resolve()): r for r in refs}
     chosen, missing = [], []
