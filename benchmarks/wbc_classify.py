@@ -1,9 +1,10 @@
 """Cross-validated white-cell typing on Zheng et al. 2018 (dataset1 + dataset2 together).
 
-    .venv/bin/python benchmarks/wbc_classify.py --zheng ../shared/data/wbc-zheng2018 [--save wbc.json]
+    .venv/bin/python benchmarks/wbc_classify.py --zheng ../shared/data/wbc-zheng2018 [--nuclei true] [--save wbc.json]
 
-Cells: the true cell outlines; nuclei: hemaseg.nuclei.split_nucleus inside them (what `segment` does);
-features: hemaseg.classify.cell_features. Stratified 5-fold CV with a fixed seed, comparing the shipped
+Cells: the true cell outlines (hemaseg.classify.labelled_cells); nuclei: hemaseg.nuclei.split_nucleus
+inside them (--nuclei split) or the annotated ones (--nuclei true); features: hemaseg.classify.cell_features.
+`hemaseg fit-classifier` runs the same cross-validation of the linear model and saves it. Stratified 5-fold CV with a fixed seed, comparing the shipped
 linear model with a random forest. Prints per-class precision/recall, confusion matrices, balanced
 accuracy and the effect of the "unidentified" threshold. Labels are the authors' (not expert-checked).
 """
@@ -23,30 +24,18 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
-from hemaseg.classify import (
-    UNIDENTIFIED,
-    WBC_TYPES,
-    cell_features,
-    fit_linear,
-    read_zheng_classes,
-)
-from hemaseg.data.formats import load_sample, open_dataset
-from hemaseg.nuclei import split_nucleus
+from hemaseg.classify import UNIDENTIFIED, WBC_TYPES, fit_linear, labelled_cells, read_type_labels
+from hemaseg.data.formats import open_dataset
 
 
-def load(zheng: Path):
+def load(zheng: Path, nuclei: str):
     X, y, src_name = [], [], []
     for d in ("dataset1", "dataset2"):
-        labels = read_zheng_classes(zheng / f"classes_{d}.csv")
-        src = open_dataset(zheng / d)
-        for ref in src.refs:
-            image, target = load_sample(ref, src.classes)
-            areas = target["masks"].flatten(1).sum(1)
-            cell = target["masks"][int(areas.argmax())].numpy()
-            X.append(cell_features(image, cell, split_nucleus(image, cell)))
-            y.append(labels[ref.image.stem])
-            src_name.append(d)
-    return np.array(X), np.array(y), np.array(src_name)
+        Xd, yd, _ = labelled_cells(open_dataset(zheng / d), read_type_labels(zheng / f"classes_{d}.csv"), nuclei)
+        X.append(Xd)
+        y += yd
+        src_name += [d] * len(yd)
+    return np.vstack(X), np.array(y), np.array(src_name)
 
 
 def table(y, pred, classes) -> str:
@@ -68,10 +57,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--nuclei", default="split", choices=("true", "split"), help="nucleus of each cell: annotated or split")
     ap.add_argument("--save", type=Path, help="fit on all images and save the linear classifier (JSON)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    X, y, src = load(args.zheng)
+    X, y, src = load(args.zheng, args.nuclei)
     print(f"{len(y)} cells ({(src == 'dataset1').sum()} + {(src == 'dataset2').sum()}), features in {time.perf_counter() - t0:.0f} s")
     classes = [c for c in WBC_TYPES if c in set(y)]
     folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)

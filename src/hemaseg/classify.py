@@ -92,8 +92,10 @@ class LinearClassifier:
         return [(self.classes[b] if p[i, b] >= self.threshold else UNIDENTIFIED, float(p[i, b]))
                 for i, b in enumerate(best)]
 
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, {"format": "hemaseg-wbc-classifier", "version": 1, **asdict(self)})
+    def save(self, path: str | Path, validation: dict | None = None) -> Path:
+        """Write the classifier as JSON, with its ``validation`` figures (:func:`cross_validate`) if given."""
+        extra = {"validation": validation} if validation is not None else {}
+        return write_json(path, {"format": "hemaseg-wbc-classifier", "version": 1, **asdict(self), **extra})
 
     @classmethod
     def load(cls, path: str | Path) -> LinearClassifier:
@@ -102,8 +104,9 @@ class LinearClassifier:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{p}: cannot read classifier ({err})") from err
-        if d.pop("format", None) != "hemaseg-wbc-classifier" or d.pop("version", None) != 1:
+        if not isinstance(d, dict) or d.pop("format", None) != "hemaseg-wbc-classifier" or d.pop("version", None) != 1:
             raise ValueError(f"{p}: not a hemaseg white-cell classifier")
+        d.pop("validation", None)
         fields = {k: (tuple(tuple(r) for r in v) if k == "coef" else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         clf = cls(**fields)
         if len(clf.coef) != len(clf.classes) or any(len(r) != len(clf.features) for r in clf.coef):
@@ -129,17 +132,96 @@ def fit_linear(X: np.ndarray, y: list[str], threshold: float = 0.5, C: float = 1
                             tuple(tuple(coef[i]) for i in order), tuple(intercept[i] for i in order), threshold)
 
 
-def read_zheng_classes(path: str | Path) -> dict[str, str]:
-    """Zheng et al.'s ``classes_*.csv`` (image id -> 1..5) as ``{"001": "neutrophil", ...}``."""
+def read_type_labels(path: str | Path) -> dict[str, str]:
+    """A table of image -> white-cell type, for crop datasets with one labelled cell per image (as
+    Zheng et al.'s ``classes_*.csv``): a header row, then ``image,type`` rows where ``image`` is a file
+    stem or a number (``1`` matches ``001.bmp``) and ``type`` a name or ``1..5`` (in the order of
+    :data:`WBC_TYPES`). Keys are the stems as written, numbers without leading zeros (see :func:`type_of`).
+    """
     out = {}
     with open(path, encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     for line_no, row in enumerate(rows[1:], start=2):
-        if not row:
+        if not row or not "".join(row).strip():
             continue
         try:
-            image_id, label = int(row[0]), int(row[1])
-            out[f"{image_id:03d}"] = WBC_TYPES[label - 1]
+            image, label = row[0].strip(), row[1].strip()
+            if image.isdigit():
+                image = str(int(image))
+            kind = WBC_TYPES[int(label) - 1] if label.isdigit() else label.lower()
+            if not image or not kind or (label.isdigit() and int(label) < 1):
+                raise ValueError("empty field or type 0")
         except (ValueError, IndexError) as err:
-            raise ValueError(f"{path}:{line_no}: expected 'image id,class 1..5', got {row}") from err
+            raise ValueError(f"{path}:{line_no}: expected 'image,type' with type a name or 1..{len(WBC_TYPES)}, got {row}") from err
+        out[image] = kind
     return out
+
+
+def type_of(labels: dict[str, str], stem: str) -> str | None:
+    """The type :func:`read_type_labels` gives the image ``stem`` (``"001"`` finds key ``"1"``), or None."""
+    if stem in labels:
+        return labels[stem]
+    return labels.get(str(int(stem))) if stem.isdigit() else None
+
+
+def labelled_cells(source, labels: dict[str, str] | None = None, nuclei: str = "true") -> tuple[np.ndarray, list[str], list[str]]:
+    """Features, types and image paths of the labelled white cells of a dataset
+    (:class:`~hemaseg.data.formats.DatasetSource`).
+
+    A cell is labelled when its annotated class is a type of ``labels``' kind or of :data:`WBC_TYPES`
+    (instance/COCO data whose classes are the types), or - with an image table ``labels``
+    (:func:`read_type_labels`) - when it is the largest annotated cell of a listed image. Its nucleus
+    is the annotated one (``nuclei="true"``, where the data has it) or the within-cell split (``"split"``).
+    """
+    from .data.formats import load_sample
+    from .nuclei import split_nucleus
+
+    if nuclei not in ("true", "split"):
+        raise ValueError(f"nuclei must be 'true' or 'split', got {nuclei!r}")
+    types = set(WBC_TYPES) | set((labels or {}).values())
+    X, y, where = [], [], []
+    for ref in source.refs:
+        image, t = load_sample(ref, source.classes, coco=source.coco)
+        names = [source.classes[k - 1] for k in t["labels"].tolist()]
+        cells = [(k, n.lower()) for k, n in enumerate(names) if n.lower() in types]
+        kind = type_of(labels, ref.image.stem) if labels else None
+        if kind is not None and len(t["masks"]):
+            cells = [(int(t["masks"].flatten(1).sum(1).argmax()), kind)]
+        for k, kind in cells:
+            cell = t["masks"][k].numpy()
+            nucleus = t["nuclei"][k].numpy() if nuclei == "true" and "nuclei" in t else None
+            if nucleus is None or not nucleus.any():
+                nucleus = split_nucleus(image, cell)
+            X.append(cell_features(image, cell, nucleus))
+            y.append(kind)
+            where.append(str(ref.image))
+    if not X:
+        raise ValueError(f"{source.root}: no labelled white cell (give an image-type table, or annotate cells with type classes)")
+    return np.array(X), y, where
+
+
+def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, threshold: float = 0.5) -> dict:
+    """Stratified ``folds``-fold cross-validation (shuffled with ``seed``) of :func:`fit_linear`: accuracy,
+    balanced accuracy, per-type precision/recall/n and the confusion matrix (forced to a type), and how
+    many cells ``threshold`` sends to ``unidentified`` with the accuracy on the others."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=object)
+    classes = sorted(set(y), key=lambda c: (WBC_TYPES.index(c) if c in WBC_TYPES else 99, c))
+    if len(y) < folds:
+        raise ValueError(f"{len(y)} labelled cells cannot be split into {folds} folds")
+    k = folds  # a type with fewer cells than folds is still tested (scikit-learn warns)
+    forced, with_bin = np.empty(len(y), object), np.empty(len(y), object)
+    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+        clf = fit_linear(X[train], list(y[train]), threshold=threshold)
+        forced[test] = [clf.classes[i] for i in clf.proba(X[test]).argmax(1)]
+        with_bin[test] = [t for t, _ in clf.predict(X[test])]
+    p, r, _, n = precision_recall_fscore_support(y, forced, labels=classes, zero_division=0)
+    known = with_bin != UNIDENTIFIED
+    return {"folds": k, "cells": len(y), "classes": classes, "accuracy": float((forced == y).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(y, forced)),
+            "per_class": {c: {"n": int(ni), "precision": float(pi), "recall": float(ri)} for c, ni, pi, ri in zip(classes, n, p, r)},
+            "confusion": confusion_matrix(y, forced, labels=classes).tolist(),
+            "unidentified": int((~known).sum()), "threshold": threshold,
+            "accuracy_identified": float((with_bin[known] == y[known]).mean()) if known.any() else 0.0}

@@ -229,6 +229,41 @@ def compare(
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
 
 
+@app.command("fit-classifier")
+def fit_classifier(
+    data: list[Path] = typer.Option(..., "--data", help="Annotated white-cell images (any supported format); repeatable."),
+    out: Path = typer.Option(..., "--out", help="The classifier to write (JSON), for `segment --classifier`."),
+    labels: list[Path] = typer.Option([], "--labels", help="Per --data, in order: a CSV of image,type (Zheng's "
+                                      "classes_*.csv works); omit when the annotations' classes are the types."),
+    nuclei: str = typer.Option("true", help="Nucleus of each training cell: true (annotated, else split) or split."),
+    threshold: float = typer.Option(0.5, help="Below this confidence a cell is reported as unidentified."),
+    folds: int = typer.Option(5, help="Stratified cross-validation folds."),
+    seed: int = typer.Option(0, help="Seed of the folds."),
+    format: Format = "auto",
+) -> None:
+    """Fit the white-cell type classifier on labelled cells; prints its cross-validation first."""
+    import numpy as np
+
+    from .classify import cross_validate, fit_linear, labelled_cells, read_type_labels
+    from .data.formats import open_dataset
+
+    try:
+        if labels and len(labels) != len(data):
+            raise ValueError(f"{len(labels)} --labels for {len(data)} --data: give one per --data, in order, or none")
+        parts = [labelled_cells(open_dataset(d, format), read_type_labels(lab) if labels else None, nuclei)
+                 for d, lab in zip(data, labels or [None] * len(data))]
+        X, y = np.vstack([p[0] for p in parts]), [t for p in parts for t in p[1]]
+        cv = cross_validate(X, y, folds, seed, threshold)
+        fit_linear(X, y, threshold=threshold).save(out, validation=cv)
+    except (DataError, ValueError, OSError) as err:
+        _fail(err)
+    rows = [{"type": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in m.items()}} for c, m in cv["per_class"].items()]
+    typer.echo(f"{cv['cells']} cells, {cv['folds']}-fold cross-validation: accuracy {cv['accuracy']:.3f}, "
+               f"balanced accuracy {cv['balanced_accuracy']:.3f}\n" + csv_text(rows, ["type", "n", "precision", "recall"])
+               + f"threshold {threshold}: {cv['unidentified']} unidentified, accuracy on the rest {cv['accuracy_identified']:.3f}\n"
+               f"classifier -> {out}")
+
+
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` output folder."),
