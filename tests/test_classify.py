@@ -87,7 +87,7 @@ def test_labelled_cells_and_cross_validation(tmp_path):
     cv = cross_validate(X, y, folds=5, seed=0)
     assert cv["folds"] == 5 and cv["accuracy"] == 1.0 and cv["balanced_accuracy"] == 1.0
     assert cv["per_class"]["neutrophil"] == {"n": 5, "precision": 1.0, "recall": 1.0}
-    assert cv["confusion"] == [[5, 0], [0, 5]] and cv["unidentified"] == 0
+    assert cv["confusion"] == [[5, 0], [0, 5]] and cv["unidentified"] == 0 and cv["few"] == []
     with pytest.raises(ValueError, match="no labelled white cell"):
         labelled_cells(src, None)  # class 'cell' is no type, and no table
     with pytest.raises(ValueError, match="3 folds"):

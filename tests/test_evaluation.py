@@ -4,7 +4,7 @@ import torch
 
 from hemaseg.data.formats import open_dataset
 from hemaseg.evaluation import coco_ap, evaluate_method, write_evaluation
-from hemaseg.predict import Method
+from hemaseg.predict import Method, SegmentConfig
 from hemaseg.report import evaluation_sections, html_page, markdown_table, compare_rows
 
 from conftest import semantic_pair
@@ -71,3 +71,48 @@ def test_evaluate_method_writes_scores_figures_and_an_offline_report(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     table = markdown_table(compare_rows([ev]))
     assert table.splitlines()[2].startswith("| half | 2 | 0.5000")
+
+
+class NucleusOracle(Method):
+    """The true cells of each image, with a learned nucleus: the true one, or (``shrink``) its first half row-wise."""
+
+    name = "nuclei"
+
+    def __init__(self, source, shrink=False):
+        self.source, self.shrink, self.i = source, shrink, 0
+
+    def __call__(self, image):
+        from hemaseg.data.formats import load_sample
+
+        _, t = load_sample(self.source.refs[self.i], self.source.classes)
+        self.i += 1
+        nuclei = t["nuclei"].clone()
+        if self.shrink:
+            rows = nuclei.any(dim=2).nonzero()
+            for k, r in zip(rows[:, 0].tolist(), rows[:, 1].tolist()):
+                if r % 2:
+                    nuclei[k, r] = 0
+        n = len(t["masks"])
+        return {"masks": t["masks"], "labels": torch.ones(n, dtype=torch.int64), "scores": torch.ones(n), "nuclei": nuclei}
+
+
+def test_nucleus_dice_and_iou_of_learned_nuclei(tmp_path):
+    semantic_pair(tmp_path / "d", "a", h=30, w=30, cells=[(2, 2, 14, 14)])
+    src = open_dataset(tmp_path / "d")
+    ev = evaluate_method(NucleusOracle(src), src, src.refs, progress=False)
+    assert ev.summary["nucleus_dice"] == 1.0 and ev.summary["nucleus_iou"] == 1.0
+    off = evaluate_method(NucleusOracle(src), src, src.refs, SegmentConfig(nuclei="off"), progress=False)
+    assert "nucleus_dice" not in off.summary and "nucleus_dice" not in off.per_image[0]
+    assert "nucleus IoU" in markdown_table(compare_rows([ev]))
+
+
+def test_nucleus_scores_by_hand(tmp_path):
+    img, mask = semantic_pair(tmp_path / "d", "a", h=30, w=30, cells=[(2, 2, 14, 14)])
+    mask[6:10, 6:10] = 255  # a 4x4 true nucleus
+    from conftest import save_png
+
+    save_png(tmp_path / "d" / "a.png", mask)
+    src = open_dataset(tmp_path / "d")
+    ev = evaluate_method(NucleusOracle(src, shrink=True), src, src.refs, progress=False)
+    # predicted: 2 of the 4 rows (8 px) of the 16 px nucleus -> Dice 16/24, IoU 8/16
+    assert ev.summary["nucleus_dice"] == pytest.approx(2 * 8 / 24) and ev.summary["nucleus_iou"] == pytest.approx(0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -213,7 +214,10 @@ def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, t
         raise ValueError(f"{len(y)} labelled cells cannot be split into {folds} folds")
     k = folds  # a type with fewer cells than folds is still tested (scikit-learn warns)
     forced, with_bin = np.empty(len(y), object), np.empty(len(y), object)
-    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+    with warnings.catch_warnings():  # rare types are reported in "few" instead of scikit-learn's warning
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    for train, test in splits:
         clf = fit_linear(X[train], list(y[train]), threshold=threshold)
         forced[test] = [clf.classes[i] for i in clf.proba(X[test]).argmax(1)]
         with_bin[test] = [t for t, _ in clf.predict(X[test])]
@@ -223,5 +227,6 @@ def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, t
             "balanced_accuracy": float(balanced_accuracy_score(y, forced)),
             "per_class": {c: {"n": int(ni), "precision": float(pi), "recall": float(ri)} for c, ni, pi, ri in zip(classes, n, p, r)},
             "confusion": confusion_matrix(y, forced, labels=classes).tolist(),
+            "few": [c for c in classes if (y == c).sum() < k],  # types with fewer cells than folds: unreliable figures
             "unidentified": int((~known).sum()), "threshold": threshold,
             "accuracy_identified": float((with_bin[known] == y[known]).mean()) if known.any() else 0.0}

@@ -260,6 +260,7 @@ def fit_classifier(
     rows = [{"type": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in m.items()}} for c, m in cv["per_class"].items()]
     typer.echo(f"{cv['cells']} cells, {cv['folds']}-fold cross-validation: accuracy {cv['accuracy']:.3f}, "
                f"balanced accuracy {cv['balanced_accuracy']:.3f}\n" + csv_text(rows, ["type", "n", "precision", "recall"])
+               + (f"too few cells to learn or score: {', '.join(cv['few'])} (fewer than {cv['folds']})\n" if cv["few"] else "")
                + f"threshold {threshold}: {cv['unidentified']} unidentified, accuracy on the rest {cv['accuracy_identified']:.3f}\n"
                f"classifier -> {out}")
 

@@ -1,7 +1,7 @@
 """Evaluate a segmentation method against ground truth in any supported format.
 
 Per image: the recipe's union IoU and Dice, cell counts, matches at IoU 0.5, seconds, and - where the
-ground truth has nuclei - the Dice of the predicted nuclei (learned or split, :mod:`hemaseg.nuclei`) against the true ones. Over the set:
+ground truth has nuclei - the Dice and IoU of the predicted nuclei (learned or split, :mod:`hemaseg.nuclei`) against the true ones. Over the set:
 mean IoU and Dice, instance matching at IoU 0.5-0.9 (pooled counts, :mod:`hemaseg.metrics`), and COCO
 mask and box AP/AP50/AP75 (pycocotools, class-agnostic, up to ``max_dets`` detections per image so
 dense images are not undercounted).
@@ -137,7 +137,8 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
                "seconds": seconds}
         if cfg.nuclei != "off" and "nuclei" in target and target["nuclei"].any():
             names = [method.classes[k - 1] for k in result["labels"].tolist()]
-            row["nucleus_dice"] = dice(target["nuclei"].numpy(), nuclei_for(image, p, names, learned_nuclei(result, cfg)))
+            true_nuclei, nuclei = target["nuclei"].numpy(), nuclei_for(image, p, names, learned_nuclei(result, cfg))
+            row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)
         kept[i] = (tensor_to_image(image), masks_to_labels(t), masks_to_labels(p, scores))
         by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
@@ -148,9 +149,10 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     summary = {"method": method.name, "images": len(rows),
                "mean_iou": sum(r["iou"] for r in rows) / n, "mean_dice": sum(r["dice"] for r in rows) / n,
                "seconds_per_image": sum(r["seconds"] for r in rows) / n}
-    nucleus = [r["nucleus_dice"] for r in rows if "nucleus_dice" in r]
-    if nucleus:
-        summary["nucleus_dice"] = sum(nucleus) / len(nucleus)
+    for key in ("nucleus_dice", "nucleus_iou"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            summary[key] = sum(values) / len(values)
     summary["matching"] = {f"{th:.2f}": counter.result(th).as_dict() for th in THRESHOLDS}
     m50 = summary["matching"]["0.50"]
     summary.update({"f1_50": m50["f1"], "precision_50": m50["precision"], "recall_50": m50["recall"],

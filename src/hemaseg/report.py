@@ -16,7 +16,7 @@ from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
                    ("f1_50", "F1@0.5"), ("pq_50", "PQ@0.5"), ("mask_AP", "mask AP"), ("mask_AP50", "mask AP50"),
-                   ("box_AP", "box AP"), ("nucleus_dice", "nucleus Dice"), ("seconds_per_image", "s/image"))
+                   ("box_AP", "box AP"), ("nucleus_dice", "nucleus Dice"), ("nucleus_iou", "nucleus IoU"), ("seconds_per_image", "s/image"))
 
 
 def compare_rows(evals: Sequence[Evaluation]) -> list[dict]:
