@@ -1,0 +1,202 @@
+"""Images of any size: overlapping tiles, sparse cells, seams merged. Small pure functions.
+
+A whole smear field is thousands of pixels wide with hundreds of cells; an ``N x H x W`` mask stack of
+it would not fit in memory. Here a cell is stored *sparsely*: its box (``XYXY`` ints in image pixels,
+``x2``/``y2`` exclusive) and its mask cropped to that box (:class:`Cells`). Segmenting a large image:
+
+1. :func:`tile_boxes` covers it with overlapping crops (``tile`` px, ``overlap`` px shared);
+2. the method runs on each crop; :meth:`Cells.from_result` keeps each cell as box + local mask;
+3. :func:`near_inner_edge` drops cells touching a crop edge that is not an image edge (cut by the
+   crop; the neighbouring crop sees them whole, provided ``overlap`` exceeds the largest cell);
+4. :func:`merge_cells` removes the duplicates of cells seen whole by two crops (mask IoU).
+
+Memory is bounded by one crop's dense result plus the sparse cells, whatever the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+def tile_boxes(height: int, width: int, tile: int = 1024, overlap: int = 256) -> list[tuple[int, int, int, int]]:
+    """``XYXY`` crop boxes of at most ``tile x tile`` px covering a ``height x width`` image, neighbours
+    sharing ``overlap`` px; the last row and column are aligned to the image's far edges.
+
+    >>> tile_boxes(100, 250, tile=100, overlap=20)
+    [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
+    >>> tile_boxes(50, 60, tile=100, overlap=20)
+    [(0, 0, 60, 50)]
+    """
+    if tile <= overlap or overlap < 0:
+        raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) >= 0")
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        out = list(range(0, n - tile, tile - overlap))
+        return out + [n - tile]
+
+    return [(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
+
+
+def near_inner_edge(boxes: np.ndarray, crop: tuple[int, int, int, int], height: int, width: int, margin: int = 1) -> np.ndarray:
+    """``bool[N]``: which ``boxes`` (``N x 4 XYXY``, image pixels) come within ``margin`` px of an edge
+    of ``crop`` (``XYXY``) that is not an edge of the ``height x width`` image.
+
+    >>> near_inner_edge(np.array([[0, 0, 10, 10], [40, 5, 50, 15], [20, 20, 30, 30]]), (0, 0, 50, 50), 100, 100)
+    array([False,  True, False])
+    """
+    b = np.asarray(boxes).reshape(-1, 4)
+    x0, y0, x1, y1 = crop
+    near = np.zeros(len(b), bool)
+    if x0 > 0:
+        near |= b[:, 0] < x0 + margin
+    if y0 > 0:
+        near |= b[:, 1] < y0 + margin
+    if x1 < width:
+        near |= b[:, 2] > x1 - margin
+    if y1 < height:
+        near |= b[:, 3] > y1 - margin
+    return near
+
+
+@dataclass
+class Cells:
+    """Sparse instances of one ``height x width`` image: cell ``i`` covers ``masks[i]`` (``bool``, the
+    size of its box) placed at ``boxes[i]`` (``XYXY`` ints, exclusive ends). ``nuclei[i]``, when the
+    method gives nuclei, is a mask of the same box (else ``nuclei`` is None)."""
+
+    height: int
+    width: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    masks: list[np.ndarray] = field(default_factory=list)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    nuclei: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @classmethod
+    def from_result(cls, result: dict, height: int, width: int, offset: tuple[int, int] = (0, 0)) -> Cells:
+        """From a method's dense result (``masks UInt8[N,h,w]``, ``labels``, ``scores``, optional
+        ``nuclei``) of a crop whose top-left corner is at ``offset`` (``x, y``) in the image."""
+        masks = result["masks"].numpy() != 0 if isinstance(result["masks"], torch.Tensor) else np.asarray(result["masks"]) != 0
+        nuclei = result.get("nuclei")
+        if isinstance(nuclei, torch.Tensor):
+            nuclei = nuclei.numpy()
+        scores = np.asarray(result["scores"], np.float32).reshape(-1)
+        labels = np.asarray(result["labels"], np.int64).reshape(-1)
+        ox, oy = offset
+        boxes, local, local_nuclei, keep = [], [], [], []
+        for i, m in enumerate(masks):
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if not len(rows):
+                continue
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            boxes.append((x0 + ox, y0 + oy, x1 + ox, y1 + oy))
+            local.append(m[y0:y1, x0:x1].copy())
+            if nuclei is not None:
+                local_nuclei.append((nuclei[i, y0:y1, x0:x1] != 0) & local[-1])
+            keep.append(i)
+        return cls(height, width, np.array(boxes, np.int64).reshape(-1, 4), local, scores[keep], labels[keep],
+                   local_nuclei if nuclei is not None else None)
+
+    def select(self, index) -> Cells:
+        """The cells at ``index`` (indices or a boolean mask), in that order."""
+        idx = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, np.int64).reshape(-1)
+        return Cells(self.height, self.width, self.boxes[idx].reshape(-1, 4), [self.masks[i] for i in idx],
+                     self.scores[idx], self.labels[idx], None if self.nuclei is None else [self.nuclei[i] for i in idx])
+
+    def dense(self, nuclei: bool = False) -> np.ndarray:
+        """``N x H x W uint8`` masks (or nuclei) - only for images small enough to hold them."""
+        out = np.zeros((len(self), self.height, self.width), np.uint8)
+        parts = self.nuclei if nuclei else self.masks
+        for i, (x0, y0, x1, y1) in enumerate(self.boxes):
+            if parts is not None:
+                out[i, y0:y1, x0:x1] = parts[i]
+        return out
+
+    def label_image(self) -> np.ndarray:
+        """``H x W`` label image (cell ``i`` -> ``i + 1``; 0 background; where cells overlap, the higher
+        score wins), ``uint16`` up to 65535 cells, else ``uint32``."""
+        lab = np.zeros((self.height, self.width), np.uint16 if len(self) < 65536 else np.uint32)
+        for i in np.argsort(self.scores, kind="stable"):  # best painted last
+            x0, y0, x1, y1 = self.boxes[i]
+            lab[y0:y1, x0:x1][self.masks[i]] = i + 1
+        return lab
+
+
+def concat_cells(parts: list[Cells]) -> Cells:
+    """All cells of ``parts`` (of one image), in order. Nuclei are kept if any part has them (cells of
+    a part without get empty nuclei)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    h, w = parts[0].height, parts[0].width
+    nuclei = None
+    if any(p.nuclei is not None and len(p) for p in parts):
+        nuclei = [n for p in parts for n in (p.nuclei if p.nuclei is not None else [np.zeros_like(m) for m in p.masks])]
+    return Cells(h, w, np.concatenate([p.boxes for p in parts]).reshape(-1, 4), [m for p in parts for m in p.masks],
+                 np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]), nuclei)
+
+
+def pair_iou(box_a, mask_a: np.ndarray, box_b, mask_b: np.ndarray) -> float:
+    """IoU of two sparse masks (each ``bool`` in its ``XYXY`` box).
+
+    >>> a = np.ones((10, 10), bool); b = np.ones((10, 10), bool)
+    >>> pair_iou((0, 0, 10, 10), a, (5, 0, 15, 10), b)  # half overlap: 50 / 150
+    0.3333333333333333
+    """
+    ax0, ay0, ax1, ay1 = box_a
+    bx0, by0, bx1, by1 = box_b
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    inter = np.logical_and(mask_a[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0], mask_b[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]).sum()
+    union = mask_a.sum() + mask_b.sum() - inter
+    return float(inter / union) if union else 0.0
+
+
+def merge_cells(kept: Cells, new: Cells, iou_threshold: float = 0.5) -> Cells:
+    """``kept`` plus the cells of ``new`` that duplicate none of them (mask IoU below ``iou_threshold``
+    with every kept cell of the same class); a duplicate with a higher score replaces the kept cell."""
+    if not len(new):
+        return kept
+    if not len(kept):
+        return new
+    replaced: set[int] = set()
+    take = []  # indices of new: additions and better-scored replacements
+    for j in np.argsort(-new.scores, kind="stable"):
+        b = new.boxes[j]
+        overlapping = np.flatnonzero((kept.boxes[:, 0] < b[2]) & (kept.boxes[:, 2] > b[0]) & (kept.boxes[:, 1] < b[3])
+                                     & (kept.boxes[:, 3] > b[1]) & (kept.labels == new.labels[j]))
+        dup = next((int(i) for i in overlapping if pair_iou(kept.boxes[i], kept.masks[i], b, new.masks[j]) >= iou_threshold), None)
+        if dup is None:
+            take.append(j)
+        elif new.scores[j] > kept.scores[dup] and dup not in replaced:
+            replaced.add(dup)
+            take.append(j)
+    return concat_cells([kept.select([i for i in range(len(kept)) if i not in replaced]), new.select(take)])
+
+
+def segment_tiled(method: Callable[[torch.Tensor], dict], image: np.ndarray, tile: int = 1024, overlap: int = 256,
+                  margin: int = 2, iou_threshold: float = 0.5, to_tensor: Callable | None = None) -> Cells:
+    """Segment an ``HWC`` image (uint8, or anything :func:`~hemaseg.data.contract.image_to_tensor`
+    takes) tile by tile with ``method`` (contract image in, dense result out) into sparse :class:`Cells`.
+
+    Only one tile is ever dense; an image no larger than ``tile`` is a single tile (no seams)."""
+    from .data.contract import image_to_tensor
+
+    to_tensor = to_tensor or image_to_tensor
+    h, w = image.shape[:2]
+    cells = Cells(h, w)
+    for crop in tile_boxes(h, w, tile, overlap):
+        x0, y0, x1, y1 = crop
+        part = Cells.from_result(method(to_tensor(image[y0:y1, x0:x1])), h, w, offset=(x0, y0))
+        part = part.select(~near_inner_edge(part.boxes, crop, h, w, margin))
+        cells = merge_cells(cells, part, iou_threshold)
+    return cells

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from skimage.measure import label as connected
+
+from hemaseg.metrics import match
+from hemaseg.tiling import Cells, merge_cells, near_inner_edge, segment_tiled, tile_boxes
+
+
+def _disks(h=600, w=700, n=140, seed=0):
+    """HWC uint8 field of dark, non-touching disks (radius 6-22) on a light background, and its labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    lab = np.zeros((h, w), np.int32)
+    for _ in range(n * 5):
+        r = rng.integers(6, 23)
+        cy, cx = rng.integers(0, h), rng.integers(0, w)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        if not (lab[grown] > 0).any():
+            lab[disk] = lab.max() + 1
+        if lab.max() == n:
+            break
+    image = np.where(lab[..., None] > 0, 60, 220).astype(np.uint8).repeat(3, axis=2)
+    return image, lab
+
+
+def components(image: torch.Tensor) -> dict:
+    """A 'method' that sees dark blobs of the crop it is given (cut at the crop's edge, like a model)."""
+    lab = connected(image[0].numpy() < 0.5)
+    ids = np.arange(1, lab.max() + 1)
+    masks = torch.from_numpy((lab[None] == ids[:, None, None]).astype(np.uint8))
+    areas = masks.flatten(1).sum(1).float()
+    return {"masks": masks, "labels": torch.ones(len(ids), dtype=torch.int64), "scores": areas / (areas.max() + 1) if len(ids) else areas}
+
+
+def test_tile_boxes_cover_the_image_with_the_overlap():
+    boxes = tile_boxes(1000, 2048, tile=512, overlap=128)
+    cover = np.zeros((1000, 2048), int)
+    for x0, y0, x1, y1 in boxes:
+        assert x1 - x0 <= 512 and y1 - y0 <= 512
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    xs = sorted({b[0] for b in boxes})
+    assert all(b - a <= 512 - 128 for a, b in zip(xs, xs[1:]))
+    with pytest.raises(ValueError, match="must exceed overlap"):
+        tile_boxes(10, 10, tile=64, overlap=64)
+
+
+def test_near_inner_edge_ignores_image_borders():
+    boxes = np.array([[0, 0, 5, 5], [5, 0, 15, 4], [48, 10, 50, 20], [10, 10, 20, 20]])
+    # crop = top-left quarter of a 100x100 image: its right and bottom edges are inner
+    assert near_inner_edge(boxes, (0, 0, 50, 50), 100, 100).tolist() == [False, False, True, False]
+    assert near_inner_edge(boxes, (0, 0, 100, 100), 100, 100).tolist() == [False] * 4
+
+
+def test_tiled_segmentation_finds_the_same_cells_as_untiled_and_no_seam_duplicates():
+    image, truth = _disks()
+    whole = segment_tiled(components, image, tile=1024)  # one tile
+    tiled = segment_tiled(components, image, tile=160, overlap=64)
+    assert len(whole) == truth.max() == 140
+    assert len(tiled) == len(whole)  # no duplicates, none lost
+    m = match(whole.dense(), tiled.dense(), 0.5)
+    assert m.f1 == 1.0 and m.mean_matched_iou == 1.0
+    assert np.array_equal(tiled.label_image() > 0, truth > 0)
+
+
+def test_merge_keeps_the_better_duplicate_and_distinct_cells():
+    m = np.ones((10, 10), bool)
+    a = Cells(50, 50, np.array([[0, 0, 10, 10]]), [m], np.array([0.6], np.float32), np.array([1]))
+    b = Cells(50, 50, np.array([[1, 0, 11, 10], [30, 30, 40, 40]]), [m, m], np.array([0.9, 0.5], np.float32), np.array([1, 1]))
+    merged = merge_cells(a, b)
+    assert sorted(merged.scores.tolist()) == pytest.approx([0.5, 0.9]) and len(merged) == 2
+    other_class = Cells(50, 50, np.array([[1, 0, 11, 10]]), [m], np.array([0.9], np.float32), np.array([2]))
+    assert len(merge_cells(a, other_class)) == 2  # a platelet over a red cell is not a duplicate
+
+
+def test_sparse_cells_round_trip_and_the_empty_case():
+    result = components(torch.from_numpy(_disks(120, 130, 6)[0]).permute(2, 0, 1).float() / 255)
+    cells = Cells.from_result(result, 120, 130)
+    assert np.array_equal(cells.dense(), result["masks"].numpy())
+    empty = segment_tiled(components, np.full((300, 300, 3), 220, np.uint8), tile=128, overlap=32)
+    assert len(empty) == 0 and empty.label_image().shape == (300, 300) and empty.dense().shape == (0, 300, 300)
