@@ -28,8 +28,9 @@ from hemaseg.data.dataset import select_refs
 from hemaseg.data.formats import load_sample, open_dataset
 from hemaseg.evaluation import evaluate_method
 from hemaseg.metrics import iou_matrix
-from hemaseg.nuclei import nuclei_for, split_nucleus
-from hemaseg.predict import ModelMethod, SegmentConfig, filter_cells, learned_nuclei
+from hemaseg.nuclei import cell_nuclei, split_nucleus
+from hemaseg.predict import ModelMethod, SegmentConfig, run_method
+from hemaseg.tiling import crop_image
 from hemaseg.train import TrainConfig, train
 
 DATASETS = ("dataset1", "dataset2")
@@ -65,17 +66,18 @@ def predicted_features(zheng: Path, run: Path, method: ModelMethod):
         src = open_dataset(zheng / d)
         for ref in select_refs(src.refs, src.root, run / "split.json", "val"):
             image, t = load_sample(ref, src.classes)
-            result = filter_cells(method(image), SegmentConfig())
-            masks = result["masks"].numpy()
+            cells = run_method(method, image, SegmentConfig())
+            masks = cells.dense()
             iou = iou_matrix(t["masks"][labelled_cell(t)][None].numpy(), masks)[0] if len(masks) else np.zeros(0)
             if not len(iou) or iou.max() < 0.5:
                 for v in X.values():
                     v.append(None)
                 continue
             j = int(iou.argmax())
-            names = [method.classes[i - 1] for i in result["labels"].tolist()]
-            learned = nuclei_for(image, masks, names, learned_nuclei(result, SegmentConfig()))
-            X["model cells, learned nuclei"].append(cell_features(image, masks[j], learned[j]))
+            names = [method.classes[i - 1] for i in cells.labels.tolist()]
+            learned = cell_nuclei(image, cells, names)[j]
+            box = cells.boxes[j]
+            X["model cells, learned nuclei"].append(cell_features(crop_image(image, box), cells.masks[j], learned))
             X["model cells, split nuclei"].append(cell_features(image, masks[j], split_nucleus(image, masks[j])))
     return X
 

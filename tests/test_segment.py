@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 from hemaseg.data.io import read_label_image
 from hemaseg.predict import Method, SegmentConfig, filter_cells
 from hemaseg.segment import segment_files
+from hemaseg.tiling import Cells
 
 
 class Squares(Method):
@@ -54,12 +55,13 @@ def test_batch_writes_all_outputs_and_survives_a_bad_file(tmp_path):
 
 def test_filter_cells_min_area_border_and_score_order():
     result = Squares()(torch.zeros(3, 40, 40))
-    kept = filter_cells(result, SegmentConfig(drop_border=True))
-    assert kept["scores"].tolist() == [pytest.approx(0.9)] and kept["boxes"].tolist() == [[5, 5, 15, 15]]
-    kept = filter_cells(result, SegmentConfig(min_area=50))
-    assert len(kept["masks"]) == 1
-    kept = filter_cells({**result, "scores": torch.tensor([0.1, 0.7])}, SegmentConfig())
-    assert kept["scores"].tolist() == pytest.approx([0.7, 0.1])
+    cells = Cells.from_result(result, 40, 40)
+    kept = filter_cells(cells, SegmentConfig(drop_border=True))
+    assert kept.scores.tolist() == [pytest.approx(0.9)] and kept.boxes.tolist() == [[5, 5, 15, 15]]
+    kept = filter_cells(cells, SegmentConfig(min_area=50))
+    assert len(kept) == 1
+    kept = filter_cells(Cells.from_result({**result, "scores": torch.tensor([0.1, 0.7])}, 40, 40), SegmentConfig())
+    assert kept.scores.tolist() == pytest.approx([0.7, 0.1]) and kept.labels.tolist() == [1, 2]
 
 
 class Disk(Method):
@@ -151,8 +153,8 @@ def test_a_model_with_a_nucleus_class_reports_cells_with_their_learned_nuclei(tm
     result = method(torch.full((3, 40, 40), 0.7))
     assert result["labels"].tolist() == [1] and result["nuclei"].shape == (1, 40, 40)
     assert int(result["nuclei"].sum()) == 16
-    kept = filter_cells(result, SegmentConfig(min_area=1))
-    assert int(kept["nuclei"].sum()) == 16 and len(kept["nuclei"]) == len(kept["masks"]) == 1
+    kept = filter_cells(Cells.from_result(result, 40, 40), SegmentConfig(min_area=1))
+    assert sum(n.sum() for n in kept.nuclei) == 16 and len(kept.nuclei) == len(kept) == 1
 
     img = save_png(tmp_path / "uniform.png", np.full((40, 40, 3), 180, np.uint8))  # split finds no nucleus here
     for mode, area in (("auto", "16"), ("split", "")):
@@ -164,3 +166,41 @@ def test_a_model_with_a_nucleus_class_reports_cells_with_their_learned_nuclei(tm
         ModelMethod(CellAndNucleus(), ("nucleus", "white_cell"))
     with pytest.raises(ValueError, match="nuclei must be"):
         SegmentConfig(nuclei="learned")
+
+
+def test_rle_in_box_equals_the_full_mask_rle():
+    from hemaseg.segment import encode_rle, encode_rle_in_box
+
+    rng = np.random.default_rng(0)
+    for h, w, box in [(30, 20, (0, 0, 20, 30)), (30, 20, (3, 5, 11, 30)), (7, 9, (8, 6, 9, 7)), (40, 40, (10, 0, 25, 40))]:
+        x0, y0, x1, y1 = box
+        local = rng.random((y1 - y0, x1 - x0)) > 0.4
+        local[:, 0] = True  # runs that reach the bottom and continue at the top of the next column
+        full = np.zeros((h, w), bool)
+        full[y0:y1, x0:x1] = local
+        assert encode_rle_in_box(local, box, h, w) == encode_rle(full), box
+
+
+def test_a_large_image_is_tiled_into_the_same_cells_and_files(tmp_path):
+    from test_tiling import _disks, components
+
+    class Components(Method):
+        name = "components"
+
+        def __call__(self, image):
+            return components(image)
+
+    image, truth = _disks(900, 1100, 200, seed=3)
+    path = save_png(tmp_path / "field.png", image)
+    quiet = dict(progress=False, log=lambda s: None)
+    segment_files([path], Components(), tmp_path / "whole", SegmentConfig(tile=2048), **quiet)
+    segment_files([path], Components(), tmp_path / "tiled", SegmentConfig(tile=300, overlap=100), **quiet)
+    whole, tiled = (read_label_image(tmp_path / d / "field_labels.png") for d in ("whole", "tiled"))
+    assert whole.max() == tiled.max() == truth.max() == 200
+    assert np.array_equal(whole > 0, tiled > 0)
+    rows = {d: list(csv.DictReader(open(tmp_path / d / "field_cells.csv"))) for d in ("whole", "tiled")}
+    key = lambda r: (r["bbox_x1"], r["bbox_y1"], r["area_px"])  # noqa: E731
+    assert sorted(map(key, rows["whole"])) == sorted(map(key, rows["tiled"]))
+    coco = COCO(str(tmp_path / "tiled" / "predictions_coco.json"))
+    for ann in coco.loadAnns(coco.getAnnIds())[:50]:
+        assert np.array_equal(coco.annToMask(ann) > 0, tiled == ann["cell_id"]), ann["cell_id"]

@@ -29,6 +29,8 @@ ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.")]
 Nuclei = Annotated[str, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
                                           "else split inside each cell), split, or off.")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+Tile = Annotated[int, typer.Option(help="Images larger than this (px) are segmented in overlapping tiles.")]
+Overlap = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles; more than the largest cell.")]
 
 
 def _fail(err: Exception) -> None:
@@ -112,7 +114,7 @@ def segment(
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
-    nuclei: Nuclei = "auto",
+    nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
     progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
@@ -122,7 +124,7 @@ def segment(
 
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
-                            pixel_size=pixel_size, nuclei=nuclei)
+                            pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap)
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
@@ -191,13 +193,14 @@ def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn)."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
-    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", progress: Progress = True,
+    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
+    progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
     from .predict import SegmentConfig
 
     try:
-        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei)
+        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap)
         source, refs = _eval_refs(data, format, split, subset)
         table = _run_evaluations([_method(method, model, cfg)], source, refs, out, cfg, run,
                                  f"Evaluation of {method} on {data}", progress)
@@ -214,13 +217,14 @@ def compare(
     methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
-    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", progress: Progress = True,
+    score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
+    progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
     from .predict import SegmentConfig
 
     try:
-        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei)
+        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap)
         source, refs = _eval_refs(data, format, split, subset)
         chosen = [_method(m.strip(), model, cfg, unet) for m in methods.split(",") if m.strip()]
         table = _run_evaluations(chosen, source, refs, out, cfg, run, f"Comparison on {data}", progress)

@@ -26,8 +26,8 @@ from .data.dataset import CellDataset
 from .data.formats import DatasetSource, SampleRef
 from .data.io import csv_text, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, iou_matrix, matched_ious, semantic_iou
-from .nuclei import nuclei_for
-from .predict import Method, SegmentConfig, filter_cells, learned_nuclei
+from .nuclei import cell_nuclei
+from .predict import Method, SegmentConfig, run_method
 from .segment import encode_rle
 from .viz import overlay, side_by_side
 
@@ -123,11 +123,11 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     for i in tqdm(range(len(ds)), desc=f"evaluate ({method.name})", disable=not progress):
         image, target = ds[i]
         t0 = time.perf_counter()
-        result = filter_cells(method(image), cfg)
+        cells = run_method(method, image, cfg)
         seconds = time.perf_counter() - t0
         t = target["masks"].numpy()
-        p = result["masks"].numpy()
-        scores = result["scores"].numpy()
+        p = cells.dense()
+        scores = cells.scores
         iou = iou_matrix(t, p)
         counter.add(iou)
         coco.add(t, p, scores)
@@ -136,11 +136,12 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
                "n_pred": len(p), "tp_50": tp, "f1_50": 2 * tp / (len(t) + len(p)) if len(t) + len(p) else 1.0,
                "seconds": seconds}
         if cfg.nuclei != "off" and "nuclei" in target and target["nuclei"].any():
-            names = [method.classes[k - 1] for k in result["labels"].tolist()]
-            true_nuclei, nuclei = target["nuclei"].numpy(), nuclei_for(image, p, names, learned_nuclei(result, cfg))
+            names = [method.classes[k - 1] for k in cells.labels.tolist()]
+            cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
+            true_nuclei, nuclei = target["nuclei"].numpy(), cells.dense(nuclei=True)
             row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)
-        kept[i] = (tensor_to_image(image), masks_to_labels(t), masks_to_labels(p, scores))
+        kept[i] = (tensor_to_image(image), masks_to_labels(t), cells.label_image())
         by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
         for k in by_iou[n_figures:-n_figures or None]:
             del kept[k]

@@ -14,6 +14,7 @@ import numpy as np
 from skimage.measure import regionprops
 
 from .nuclei import count_lobes
+from .tiling import Cells
 
 COLUMNS = ("id", "class", "score", "area_px", "perimeter_px", "equivalent_diameter_px", "circularity",
            "eccentricity", "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
@@ -29,10 +30,8 @@ def measure_cells(
     nuclei: np.ndarray | None = None,
     pixel_size: float | None = None,
 ) -> list[dict]:
-    """One row per cell of ``masks`` (``N x H x W``, nonzero inside). Cell ``i`` gets id ``i + 1``.
-
-    ``nuclei`` (``N x H x W``) adds nucleus and cytoplasm areas, the nucleus/cytoplasm area ratio, the
-    nucleus lobe count and circularity for cells that have a nucleus (empty cells for the others). Coordinates are pixels, ``bbox`` XYXY with exclusive ``x2, y2``.
+    """One row per cell of ``masks`` (``N x H x W``, nonzero inside). Cell ``i`` gets id ``i + 1``; empty
+    masks get no row. Dense form of :func:`measure` (same columns).
 
     >>> m = np.zeros((1, 20, 20), np.uint8); m[0, 5:15, 2:12] = 1
     >>> row = measure_cells(m, ["cell"], pixel_size=0.5)[0]
@@ -44,41 +43,54 @@ def measure_cells(
         raise ValueError(f"masks must be N x H x W, got shape {m.shape}")
     if len(classes) != len(m) or (scores is not None and len(scores) != len(m)):
         raise ValueError(f"{len(m)} masks but {len(classes)} classes / {None if scores is None else len(scores)} scores")
+    result = {"masks": m, "labels": np.arange(len(m)), "scores": np.zeros(len(m)) if scores is None else np.asarray(scores)}
+    if nuclei is not None:
+        result["nuclei"] = np.asarray(nuclei)
+    cells = Cells.from_result(result, *m.shape[1:])
+    rows = measure(cells, [classes[k] for k in cells.labels], pixel_size, nuclei=nuclei is not None)
+    for row, k in zip(rows, cells.labels):
+        row["id"] = int(k) + 1
+        if scores is None:
+            row["score"] = None
+    return rows
+
+
+def measure(cells: Cells, classes: Sequence[str], pixel_size: float | None = None, nuclei: bool = True) -> list[dict]:
+    """One row per cell of the sparse ``cells`` (:class:`~hemaseg.tiling.Cells`), ids ``1..N`` in order.
+
+    With ``nuclei`` (and ``cells.nuclei``): nucleus and cytoplasm areas, the nucleus/cytoplasm area ratio,
+    the nucleus lobe count and circularity for cells that have a nucleus (empty for the others).
+    Coordinates are image pixels, ``bbox`` XYXY with exclusive ``x2, y2``.
+    """
     rows = []
-    for i in range(len(m)):
-        ys, xs = np.nonzero(m[i])
-        if len(ys) == 0:
-            continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        crop = np.pad(m[i, y0:y1, x0:x1], 1).astype(np.uint8)  # padding: the perimeter sees the border
-        p = regionprops(crop)[0]
-        area = int(p.area)
-        perim = float(p.perimeter_crofton)
+    for i, ((x0, y0, x1, y1), local) in enumerate(zip(cells.boxes, cells.masks)):
+        p = regionprops(np.pad(local, 1).astype(np.uint8))[0]  # padding: the perimeter sees the border
+        ys, xs = np.nonzero(local)
+        area, perim = int(p.area), float(p.perimeter_crofton)
         row = {
-            "id": i + 1, "class": classes[i], "score": None if scores is None else round(float(scores[i]), 4),
+            "id": i + 1, "class": classes[i], "score": round(float(cells.scores[i]), 4),
             "area_px": area, "perimeter_px": round(perim, 3),
             "equivalent_diameter_px": round(float(p.equivalent_diameter_area), 3),
             "circularity": round(circularity(area, perim), 4),
             "eccentricity": round(float(p.eccentricity), 4),
-            "centroid_x": round(float(xs.mean()), 3), "centroid_y": round(float(ys.mean()), 3),
+            "centroid_x": round(float(xs.mean() + x0), 3), "centroid_y": round(float(ys.mean() + y0), 3),
             "bbox_x1": int(x0), "bbox_y1": int(y0), "bbox_x2": int(x1), "bbox_y2": int(y1),
         }
         if pixel_size:
             row.update({"area_um2": round(area * pixel_size**2, 4), "perimeter_um": round(perim * pixel_size, 4),
                         "equivalent_diameter_um": round(float(p.equivalent_diameter_area) * pixel_size, 4)})
-        if nuclei is not None:
-            nmask = (np.asarray(nuclei[i]) != 0) & m[i]
+        nmask = cells.nuclei[i] & local if nuclei and cells.nuclei is not None else None
+        if nmask is not None and nmask.any():
             nuc = int(nmask.sum())
-            if nuc:
-                ncrop = np.pad(nmask[y0:y1, x0:x1], 1).astype(np.uint8)
-                nperim = float(regionprops(ncrop)[0].perimeter_crofton)
-                row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": area - nuc,
-                            "nc_ratio": round(nuc / (area - nuc), 4) if area > nuc else None,
-                            "nucleus_lobes": count_lobes(ncrop),
-                            "nucleus_circularity": round(circularity(nuc, nperim), 4)})
-                if pixel_size:
-                    row.update({"nucleus_area_um2": round(nuc * pixel_size**2, 4),
-                                "cytoplasm_area_um2": round((area - nuc) * pixel_size**2, 4)})
+            ncrop = np.pad(nmask, 1).astype(np.uint8)
+            nperim = float(regionprops(ncrop)[0].perimeter_crofton)
+            row.update({"nucleus_area_px": nuc, "cytoplasm_area_px": area - nuc,
+                        "nc_ratio": round(nuc / (area - nuc), 4) if area > nuc else None,
+                        "nucleus_lobes": count_lobes(ncrop),
+                        "nucleus_circularity": round(circularity(nuc, nperim), 4)})
+            if pixel_size:
+                row.update({"nucleus_area_um2": round(nuc * pixel_size**2, 4),
+                            "cytoplasm_area_um2": round((area - nuc) * pixel_size**2, 4)})
         rows.append(row)
     return rows
 

@@ -20,6 +20,8 @@ import torch
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from .tiling import Cells, crop_image
+
 NUCLEATED = ("cell", "white_cell", "wbc", "leukocyte", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
 
@@ -94,16 +96,32 @@ def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray, min_inside: float = 0.5
     return out
 
 
+def cell_nuclei(image, cells: Cells, classes: list[str], learned: bool = True,
+                nucleated: tuple[str, ...] = NUCLEATED) -> list[np.ndarray]:
+    """The nucleus (``bool``, in the cell's box) of each of the sparse ``cells`` of ``image`` (``CHW``
+    tensor or ``HWC`` array) whose class (``classes[i]``) is nucleated, empty for the others: the cell's
+    learned nucleus (``cells.nuclei``, if ``learned``) where it has one, else the within-cell split."""
+    out = []
+    for i, (box, m) in enumerate(zip(cells.boxes, cells.masks)):
+        if classes[i].lower() not in nucleated:
+            out.append(np.zeros_like(m))
+        elif learned and cells.nuclei is not None and cells.nuclei[i].any():
+            out.append(cells.nuclei[i] & m)
+        else:
+            out.append(split_nucleus(crop_image(image, box), m))
+    return out
+
+
 def nuclei_for(image: torch.Tensor, masks: np.ndarray, classes: list[str], learned: np.ndarray | None = None,
                nucleated: tuple[str, ...] = NUCLEATED) -> np.ndarray:
-    """``N x H x W uint8`` nuclei of the cells of ``masks`` whose class is nucleated (others: empty): the
-    ``learned`` nucleus of the cell (``N x H x W``, e.g. ``result["nuclei"]`` of a model with a nucleus
-    class) where it has one, else the within-cell split (:func:`split_nucleus`)."""
-    out = np.zeros(np.asarray(masks).shape, np.uint8)
-    for i, (m, c) in enumerate(zip(masks, classes)):
-        if c.lower() in nucleated:
-            if learned is not None and learned[i].any():
-                out[i] = np.asarray(learned[i]) != 0
-            else:
-                out[i] = split_nucleus(image, m)
+    """Dense form of :func:`cell_nuclei`: ``N x H x W uint8`` nuclei of the cells of ``masks`` (``N x H x W``),
+    ``learned`` (``N x H x W``, optional) taking precedence over the split."""
+    masks = np.asarray(masks)
+    h, w = masks.shape[1:]
+    cells = Cells.from_result({"masks": masks, "labels": np.arange(len(masks)), "scores": np.zeros(len(masks)),
+                               **({"nuclei": np.asarray(learned)} if learned is not None else {})}, h, w)
+    out = np.zeros(masks.shape, np.uint8)
+    for k, (x0, y0, x1, y1), n in zip(cells.labels, cells.boxes, cell_nuclei(image, cells, [classes[k] for k in cells.labels],
+                                                                              nucleated=nucleated)):
+        out[k, y0:y1, x0:x1] = n
     return out

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .data.contract import masks_to_boxes
+from .tiling import Cells, segment_tiled
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,14 @@ class SegmentConfig:
     drop_border: bool = False  # drop cells touching the image border
     pixel_size: float | None = None  # um per pixel: adds um columns
     nuclei: str = "auto"  # white-cell nuclei: auto (learned if the model has them, else split), split, off
+    tile: int = 1024  # px: larger images are segmented in overlapping tiles (hemaseg.tiling)
+    overlap: int = 256  # px shared by neighbouring tiles: more than the largest cell
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
             raise ValueError(f"nuclei must be one of {NUCLEUS_MODES}, got {self.nuclei!r}")
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
 
 
 class Method:
@@ -143,24 +149,21 @@ class ClassicalMethod(Method):
                 "boxes": masks_to_boxes(masks)}
 
 
-def learned_nuclei(result: dict, cfg: SegmentConfig):
-    """``N x H x W`` learned nuclei of ``result`` to use under ``cfg.nuclei`` (None: split every cell)."""
-    return result["nuclei"].numpy() if cfg.nuclei == "auto" and "nuclei" in result else None
-
-
-def filter_cells(result: dict, cfg: SegmentConfig) -> dict:
-    """Drop cells under ``cfg.min_area`` px or (``drop_border``) touching the border (with their
-    ``nuclei``, if any); sort by score."""
-    masks = result["masks"].bool()
-    keep = torch.ones(len(masks), dtype=torch.bool)
-    if len(masks):
+def filter_cells(cells: Cells, cfg: SegmentConfig) -> Cells:
+    """Drop cells under ``cfg.min_area`` px or (``drop_border``) touching the image border (with their
+    nuclei, if any); sort by decreasing score."""
+    keep = np.ones(len(cells), bool)
+    if len(cells):
         if cfg.min_area:
-            keep &= masks.flatten(1).sum(1) >= cfg.min_area
+            keep &= np.array([m.sum() for m in cells.masks]) >= cfg.min_area
         if cfg.drop_border:
-            border = masks[:, 0].any(1) | masks[:, -1].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
-            keep &= ~border
-        keep &= masks.flatten(1).any(1)
-    order = torch.argsort(result["scores"][keep], descending=True, stable=True)
-    out = {k: v[keep][order] for k, v in result.items() if k in ("masks", "labels", "scores", "nuclei")}
-    out["boxes"] = masks_to_boxes(out["masks"])
-    return out
+            b = cells.boxes
+            keep &= ~((b[:, 0] == 0) | (b[:, 1] == 0) | (b[:, 2] == cells.width) | (b[:, 3] == cells.height))
+    idx = np.flatnonzero(keep)
+    return cells.select(idx[np.argsort(-cells.scores[idx], kind="stable")])
+
+
+def run_method(method: Method, image, cfg: SegmentConfig) -> Cells:
+    """``method`` on an image of any size (``CHW`` tensor or ``HWC`` array; tiled beyond ``cfg.tile``),
+    filtered (:func:`filter_cells`): the reported cells, sparse."""
+    return filter_cells(segment_tiled(method, image, cfg.tile, cfg.overlap), cfg)

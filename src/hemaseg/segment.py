@@ -2,7 +2,9 @@
 CSV (with nucleus, cytoplasm, N:C ratio and lobes for white cells); and for the batch a summary CSV and
 a COCO JSON with every instance mask and score.
 
-A file that fails (unreadable, wrong format ...) is reported in the summary and the batch goes on.
+Images larger than ``SegmentConfig.tile`` are segmented in overlapping tiles and every cell is kept
+sparse (:mod:`hemaseg.tiling`), so memory grows with the image, not with image x cells. A file that
+fails (unreadable, wrong format ...) is reported in the summary and the batch goes on.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
-from .data.contract import image_to_tensor, masks_to_labels, tensor_to_image
+from .data.contract import image_to_rgb8
 from .data.io import csv_text, read_image, write_image, write_json, write_text
-from .measure import columns, measure_cells
-from .nuclei import NUCLEATED, nuclei_for
-from .predict import Method, SegmentConfig, filter_cells, learned_nuclei
-from .viz import overlay
+from .measure import columns, measure
+from .nuclei import NUCLEATED, cell_nuclei
+from .predict import Method, SegmentConfig, run_method
+from .tiling import crop_image
+from .viz import overlay_cells
 
 
 @dataclass
@@ -34,6 +37,33 @@ class SegmentSummary:
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO RLE of a binary ``HxW`` mask, with ``counts`` as text (JSON-able)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_rle_in_box(mask: np.ndarray, box, height: int, width: int) -> dict:
+    """COCO RLE (text ``counts``) of a ``height x width`` image that is 1 on ``mask`` (``bool``, the size of
+    the ``XYXY`` ``box``) and 0 elsewhere - without building the full-size mask.
+
+    >>> full = np.zeros((6, 5), bool); full[1:4, 2:4] = True; full[2, 2] = False
+    >>> encode_rle_in_box(full[1:4, 2:4], (2, 1, 4, 4), 6, 5) == encode_rle(full)
+    True
+    """
+    x0, y0 = int(box[0]), int(box[1])
+    cols = np.pad(np.asarray(mask, bool).T, ((0, 0), (1, 1))).astype(np.int8)  # column-major, as COCO counts
+    d = np.diff(cols, axis=1)
+    sc, sy = np.nonzero(d == 1)
+    ec, ey = np.nonzero(d == -1)
+    starts, ends = (x0 + sc) * height + y0 + sy, (x0 + ec) * height + y0 + ey
+    join = starts[1:] == ends[:-1]  # a run reaching the bottom row continues at the top of the next column
+    starts, ends = starts[np.r_[True, ~join]], ends[np.r_[~join, True]]
+    bounds = np.empty(2 * len(starts) + 2, np.int64)
+    bounds[0], bounds[-1] = 0, height * width
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds).tolist()
+    if len(counts) > 1 and counts[-1] == 0:  # ends on the last pixel: COCO writes no empty final run
+        counts.pop()
+    rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
@@ -65,46 +95,39 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         name = _unique_name(path.stem, taken)
         try:
             raw = read_image(path)
-            image = image_to_tensor(raw)
-            result = filter_cells(method(image), cfg)
+            cells = run_method(method, raw, cfg)
         except Exception as err:  # one bad file must not abort the batch
             summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
             summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0})
             log(f"failed: {path}: {err}")
             continue
-        masks = result["masks"].numpy()
-        labels = result["labels"].tolist()
-        scores = result["scores"].tolist()
-        names = [classes[i - 1] for i in labels]
-        nuclei = nuclei_for(image, masks, names, learned_nuclei(result, cfg)) if with_nuclei else None
-        lab = masks_to_labels(masks, scores)
+        names = [classes[i - 1] for i in cells.labels.tolist()]
+        cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if with_nuclei else None
+        lab = cells.label_image()
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
-        rgb = tensor_to_image(image)
-        write_image(out / f"{name}_overlay.png", overlay(rgb, masks, labels, scores, nuclei=nuclei))
-        cells = measure_cells(masks, names, scores, nuclei=nuclei, pixel_size=cfg.pixel_size)
-        if classifier is not None and nuclei is not None:
-            for cell in cells:
-                k = cell["id"] - 1
-                if cell["class"].lower() in NUCLEATED:
-                    feats = cell_features(image, masks[k], nuclei[k])
-                    cell["type"], conf = classifier.predict(feats[None])[0]
-                    cell["type_confidence"] = round(conf, 4)
+        write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
+        rows = measure(cells, names, cfg.pixel_size, nuclei=with_nuclei)
+        if classifier is not None and with_nuclei:
+            for row, box, m, n in zip(rows, cells.boxes, cells.masks, cells.nuclei):
+                if row["class"].lower() in NUCLEATED:
+                    row["type"], conf = classifier.predict(cell_features(crop_image(raw, box), m, n)[None])[0]
+                    row["type_confidence"] = round(conf, 4)
         cell_columns = columns(cfg.pixel_size, nuclei=with_nuclei) + (["type", "type_confidence"] if classifier else [])
-        write_text(out / f"{name}_cells.csv", csv_text(cells, cell_columns))
-        row = {"image": str(path), "status": "ok", "error": "", "cells": len(cells)}
+        write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
+        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows)}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
         for t in types:
-            row[f"n_{t}"] = sum(cell.get("type") == t for cell in cells)
+            row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
         summary.rows.append(row)
         h, w = lab.shape
         coco_images.append({"id": image_id, "file_name": str(path), "height": h, "width": w})
-        for k, (m, c, s) in enumerate(zip(masks, labels, scores)):
-            rle = encode_rle(m)
+        for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores)):
+            rle = encode_rle_in_box(m, box, h, w)
             coco_anns.append({"id": len(coco_anns) + 1, "image_id": image_id, "category_id": int(c),
-                              "segmentation": rle, "area": float(mask_utils.area(rle)),
-                              "bbox": [float(v) for v in mask_utils.toBbox(rle)], "score": round(float(s), 5),
-                              "iscrowd": 0, "cell_id": k + 1})
+                              "segmentation": rle, "area": float(m.sum()),
+                              "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                              "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1})
     header = ["image", "status", "error", "cells"] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
     write_text(out / "summary.csv", csv_text(summary.rows, header))
     write_json(out / "predictions_coco.json", {

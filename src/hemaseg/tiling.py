@@ -183,20 +183,32 @@ def merge_cells(kept: Cells, new: Cells, iou_threshold: float = 0.5) -> Cells:
     return concat_cells([kept.select([i for i in range(len(kept)) if i not in replaced]), new.select(take)])
 
 
-def segment_tiled(method: Callable[[torch.Tensor], dict], image: np.ndarray, tile: int = 1024, overlap: int = 256,
-                  margin: int = 2, iou_threshold: float = 0.5, to_tensor: Callable | None = None) -> Cells:
-    """Segment an ``HWC`` image (uint8, or anything :func:`~hemaseg.data.contract.image_to_tensor`
-    takes) tile by tile with ``method`` (contract image in, dense result out) into sparse :class:`Cells`.
-
-    Only one tile is ever dense; an image no larger than ``tile`` is a single tile (no seams)."""
+def crop_image(image, box) -> torch.Tensor:
+    """The ``XYXY`` ``box`` of an image - a contract ``CHW`` tensor, or an ``HWC``/``HW`` array of any
+    dtype :func:`~hemaseg.data.contract.image_to_tensor` takes - as a contract ``CHW float`` tensor."""
     from .data.contract import image_to_tensor
 
-    to_tensor = to_tensor or image_to_tensor
-    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if isinstance(image, torch.Tensor):
+        return image[:, y0:y1, x0:x1]
+    return image_to_tensor(image[y0:y1, x0:x1])
+
+
+def image_size(image) -> tuple[int, int]:
+    """``(height, width)`` of a ``CHW`` tensor or an ``HWC``/``HW`` array."""
+    return tuple(image.shape[1:3]) if isinstance(image, torch.Tensor) else tuple(image.shape[:2])
+
+
+def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 1024, overlap: int = 256,
+                  margin: int = 2, iou_threshold: float = 0.5) -> Cells:
+    """Segment an image (contract ``CHW`` tensor, or an ``HWC`` array of any dtype, converted one tile at
+    a time) tile by tile with ``method`` (contract image in, dense result out) into sparse :class:`Cells`.
+
+    Only one tile is ever dense; an image no larger than ``tile`` is a single tile (no seams)."""
+    h, w = image_size(image)
     cells = Cells(h, w)
     for crop in tile_boxes(h, w, tile, overlap):
-        x0, y0, x1, y1 = crop
-        part = Cells.from_result(method(to_tensor(image[y0:y1, x0:x1])), h, w, offset=(x0, y0))
+        part = Cells.from_result(method(crop_image(image, crop)), h, w, offset=crop[:2])
         part = part.select(~near_inner_edge(part.boxes, crop, h, w, margin))
         cells = merge_cells(cells, part, iou_threshold)
     return cells

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
 
-from .data.contract import masks_to_labels
+from .tiling import Cells
 
 PALETTE = np.array([(255, 215, 0), (0, 200, 255), (255, 64, 129), (118, 255, 3), (255, 145, 0),
                     (170, 0, 255), (0, 230, 118), (255, 255, 255)], np.uint8)
@@ -28,30 +28,43 @@ def overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[int] | None =
     """``HWC uint8`` image with each cell's outline in its class colour, and its id (and score).
 
     ``masks`` is ``N x H x W``; overlapping cells are drawn in score order (the best on top). ``nuclei``
-    (``N x H x W``) adds nucleus outlines in magenta.
+    (``N x H x W``) adds nucleus outlines in magenta. Dense form of :func:`overlay_cells`.
     """
+    masks = np.asarray(masks)
+    n = len(masks)
+    result = {"masks": masks, "labels": np.asarray(labels if labels is not None else [1] * n),
+              "scores": np.asarray(scores if scores is not None else np.zeros(n))}
+    if nuclei is not None:
+        result["nuclei"] = np.asarray(nuclei)
+    cells = Cells.from_result(result, *np.asarray(image).shape[:2])
+    return overlay_cells(image, cells, text=text, show_scores=scores is not None)
+
+
+def overlay_cells(image: np.ndarray, cells: Cells, text: bool = True, show_scores: bool = True) -> np.ndarray:
+    """``HWC uint8`` image with the outline of each of the sparse ``cells`` in its class colour (the best
+    score on top where they overlap), nucleus outlines (``cells.nuclei``) in magenta, and with ``text``
+    each cell's id (``1..N`` in order) and score."""
     out = np.array(image, dtype=np.uint8, copy=True)
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
-    n = len(masks)
-    if n == 0:
+    if not len(cells):
         return out
-    labels = list(labels) if labels is not None else [1] * n
-    lab = masks_to_labels(np.asarray(masks), scores)
+    lab = cells.label_image()
     edges = find_boundaries(lab, mode="inner")
-    colours = np.array([class_colour(int(c)) for c in labels], np.uint8)
+    colours = np.array([class_colour(int(c)) for c in cells.labels], np.uint8)
     out[edges] = colours[lab[edges].astype(np.int64) - 1]
-    if nuclei is not None and len(nuclei):
-        out[find_boundaries(np.asarray(nuclei).any(axis=0), mode="inner")] = NUCLEUS_COLOUR
+    if cells.nuclei is not None:
+        nuc = np.zeros(lab.shape, bool)
+        for (x0, y0, x1, y1), n in zip(cells.boxes, cells.nuclei):
+            nuc[y0:y1, x0:x1] |= n
+        out[find_boundaries(nuc, mode="inner")] = NUCLEUS_COLOUR
     if text:
         pil = Image.fromarray(out)
         draw = ImageDraw.Draw(pil)
-        for i in range(n):
-            ys, xs = np.nonzero(lab == i + 1)
-            if len(ys) == 0:
-                continue
-            caption = f"{i + 1}" + (f" {float(scores[i]):.2f}" if scores is not None else "")
-            draw.text((float(xs.mean()) - 4, float(ys.mean()) - 5), caption, fill=tuple(int(c) for c in colours[i]))
+        for i, ((x0, y0, _, _), m) in enumerate(zip(cells.boxes, cells.masks)):
+            ys, xs = np.nonzero(m)
+            caption = f"{i + 1}" + (f" {float(cells.scores[i]):.2f}" if show_scores else "")
+            draw.text((float(xs.mean() + x0) - 4, float(ys.mean() + y0) - 5), caption, fill=tuple(int(c) for c in colours[i]))
         out = np.asarray(pil)
     return out
 

@@ -76,6 +76,19 @@ def tensor_to_image(image: torch.Tensor) -> np.ndarray:
     return arr.permute(1, 2, 0).numpy()
 
 
+def image_to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any image :func:`image_to_tensor` takes, as ``HWC uint8`` RGB (for pictures). An 8-bit RGB image
+    is returned as is, without the float copy.
+
+    >>> image_to_rgb8(np.full((2, 2), 65535, np.uint16))[0, 0].tolist()
+    [255, 255, 255]
+    """
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3:
+        return arr
+    return tensor_to_image(image_to_tensor(arr))
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """``UInt8/Bool[N, H, W]`` masks -> ``FloatTensor[N, 4]`` XYXY boxes with exclusive ``x2, y2``.
 
