@@ -115,6 +115,8 @@ def segment(
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
+    export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
+                                     "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
     progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
@@ -124,7 +126,7 @@ def segment(
 
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
-                            pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap)
+                            pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export))
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")

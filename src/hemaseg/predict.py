@@ -52,6 +52,7 @@ def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = P
 
 # ------------------------------------------------------------------------------ methods
 NUCLEUS_MODES = ("auto", "split", "off")
+EXPORTS = ("imagej", "qupath", "tiff")  # see hemaseg.export
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,14 @@ class SegmentConfig:
     nuclei: str = "auto"  # white-cell nuclei: auto (learned if the model has them, else split), split, off
     tile: int = 1024  # px: larger images are segmented in overlapping tiles (hemaseg.tiling)
     overlap: int = 256  # px shared by neighbouring tiles: more than the largest cell
+    exports: tuple[str, ...] = ()  # also write: imagej (ROI zip), qupath (GeoJSON), tiff (label TIFF for napari)
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
             raise ValueError(f"nuclei must be one of {NUCLEUS_MODES}, got {self.nuclei!r}")
+        unknown = set(self.exports) - set(EXPORTS)
+        if unknown:
+            raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
 from .data.contract import image_to_rgb8
 from .data.io import csv_text, read_image, write_image, write_json, write_text
+from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .predict import Method, SegmentConfig, run_method
@@ -114,6 +115,12 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
                     row["type_confidence"] = round(conf, 4)
         cell_columns = columns(cfg.pixel_size, nuclei=with_nuclei) + (["type", "type_confidence"] if classifier else [])
         write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
+        if "imagej" in cfg.exports:
+            write_imagej_rois(out / f"{name}_rois.zip", cells, names)
+        if "qupath" in cfg.exports:
+            write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
+        if "tiff" in cfg.exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
+            write_image(out / f"{name}_labels.tif", lab)
         row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows)}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
