@@ -151,9 +151,9 @@ def test_a_model_with_a_nucleus_class_reports_cells_with_their_learned_nuclei(tm
     method = ModelMethod(CellAndNucleus(), ("white_cell", "nucleus"))
     assert method.classes == ("white_cell",) and method.nucleus_label == 2
     result = method(torch.full((3, 40, 40), 0.7))
-    assert result["labels"].tolist() == [1] and result["nuclei"].shape == (1, 40, 40)
-    assert int(result["nuclei"].sum()) == 16
-    kept = filter_cells(Cells.from_result(result, 40, 40), SegmentConfig(min_area=1))
+    assert result.labels.tolist() == [1] and result.dense(nuclei=True).shape == (1, 40, 40)
+    assert int(result.dense(nuclei=True).sum()) == 16
+    kept = filter_cells(result, SegmentConfig(min_area=1))
     assert sum(n.sum() for n in kept.nuclei) == 16 and len(kept.nuclei) == len(kept) == 1
 
     img = save_png(tmp_path / "uniform.png", np.full((40, 40, 3), 180, np.uint8))  # split finds no nucleus here

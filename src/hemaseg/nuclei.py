@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .tiling import Cells, crop_image
+from .tiling import Cells, boxes_overlapping, crop_image, pair_intersection, paste_into
 
 NUCLEATED = ("cell", "white_cell", "wbc", "leukocyte", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
@@ -72,27 +72,39 @@ def count_lobes(nucleus: np.ndarray, rel: float = 0.4, min_core: int = 3) -> int
 NUCLEUS_CLASS = "nucleus"  # the class name a model's learned nuclei carry
 
 
+def assign_nuclei_cells(cells: Cells, nuclei: Cells, min_inside: float = 0.5) -> list[np.ndarray]:
+    """Give each of the sparse ``nuclei`` to the cell of ``cells`` that holds most of its pixels, if that
+    cell holds at least ``min_inside`` of them. Returns, per cell, the union of its nuclei clipped to the
+    cell (``bool``, in the cell's box); a nucleus in no cell is dropped."""
+    out = [np.zeros(m.shape, bool) for m in cells.masks]
+    for nbox, nmask in zip(nuclei.boxes, nuclei.masks):
+        size = int(nmask.sum())
+        candidates = boxes_overlapping(cells.boxes, nbox)
+        if not size or not len(candidates):
+            continue
+        shared = [pair_intersection(cells.boxes[k], cells.masks[k], nbox, nmask) for k in candidates]
+        k = int(candidates[int(np.argmax(shared))])
+        if max(shared) >= min_inside * size:
+            out[k] |= paste_into(cells.boxes[k], cells.masks[k], nbox, nmask)
+    return out
+
+
 def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray, min_inside: float = 0.5) -> np.ndarray:
-    """Give each of ``nuclei`` (``M x H x W``) to the cell of ``cells`` (``N x H x W``) that holds most of
-    its pixels, if that cell holds at least ``min_inside`` of them; returns ``N x H x W uint8``, the
-    union of each cell's nuclei clipped to the cell. A nucleus in no cell is dropped.
+    """Dense form of :func:`assign_nuclei_cells`: ``nuclei`` (``M x H x W``) given to ``cells``
+    (``N x H x W``); returns ``N x H x W uint8``.
 
     >>> cells = np.zeros((2, 4, 8), np.uint8); cells[0, :, :4] = 1; cells[1, :, 4:] = 1
     >>> nuclei = np.zeros((2, 4, 8), np.uint8); nuclei[0, 1:3, 4:7] = 1; nuclei[1, 1:3, 1:4] = 1
     >>> assign_nuclei(cells, nuclei).sum(axis=(1, 2)).tolist()  # the second nucleus lies in cell 0
     [6, 6]
     """
-    cells = np.asarray(cells) != 0
-    nuclei = np.asarray(nuclei) != 0
+    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
+    h, w = cells.shape[1:]
+    sparse = Cells.from_result({"masks": cells, "labels": np.arange(len(cells)), "scores": np.zeros(len(cells))}, h, w)
+    found = Cells.from_result({"masks": nuclei, "labels": np.zeros(len(nuclei)), "scores": np.zeros(len(nuclei))}, h, w)
+    sparse.nuclei = assign_nuclei_cells(sparse, found, min_inside)
     out = np.zeros(cells.shape, np.uint8)
-    if not len(cells) or not len(nuclei):
-        return out
-    overlap = nuclei.reshape(len(nuclei), -1).astype(np.float32) @ cells.reshape(len(cells), -1).T.astype(np.float32)
-    size = nuclei.reshape(len(nuclei), -1).sum(1)
-    owner = overlap.argmax(1)
-    for j, k in enumerate(owner):
-        if size[j] and overlap[j, k] >= min_inside * size[j]:
-            out[k] |= nuclei[j] & cells[k]
+    out[sparse.labels] = sparse.dense(nuclei=True)
     return out
 
 

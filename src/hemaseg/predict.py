@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+from torchvision.models.detection.transform import resize_boxes
 
 from .data.contract import masks_to_boxes
 from .tiling import Cells, segment_tiled
@@ -22,32 +26,79 @@ class PredictConfig:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = PredictConfig()) -> list[dict]:
-    """Segment contract images (``CHW float [0,1]``, any sizes) with a Mask R-CNN in eval mode.
+def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = PredictConfig()) -> list[Cells]:
+    """Segment contract images (``CHW float [0,1]``, any sizes) into sparse :class:`~hemaseg.tiling.Cells`
+    (sorted by decreasing score).
 
-    Returns one dict per image: ``boxes`` Float[N,4] XYXY, ``labels`` Int64[N], ``scores`` Float[N],
-    ``masks`` UInt8[N,H,W] (binary, at the input image's size), sorted by decreasing score, on the CPU.
+    A torchvision Mask R-CNN's 28x28 mask probabilities are pasted into each detection's own box, as
+    torchvision does but never into a full-size canvas: memory grows with the cells' area, not with
+    cells x image size. Other models (the U-Net baseline) return dense results, converted here.
     """
-    heads = getattr(model, "roi_heads", None)  # a Mask R-CNN; the U-Net baseline has none
+    heads = getattr(model, "roi_heads", None)
     was_training = model.training
     floor = heads.score_thresh if heads is not None else None
     model.eval()
     if heads is not None:  # masks are computed only for detections that will be kept: the mask head is the costly part
         heads.score_thresh = max(floor, cfg.score_threshold)
     device = next(model.parameters()).device
+    sizes = [tuple(im.shape[-2:]) for im in images]
     try:
+        if isinstance(model, GeneralizedRCNN):
+            batch, _ = model.transform([im.to(device) for im in images])
+            features = model.backbone(batch.tensors)
+            proposals, _ = model.rpn(batch, features)
+            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+            return [_sparse(d, resize_boxes(d["boxes"], resized, size), size, cfg)
+                    for d, resized, size in zip(detections, batch.image_sizes, sizes)]
         outputs = model([im.to(device) for im in images])
     finally:
         model.train(was_training)
         if heads is not None:
             heads.score_thresh = floor
     results = []
-    for out in outputs:
+    for out, (h, w) in zip(outputs, sizes):
         keep = out["scores"] >= cfg.score_threshold
-        masks = (out["masks"][keep, 0] >= cfg.mask_threshold).to(torch.uint8)
-        results.append({"boxes": out["boxes"][keep].cpu(), "labels": out["labels"][keep].cpu(),
-                        "scores": out["scores"][keep].cpu(), "masks": masks.cpu()})
+        masks = out["masks"][keep, 0] >= cfg.mask_threshold
+        results.append(Cells.from_result({"masks": masks.cpu().numpy(), "labels": out["labels"][keep].cpu(),
+                                          "scores": out["scores"][keep].cpu()}, h, w))
     return results
+
+
+def _sparse(detections: dict, boxes: torch.Tensor, size: tuple[int, int], cfg: PredictConfig) -> Cells:
+    """torchvision's ``paste_masks_in_image`` (1-px padded 28x28 masks, boxes expanded to match,
+    bilinear resize), each mask into its own box only, thresholded at ``cfg.mask_threshold``."""
+    h, w = size
+    keep = detections["scores"] >= cfg.score_threshold
+    probs, boxes = detections["masks"][keep], boxes[keep]
+    labels, scores = detections["labels"][keep].cpu().numpy(), detections["scores"][keep].float().cpu().numpy()
+    cells = Cells(h, w)
+    if not len(probs):
+        return cells
+    probs, scale = expand_masks(probs, padding=1)
+    boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()
+    out_boxes, masks, kept = [], [], []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        m = F.interpolate(probs[i][None], size=(max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1)), mode="bilinear",
+                          align_corners=False)[0, 0]
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
+        local = (m[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] >= cfg.mask_threshold).cpu().numpy()
+        rows, cols = np.flatnonzero(local.any(1)), np.flatnonzero(local.any(0))
+        if not len(rows):
+            continue
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        out_boxes.append((cx0 + c0, cy0 + r0, cx0 + c1, cy0 + r1))
+        masks.append(local[r0:r1, c0:c1])
+        kept.append(i)
+    return Cells(h, w, np.array(out_boxes, np.int64).reshape(-1, 4), masks, scores[kept], labels[kept].astype(np.int64))
+
+
+def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = PredictConfig()) -> list[dict]:
+    """Dense form of :func:`predict_cells`, for small images: one dict per image with ``boxes``
+    Float[N,4] XYXY, ``labels`` Int64[N], ``scores`` Float[N], ``masks`` UInt8[N,H,W] (binary, at the
+    input image's size), sorted by decreasing score, on the CPU."""
+    return [{"boxes": torch.as_tensor(c.boxes, dtype=torch.float32).reshape(-1, 4),
+             "labels": torch.as_tensor(c.labels, dtype=torch.int64), "scores": torch.as_tensor(c.scores, dtype=torch.float32),
+             "masks": torch.from_numpy(c.dense())} for c in predict_cells(model, images, cfg)]
 
 
 # ------------------------------------------------------------------------------ methods
@@ -80,9 +131,9 @@ class SegmentConfig:
 
 
 class Method:
-    """A segmentation method: contract image in, ``dict(masks, labels, scores, boxes)`` out (CPU tensors),
-    plus ``nuclei`` (``UInt8[N,H,W]``, each cell's learned nucleus) when the method predicts them.
-    ``classes[i]`` names label ``i + 1``."""
+    """A segmentation method: contract image in, sparse :class:`~hemaseg.tiling.Cells` (with ``nuclei``
+    when the method predicts them) or a dense ``dict(masks, labels, scores)`` (CPU tensors, optional
+    ``nuclei`` ``UInt8[N,H,W]``) out. ``classes[i]`` names label ``i + 1``."""
 
     name: str = "method"
     classes: tuple[str, ...] = ("cell",)
@@ -116,23 +167,22 @@ class ModelMethod(Method):
         model, mcfg = load_model(path, device)
         return cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
 
-    def __call__(self, image: torch.Tensor) -> dict:
-        out = predict(self.model, [image], self.predict_cfg)[0]
+    def __call__(self, image: torch.Tensor) -> Cells:
+        cells = predict_cells(self.model, [image], self.predict_cfg)[0]
         if self.nucleus_label is None:
-            return out
-        return split_nucleus_instances(out, self.nucleus_label)
+            return cells
+        return split_nucleus_instances(cells, self.nucleus_label)
 
 
-def split_nucleus_instances(result: dict, nucleus_label: int) -> dict:
-    """A prediction with nucleus instances (label ``nucleus_label``) -> its cells, with ``nuclei``
-    (``UInt8[N,H,W]``) holding each cell's nuclei."""
-    from .nuclei import assign_nuclei
+def split_nucleus_instances(cells: Cells, nucleus_label: int) -> Cells:
+    """A prediction with nucleus instances (label ``nucleus_label``) -> its cells, each with its nuclei
+    (``Cells.nuclei``, :func:`hemaseg.nuclei.assign_nuclei_cells`)."""
+    from .nuclei import assign_nuclei_cells
 
-    is_nucleus = result["labels"] == nucleus_label
-    cells = {k: v[~is_nucleus] for k, v in result.items()}
-    nuclei = assign_nuclei(cells["masks"].numpy(), result["masks"][is_nucleus].numpy())
-    cells["nuclei"] = torch.from_numpy(nuclei)
-    return cells
+    is_nucleus = cells.labels == nucleus_label
+    found = cells.select(~is_nucleus)
+    found.nuclei = assign_nuclei_cells(found, cells.select(is_nucleus))
+    return found
 
 
 class ClassicalMethod(Method):

@@ -106,6 +106,11 @@ class Cells:
         return cls(height, width, np.array(boxes, np.int64).reshape(-1, 4), local, scores[keep], labels[keep],
                    local_nuclei if nuclei is not None else None)
 
+    def moved(self, offset: tuple[int, int], height: int, width: int) -> Cells:
+        """The same cells in a ``height x width`` image where this one's top-left corner is at ``offset``."""
+        ox, oy = offset
+        return Cells(height, width, self.boxes + np.array([ox, oy, ox, oy]), self.masks, self.scores, self.labels, self.nuclei)
+
     def select(self, index) -> Cells:
         """The cells at ``index`` (indices or a boolean mask), in that order."""
         idx = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, np.int64).reshape(-1)
@@ -144,6 +149,32 @@ def concat_cells(parts: list[Cells]) -> Cells:
                  np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]), nuclei)
 
 
+def _overlap_slices(box_a, box_b):
+    """Slices of the intersection of two ``XYXY`` boxes in each box's own coordinates (None if disjoint)."""
+    ax0, ay0 = int(box_a[0]), int(box_a[1])
+    bx0, by0 = int(box_b[0]), int(box_b[1])
+    x0, y0 = max(ax0, bx0), max(ay0, by0)
+    x1, y1 = min(int(box_a[2]), int(box_b[2])), min(int(box_a[3]), int(box_b[3]))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return ((slice(y0 - ay0, y1 - ay0), slice(x0 - ax0, x1 - ax0)), (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0)))
+
+
+def pair_intersection(box_a, mask_a: np.ndarray, box_b, mask_b: np.ndarray) -> int:
+    """Pixels shared by two sparse masks (each ``bool`` in its ``XYXY`` box)."""
+    sl = _overlap_slices(box_a, box_b)
+    return 0 if sl is None else int(np.logical_and(mask_a[sl[0]], mask_b[sl[1]]).sum())
+
+
+def paste_into(box_a, mask_a: np.ndarray, box_b, mask_b: np.ndarray) -> np.ndarray:
+    """``mask_b`` (in ``box_b``) as a mask of ``box_a``'s size, clipped to ``mask_a``."""
+    out = np.zeros(mask_a.shape, bool)
+    sl = _overlap_slices(box_a, box_b)
+    if sl is not None:
+        out[sl[0]] = mask_b[sl[1]]
+    return out & mask_a
+
+
 def pair_iou(box_a, mask_a: np.ndarray, box_b, mask_b: np.ndarray) -> float:
     """IoU of two sparse masks (each ``bool`` in its ``XYXY`` box).
 
@@ -151,14 +182,14 @@ def pair_iou(box_a, mask_a: np.ndarray, box_b, mask_b: np.ndarray) -> float:
     >>> pair_iou((0, 0, 10, 10), a, (5, 0, 15, 10), b)  # half overlap: 50 / 150
     0.3333333333333333
     """
-    ax0, ay0, ax1, ay1 = box_a
-    bx0, by0, bx1, by1 = box_b
-    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
-    inter = np.logical_and(mask_a[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0], mask_b[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]).sum()
+    inter = pair_intersection(box_a, mask_a, box_b, mask_b)
     union = mask_a.sum() + mask_b.sum() - inter
     return float(inter / union) if union else 0.0
+
+
+def boxes_overlapping(boxes: np.ndarray, box) -> np.ndarray:
+    """Indices of ``boxes`` (``N x 4 XYXY``) that intersect ``box``."""
+    return np.flatnonzero((boxes[:, 0] < box[2]) & (boxes[:, 2] > box[0]) & (boxes[:, 1] < box[3]) & (boxes[:, 3] > box[1]))
 
 
 def merge_cells(kept: Cells, new: Cells, iou_threshold: float = 0.5) -> Cells:
@@ -172,8 +203,7 @@ def merge_cells(kept: Cells, new: Cells, iou_threshold: float = 0.5) -> Cells:
     take = []  # indices of new: additions and better-scored replacements
     for j in np.argsort(-new.scores, kind="stable"):
         b = new.boxes[j]
-        overlapping = np.flatnonzero((kept.boxes[:, 0] < b[2]) & (kept.boxes[:, 2] > b[0]) & (kept.boxes[:, 1] < b[3])
-                                     & (kept.boxes[:, 3] > b[1]) & (kept.labels == new.labels[j]))
+        overlapping = [i for i in boxes_overlapping(kept.boxes, b) if kept.labels[i] == new.labels[j]]
         dup = next((int(i) for i in overlapping if pair_iou(kept.boxes[i], kept.masks[i], b, new.masks[j]) >= iou_threshold), None)
         if dup is None:
             take.append(j)
@@ -202,13 +232,15 @@ def image_size(image) -> tuple[int, int]:
 def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 1024, overlap: int = 256,
                   margin: int = 2, iou_threshold: float = 0.5) -> Cells:
     """Segment an image (contract ``CHW`` tensor, or an ``HWC`` array of any dtype, converted one tile at
-    a time) tile by tile with ``method`` (contract image in, dense result out) into sparse :class:`Cells`.
+    a time) tile by tile with ``method`` (contract image in; :class:`Cells` or a dense result out) into
+    sparse :class:`Cells`.
 
     Only one tile is ever dense; an image no larger than ``tile`` is a single tile (no seams)."""
     h, w = image_size(image)
     cells = Cells(h, w)
     for crop in tile_boxes(h, w, tile, overlap):
-        part = Cells.from_result(method(crop_image(image, crop)), h, w, offset=crop[:2])
+        found = method(crop_image(image, crop))
+        part = found.moved(crop[:2], h, w) if isinstance(found, Cells) else Cells.from_result(found, h, w, offset=crop[:2])
         part = part.select(~near_inner_edge(part.boxes, crop, h, w, margin))
         cells = merge_cells(cells, part, iou_threshold)
     return cells

@@ -1,0 +1,25 @@
+import numpy as np
+import torch
+
+from hemaseg.model import ModelConfig, build_model
+from hemaseg.predict import PredictConfig, predict, predict_cells
+
+
+def test_sparse_masks_equal_torchvision_pasted_masks():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(classes=("a", "b"), scale=1.3, detections_per_image=60)).eval()
+    images = [torch.rand(3, 90, 120), torch.rand(3, 64, 64)]
+    cfg = PredictConfig(score_threshold=0.0)
+    with torch.inference_mode():
+        reference = model(images)  # torchvision's own postprocess: full-size pasted masks
+    cells = predict_cells(model, images, cfg)
+    for ref, c, im in zip(reference, cells, images):
+        assert len(ref["scores"]) > 5  # random weights: plenty of detections to compare
+        masks = (ref["masks"][:, 0] >= 0.5).numpy()
+        nonempty = masks.reshape(len(masks), -1).any(1)
+        assert np.array_equal(c.dense(), masks[nonempty].astype(np.uint8))
+        assert np.allclose(c.scores, ref["scores"][nonempty].numpy()) and c.labels.tolist() == ref["labels"][nonempty].tolist()
+        assert (c.height, c.width) == tuple(im.shape[1:])
+    dense = predict(model, images[:1], cfg)[0]
+    assert dense["masks"].dtype == torch.uint8 and dense["masks"].shape[1:] == (90, 120)
+    assert model.training is False and model.roi_heads.score_thresh == 0.05  # restored
