@@ -81,3 +81,23 @@ def test_sparse_cells_round_trip_and_the_empty_case():
     assert np.array_equal(cells.dense(), result["masks"].numpy())
     empty = segment_tiled(components, np.full((300, 300, 3), 220, np.uint8), tile=128, overlap=32)
     assert len(empty) == 0 and empty.label_image().shape == (300, 300) and empty.dense().shape == (0, 300, 300)
+
+
+def test_sparse_iou_matrix_equals_the_dense_one():
+    from hemaseg.metrics import iou_matrix
+    from hemaseg.tiling import iou_matrix_cells
+
+    image, _ = _disks(200, 220, 15, seed=4)
+    a = segment_tiled(components, image, tile=1024)
+    b = segment_tiled(components, np.where(np.arange(220)[None, :, None] < 100, 220, image).astype(np.uint8), tile=1024)
+    assert np.allclose(iou_matrix_cells(a, b), iou_matrix(a.dense(), b.dense()))
+
+
+def test_dedupe_drops_the_weaker_of_overlapping_cells_of_one_class():
+    from hemaseg.tiling import dedupe_cells
+
+    m = np.ones((10, 10), bool)
+    cells = Cells(40, 40, np.array([[0, 0, 10, 10], [1, 1, 11, 11], [1, 1, 11, 11], [20, 20, 30, 30]]), [m] * 4,
+                  np.array([0.5, 0.9, 0.8, 0.7], np.float32), np.array([1, 1, 2, 1]))
+    kept = dedupe_cells(cells)
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])  # cell 0 (IoU 0.68 with cell 1) goes; class 2 stays

@@ -6,8 +6,9 @@ it would not fit in memory. Here a cell is stored *sparsely*: its box (``XYXY`` 
 
 1. :func:`tile_boxes` covers it with overlapping crops (``tile`` px, ``overlap`` px shared);
 2. the method runs on each crop; :meth:`Cells.from_result` keeps each cell as box + local mask;
-3. :func:`near_inner_edge` drops cells touching a crop edge that is not an image edge (cut by the
-   crop; the neighbouring crop sees them whole, provided ``overlap`` exceeds the largest cell);
+3. :func:`near_inner_edge` drops cells within a few pixels of a crop edge that is not an image edge
+   (cut by the crop; the neighbouring crop sees them whole, provided ``overlap`` exceeds the largest
+   cell plus twice that margin); :func:`dedupe_cells` drops a crop's own double detections;
 4. :func:`merge_cells` removes the duplicates of cells seen whole by two crops (mask IoU).
 
 Memory is bounded by one crop's dense result plus the sparse cells, whatever the image size.
@@ -192,6 +193,16 @@ def boxes_overlapping(boxes: np.ndarray, box) -> np.ndarray:
     return np.flatnonzero((boxes[:, 0] < box[2]) & (boxes[:, 2] > box[0]) & (boxes[:, 1] < box[3]) & (boxes[:, 3] > box[1]))
 
 
+def iou_matrix_cells(a: Cells, b: Cells) -> np.ndarray:
+    """``len(a) x len(b)`` mask IoU of two sparse cell sets of one image (computed only where boxes meet),
+    for :mod:`hemaseg.metrics`' matching of images too large for dense masks."""
+    iou = np.zeros((len(a), len(b)))
+    for j, (box, m) in enumerate(zip(b.boxes, b.masks)):
+        for i in boxes_overlapping(a.boxes, box):
+            iou[i, j] = pair_iou(a.boxes[i], a.masks[i], box, m)
+    return iou
+
+
 def merge_cells(kept: Cells, new: Cells, iou_threshold: float = 0.5) -> Cells:
     """``kept`` plus the cells of ``new`` that duplicate none of them (mask IoU below ``iou_threshold``
     with every kept cell of the same class); a duplicate with a higher score replaces the kept cell."""
@@ -229,8 +240,22 @@ def image_size(image) -> tuple[int, int]:
     return tuple(image.shape[1:3]) if isinstance(image, torch.Tensor) else tuple(image.shape[:2])
 
 
+def dedupe_cells(cells: Cells, iou_threshold: float = 0.5) -> Cells:
+    """Greedy mask non-maximum suppression: a cell whose mask overlaps a better-scored cell of the same
+    class with IoU >= ``iou_threshold`` is dropped (a model's own double detections, and cells seen
+    whole by two tiles)."""
+    kept: list[int] = []
+    for j in np.argsort(-cells.scores, kind="stable"):
+        b, m = cells.boxes[j], cells.masks[j]
+        idx = np.asarray(kept, np.int64)
+        near = idx[boxes_overlapping(cells.boxes[idx].reshape(-1, 4), b)] if len(idx) else idx
+        if all(pair_iou(cells.boxes[k], cells.masks[k], b, m) < iou_threshold for k in near if cells.labels[k] == cells.labels[j]):
+            kept.append(int(j))
+    return cells.select(sorted(kept))
+
+
 def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 1024, overlap: int = 256,
-                  margin: int = 2, iou_threshold: float = 0.5) -> Cells:
+                  margin: int = 8, iou_threshold: float = 0.5) -> Cells:
     """Segment an image (contract ``CHW`` tensor, or an ``HWC`` array of any dtype, converted one tile at
     a time) tile by tile with ``method`` (contract image in; :class:`Cells` or a dense result out) into
     sparse :class:`Cells`.
@@ -241,6 +266,6 @@ def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 102
     for crop in tile_boxes(h, w, tile, overlap):
         found = method(crop_image(image, crop))
         part = found.moved(crop[:2], h, w) if isinstance(found, Cells) else Cells.from_result(found, h, w, offset=crop[:2])
-        part = part.select(~near_inner_edge(part.boxes, crop, h, w, margin))
+        part = dedupe_cells(part.select(~near_inner_edge(part.boxes, crop, h, w, margin)), iou_threshold)
         cells = merge_cells(cells, part, iou_threshold)
     return cells
