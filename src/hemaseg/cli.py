@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -13,6 +14,7 @@ import typer
 
 from . import __version__
 from .data.formats import FORMATS
+from .distributed import from_launcher, launched
 from .data.io import DataError, csv_text, write_text
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
@@ -85,6 +87,8 @@ def train(
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
     except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
         _fail(err)
+    if launched() and os.environ.get("RANK", "0") != "0":
+        return  # process 0 reports
     best = result.best_metrics
     score = f", validation mean IoU {best['val_mean_iou']:.4f}" if "val_mean_iou" in best else ""
     typer.echo(f"done in {result.seconds / 60:.1f} min: best epoch {result.best_epoch}{score}\n"
@@ -119,7 +123,10 @@ def segment(
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
     progress: Progress = True,
 ) -> None:
-    """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON."""
+    """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON.
+
+    Under `torchrun --nproc_per_node N` (on one or many machines) each process segments a share of the
+    files and process 0 writes the merged summary and COCO JSON."""
     from .data.formats import list_images
     from .predict import SegmentConfig
     from .segment import segment_files
@@ -135,7 +142,11 @@ def segment(
             from .classify import LinearClassifier
 
             clf = LinearClassifier.load(classifier)
-        summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo, classifier=clf)
+        group = from_launcher()  # under torchrun: each process segments a share of the files
+        summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo,
+                                classifier=clf, group=group)
+        if group is not None and not group.main:
+            return
         if clf is not None:
             from .report import write_differential
 
@@ -342,3 +353,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
 from .data.contract import image_to_rgb8
+from .distributed import Dist
 from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
@@ -79,27 +80,33 @@ def _unique_name(stem: str, taken: set[str]) -> str:
 
 def segment_files(files: list[Path], method: Method, out: str | Path, cfg: SegmentConfig = SegmentConfig(),
                   progress: bool = True, log: Callable[[str], None] = print,
-                  classifier: LinearClassifier | None = None) -> SegmentSummary:
+                  classifier: LinearClassifier | None = None, group: Dist | None = None) -> SegmentSummary:
     """Segment ``files`` with ``method`` into ``out`` (see the module docstring for the files).
 
     With a white-cell ``classifier`` (:mod:`hemaseg.classify`), nucleated cells also get a ``type`` (or
-    ``unidentified``) and its confidence, and the summary counts cells per type."""
+    ``unidentified``) and its confidence, and the summary counts cells per type.
+
+    With a process ``group`` (:mod:`hemaseg.distributed`, e.g. under ``torchrun``), process ``r`` of ``n``
+    segments files ``r, r+n, ...``; process 0 gathers the rows and writes one summary and one COCO JSON,
+    identical to a single-process run's. Only process 0's returned summary lists every file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = SegmentSummary(out)
     taken: set[str] = set()
+    names_all = [_unique_name(p.stem, taken) for p in files]  # the same on every process
+    mine = range(len(files)) if group is None else range(group.rank, len(files), group.world)
     coco_images, coco_anns = [], []
     classes = list(method.classes)
     with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in classes)
     types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
-    for image_id, path in enumerate(tqdm(files, desc=f"segment ({method.name})", disable=not progress), start=1):
-        name = _unique_name(path.stem, taken)
+    for index in tqdm(mine, desc=f"segment ({method.name})", disable=not progress):
+        path, name, image_id = files[index], names_all[index], index + 1
         try:
             raw = read_image(path)
             cells = run_method(method, raw, cfg)
         except Exception as err:  # one bad file must not abort the batch
             summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
-            summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0})
+            summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0, "_index": index})
             log(f"failed: {path}: {err}")
             continue
         names = [classes[i - 1] for i in cells.labels.tolist()]
@@ -121,7 +128,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
         if "tiff" in cfg.exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
             write_image(out / f"{name}_labels.tif", lab)
-        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows)}
+        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows), "_index": index}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
         for t in types:
@@ -131,10 +138,25 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         coco_images.append({"id": image_id, "file_name": str(path), "height": h, "width": w})
         for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores)):
             rle = encode_rle_in_box(m, box, h, w)
-            coco_anns.append({"id": len(coco_anns) + 1, "image_id": image_id, "category_id": int(c),
+            coco_anns.append({"id": 0, "image_id": image_id, "category_id": int(c),
                               "segmentation": rle, "area": float(m.sum()),
                               "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
                               "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1})
+    if group is not None:  # process 0 gathers every process's share
+        shares = group.gather((summary.rows, summary.failed, coco_images, coco_anns))
+        if not group.main:
+            return summary
+        summary.rows = [r for share in shares for r in share[0]]
+        summary.failed = [f for share in shares for f in share[1]]
+        coco_images = [i for share in shares for i in share[2]]
+        coco_anns = [a for share in shares for a in share[3]]
+    summary.rows.sort(key=lambda r: r.pop("_index"))
+    position = {str(p): i for i, p in enumerate(files)}
+    summary.failed.sort(key=lambda f: position[f[0]])
+    coco_images.sort(key=lambda i: i["id"])
+    coco_anns.sort(key=lambda a: (a["image_id"], a["cell_id"]))
+    for k, ann in enumerate(coco_anns, start=1):
+        ann["id"] = k
     header = ["image", "status", "error", "cells"] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
     write_text(out / "summary.csv", csv_text(summary.rows, header))
     write_json(out / "predictions_coco.json", {
@@ -143,5 +165,3 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
     })
     return summary
-
-

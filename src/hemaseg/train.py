@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from .data.dataset import CellDataset, collate, split_record, split_refs
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
+from .distributed import backend as dist_backend
+from .distributed import from_launcher, weights_checksum
 from .engine import evaluate, train_one_epoch
 from .nuclei import NUCLEUS_CLASS
 from .model import (
@@ -175,7 +178,15 @@ def _has_nuclei(source: DatasetSource) -> bool:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; see the module docstring for the files written."""
+    """Run (or resume) the training described by ``cfg``; see the module docstring for the files written.
+
+    Launched by ``torchrun`` (several processes), it trains with DistributedDataParallel: each process a
+    share of every epoch's images (its own augmentation seed), gradients averaged; process 0 validates,
+    logs and writes the run, and checks after each epoch that every process holds the same weights.
+    """
+    group = from_launcher()
+    if group is not None and not group.main:
+        log, progress = (lambda s: None), False
     out = Path(cfg.out)
     last_path, best_path = out / "last.pt", out / "best.pt"
     state: dict[str, Any] | None = None
@@ -200,10 +211,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
         raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    device = _device(cfg.device)
+    device = group.device(cfg.device) if group is not None else _device(cfg.device)
     n_train, n_val = (sum(len(r) for _, r in parts) for parts in (train_parts, val_parts))
     log(f"data: {', '.join(f'{s.root} ({s.format})' for s, _ in train_parts)}, {n_train} training / {n_val} validation "
-        f"images, classes {list(classes)}{' (nuclei learned as instances)' if learn_nuclei else ''}; device {device}")
+        f"images, classes {list(classes)}{' (nuclei learned as instances)' if learn_nuclei else ''}; device {device}"
+        + (f", {group.world} processes ({dist_backend()})" if group is not None else ""))
 
     nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if learn_nuclei else None
     transforms = build_train_transforms(cfg.augment)
@@ -221,7 +233,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    world = group.world if group is not None else 1
+    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
 
@@ -237,24 +250,42 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
         start_epoch = int(state["epoch"]) + 1
         log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
-    else:
+    elif group is None or group.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict()})
         write_json(out / "split.json", split_record([(s.root, r) for s, r in train_parts], [(s.root, r) for s, r in val_parts]))
 
+    net = model  # the model itself; `model` may become its DistributedDataParallel wrapper
+    if group is not None:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     t0 = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs + 1):
-        gen = _seed_epoch(cfg.seed, epoch)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                            collate_fn=collate, num_workers=cfg.workers)
+        gen = _seed_epoch(cfg.seed + (7919 * group.rank if group is not None else 0), epoch)
+        if group is None:
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                collate_fn=collate, num_workers=cfg.workers)
+        else:
+            sampler = DistributedSampler(train_ds, group.world, group.rank, shuffle=True, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
         te = time.perf_counter()
         losses = train_one_epoch(model, optimizer, loader, device, scheduler=scheduler, scaler=scaler,
                                  progress=progress, desc=f"epoch {epoch}/{cfg.epochs}")
         row: dict[str, float] = {"epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
                                  "train_s": time.perf_counter() - te}
+        if group is not None:
+            checksums = group.gather(weights_checksum(net))
+            if not all(math.isclose(c, checksums[0], rel_tol=1e-9, abs_tol=1e-6) for c in checksums):
+                raise RuntimeError(f"epoch {epoch}: the processes hold different weights (checksums {checksums})")
+        if group is not None and not group.main:
+            group.broadcast(None)  # wait for process 0's validation and decisions
+            continue_ = group.broadcast(None)
+            if not continue_:
+                break
+            continue
         if val_loader is not None:
-            scores = evaluate(model, val_loader, nucleus_label=nucleus_label)
+            scores = evaluate(net, val_loader, nucleus_label=nucleus_label)
             row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
             score = scores["mean_iou"]
         else:
@@ -264,19 +295,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         improved = score > best_score
         if improved:
             best_epoch, best_score = epoch, score
-            save_checkpoint(best_path, model, mcfg, epoch=epoch, metrics=row)
-        save_checkpoint(last_path, model, mcfg, train=cfg.to_dict(), epoch=epoch, history=history,
+            save_checkpoint(best_path, net, mcfg, epoch=epoch, metrics=row)
+        save_checkpoint(last_path, net, mcfg, train=cfg.to_dict(), epoch=epoch, history=history,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else {},
                         best_epoch=best_epoch, best_score=best_score)
         write_text(out / "metrics.csv", _metrics_csv(history))
         val_txt = (f" val mean IoU {row['val_mean_iou']:.4f} F1@0.5 {row['val_f1_50']:.3f}"
                    if "val_mean_iou" in row else "")
+        agree = f", weights equal on all {group.world} processes" if group is not None else ""
         log(f"epoch {epoch}/{cfg.epochs} loss {losses['loss']:.4f}{val_txt} "
-            f"({row['train_s']:.0f}s){' *best' if improved else ''}")
-        if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+            f"({row['train_s']:.0f}s{agree}){' *best' if improved else ''}")
+        stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
+        if group is not None:
+            group.broadcast(row)
+            group.broadcast(not stopped_early)
+        if stopped_early:
             log(f"early stop: no better validation mean IoU for {cfg.patience} epochs")
-            stopped_early = True
             break
+    if group is not None:
+        group.barrier()
     best = history[best_epoch - 1] if history and best_epoch else {}
     return TrainResult(out, best_epoch, best, history, stopped_early, time.perf_counter() - t0)
