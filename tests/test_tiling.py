@@ -4,7 +4,7 @@ import torch
 from skimage.measure import label as connected
 
 from hemaseg.metrics import match
-from hemaseg.tiling import Cells, merge_cells, near_inner_edge, segment_tiled, tile_boxes
+from hemaseg.tiling import Cells, in_core, merge_cells, segment_tiled, tile_boxes, tiles
 
 
 def _disks(h=600, w=700, n=140, seed=0):
@@ -47,11 +47,16 @@ def test_tile_boxes_cover_the_image_with_the_overlap():
         tile_boxes(10, 10, tile=64, overlap=64)
 
 
-def test_near_inner_edge_ignores_image_borders():
-    boxes = np.array([[0, 0, 5, 5], [5, 0, 15, 4], [48, 10, 50, 20], [10, 10, 20, 20]])
-    # crop = top-left quarter of a 100x100 image: its right and bottom edges are inner
-    assert near_inner_edge(boxes, (0, 0, 50, 50), 100, 100).tolist() == [False, False, True, False]
-    assert near_inner_edge(boxes, (0, 0, 100, 100), 100, 100).tolist() == [False] * 4
+def test_tile_cores_partition_the_image_inside_their_crops():
+    h, w, overlap = 1000, 2048, 128
+    cover = np.zeros((h, w), int)
+    for (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) in tiles(h, w, tile=512, overlap=overlap):
+        cover[int(cy0):int(cy1), int(cx0):int(cx1)] += 1
+        for inner, margin in ((x0 > 0, cx0 - x0), (y0 > 0, cy0 - y0), (x1 < w, x1 - cx1), (y1 < h, y1 - cy1)):
+            assert margin >= (overlap / 2 if inner else 0)
+    assert (cover == 1).all()
+    boxes = np.array([[0, 0, 10, 10], [85, 0, 100, 10], [80, 0, 90, 10]])  # centres x = 5, 92.5, 85
+    assert in_core(boxes, (0, 0, 90, 100)).tolist() == [True, False, True]
 
 
 def test_tiled_segmentation_finds_the_same_cells_as_untiled_and_no_seam_duplicates():

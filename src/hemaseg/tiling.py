@@ -4,12 +4,14 @@ A whole smear field is thousands of pixels wide with hundreds of cells; an ``N x
 it would not fit in memory. Here a cell is stored *sparsely*: its box (``XYXY`` ints in image pixels,
 ``x2``/``y2`` exclusive) and its mask cropped to that box (:class:`Cells`). Segmenting a large image:
 
-1. :func:`tile_boxes` covers it with overlapping crops (``tile`` px, ``overlap`` px shared);
+1. :func:`tiles` covers it with overlapping crops (``tile`` px, at least ``overlap`` px shared), each
+   with its *core*: the seams run halfway through the overlaps, so the cores partition the image;
 2. the method runs on each crop; :meth:`Cells.from_result` keeps each cell as box + local mask;
-3. :func:`near_inner_edge` drops cells within a few pixels of a crop edge that is not an image edge
-   (cut by the crop; the neighbouring crop sees them whole, provided ``overlap`` exceeds the largest
-   cell plus twice that margin); :func:`dedupe_cells` drops a crop's own double detections;
-4. :func:`merge_cells` removes the duplicates of cells seen whole by two crops (mask IoU).
+3. :func:`in_core` keeps the cells whose centre lies in the crop's core: each cell comes from exactly
+   one crop, the one where it sits farthest from the edges - whole and with context, provided it is
+   smaller than ``overlap / 2`` from centre to rim; :func:`dedupe_cells` drops a crop's own double
+   detections;
+4. :func:`merge_cells` removes any remaining duplicate across a seam (mask IoU), as a safety net.
 
 Memory is bounded by one crop's dense result plus the sparse cells, whatever the image size.
 """
@@ -23,46 +25,49 @@ import numpy as np
 import torch
 
 
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    return list(range(0, n - tile, tile - overlap)) + [n - tile]
+
+
 def tile_boxes(height: int, width: int, tile: int = 1024, overlap: int = 256) -> list[tuple[int, int, int, int]]:
     """``XYXY`` crop boxes of at most ``tile x tile`` px covering a ``height x width`` image, neighbours
-    sharing ``overlap`` px; the last row and column are aligned to the image's far edges.
+    sharing at least ``overlap`` px; the last row and column are aligned to the image's far edges.
 
     >>> tile_boxes(100, 250, tile=100, overlap=20)
     [(0, 0, 100, 100), (80, 0, 180, 100), (150, 0, 250, 100)]
     >>> tile_boxes(50, 60, tile=100, overlap=20)
     [(0, 0, 60, 50)]
     """
+    return [crop for crop, _ in tiles(height, width, tile, overlap)]
+
+
+def tiles(height: int, width: int, tile: int = 1024, overlap: int = 256) -> list[tuple[tuple[int, int, int, int], tuple[float, float, float, float]]]:
+    """``(crop, core)`` per tile: the crop box (as :func:`tile_boxes`) and its *core*, the part of the image
+    closer to this crop's middle than to any neighbour's (seams halfway through each overlap). The
+    cores partition the image, and each lies at least ``overlap / 2`` px inside its crop on inner sides.
+
+    >>> [core for _, core in tiles(100, 250, tile=100, overlap=20)]
+    [(0, 0, 90.0, 100), (90.0, 0, 165.0, 100), (165.0, 0, 250, 100)]
+    """
     if tile <= overlap or overlap < 0:
         raise ValueError(f"tile ({tile}) must exceed overlap ({overlap}) >= 0")
 
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        out = list(range(0, n - tile, tile - overlap))
-        return out + [n - tile]
+    def axis(n: int) -> list[tuple[int, int, float, float]]:
+        starts = _starts(n, tile, overlap)
+        ends = [min(s + tile, n) for s in starts]
+        seams = [(ends[i] + starts[i + 1]) / 2 for i in range(len(starts) - 1)]
+        return [(s, e, seams[i - 1] if i else 0, seams[i] if i < len(seams) else n) for i, (s, e) in enumerate(zip(starts, ends))]
 
-    return [(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
+    return [((x0, y0, x1, y1), (cx0, cy0, cx1, cy1)) for y0, y1, cy0, cy1 in axis(height) for x0, x1, cx0, cx1 in axis(width)]
 
 
-def near_inner_edge(boxes: np.ndarray, crop: tuple[int, int, int, int], height: int, width: int, margin: int = 1) -> np.ndarray:
-    """``bool[N]``: which ``boxes`` (``N x 4 XYXY``, image pixels) come within ``margin`` px of an edge
-    of ``crop`` (``XYXY``) that is not an edge of the ``height x width`` image.
-
-    >>> near_inner_edge(np.array([[0, 0, 10, 10], [40, 5, 50, 15], [20, 20, 30, 30]]), (0, 0, 50, 50), 100, 100)
-    array([False,  True, False])
-    """
-    b = np.asarray(boxes).reshape(-1, 4)
-    x0, y0, x1, y1 = crop
-    near = np.zeros(len(b), bool)
-    if x0 > 0:
-        near |= b[:, 0] < x0 + margin
-    if y0 > 0:
-        near |= b[:, 1] < y0 + margin
-    if x1 < width:
-        near |= b[:, 2] > x1 - margin
-    if y1 < height:
-        near |= b[:, 3] > y1 - margin
-    return near
+def in_core(boxes: np.ndarray, core) -> np.ndarray:
+    """``bool[N]``: which ``boxes`` (``N x 4 XYXY``) have their centre in ``core`` (``XYXY``, half-open)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    return (cx >= core[0]) & (cx < core[2]) & (cy >= core[1]) & (cy < core[3])
 
 
 @dataclass
@@ -255,7 +260,7 @@ def dedupe_cells(cells: Cells, iou_threshold: float = 0.5) -> Cells:
 
 
 def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 1024, overlap: int = 256,
-                  margin: int = 8, iou_threshold: float = 0.5) -> Cells:
+                  iou_threshold: float = 0.5) -> Cells:
     """Segment an image (contract ``CHW`` tensor, or an ``HWC`` array of any dtype, converted one tile at
     a time) tile by tile with ``method`` (contract image in; :class:`Cells` or a dense result out) into
     sparse :class:`Cells`.
@@ -263,9 +268,9 @@ def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 102
     Only one tile is ever dense; an image no larger than ``tile`` is a single tile (no seams)."""
     h, w = image_size(image)
     cells = Cells(h, w)
-    for crop in tile_boxes(h, w, tile, overlap):
+    for crop, core in tiles(h, w, tile, overlap):
         found = method(crop_image(image, crop))
         part = found.moved(crop[:2], h, w) if isinstance(found, Cells) else Cells.from_result(found, h, w, offset=crop[:2])
-        part = dedupe_cells(part.select(~near_inner_edge(part.boxes, crop, h, w, margin)), iou_threshold)
+        part = dedupe_cells(part.select(in_core(part.boxes, core)), iou_threshold)
         cells = merge_cells(cells, part, iou_threshold)
     return cells
