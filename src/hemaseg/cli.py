@@ -199,6 +199,20 @@ def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path],
     return table
 
 
+def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, split, subset: str, run, format: str,
+                      segment: dict, title: str, progress: bool) -> str:
+    """What `evaluate` and `compare` share: build the methods, score them, write the tables and report."""
+    from .predict import SegmentConfig
+
+    try:
+        cfg = SegmentConfig(**segment)
+        source, refs = _eval_refs(data, format, split, subset)
+        chosen = [_method(m, model, cfg, unet) for m in methods]
+        return _run_evaluations(chosen, source, refs, out, cfg, run, title, progress)
+    except (DataError, CheckpointError, ValueError) as err:
+        _fail(err)
+
+
 @app.command()
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
@@ -210,15 +224,9 @@ def evaluate(
     progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
-    from .predict import SegmentConfig
-
-    try:
-        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap)
-        source, refs = _eval_refs(data, format, split, subset)
-        table = _run_evaluations([_method(method, model, cfg)], source, refs, out, cfg, run,
-                                 f"Evaluation of {method} on {data}", progress)
-    except (DataError, CheckpointError, ValueError) as err:
-        _fail(err)
+    table = _evaluate_command([method], data, out, model, None, split, subset, run, format,
+                              dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap),
+                              f"Evaluation of {method} on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (report.html, summary.json, per_image.csv, figures/)")
 
 
@@ -234,15 +242,9 @@ def compare(
     progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
-    from .predict import SegmentConfig
-
-    try:
-        cfg = SegmentConfig(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap)
-        source, refs = _eval_refs(data, format, split, subset)
-        chosen = [_method(m.strip(), model, cfg, unet) for m in methods.split(",") if m.strip()]
-        table = _run_evaluations(chosen, source, refs, out, cfg, run, f"Comparison on {data}", progress)
-    except (DataError, CheckpointError, ValueError) as err:
-        _fail(err)
+    table = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
+                              subset, run, format, dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile,
+                                                        overlap=overlap), f"Comparison on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
 
 
