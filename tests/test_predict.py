@@ -23,3 +23,15 @@ def test_sparse_masks_equal_torchvision_pasted_masks():
     dense = predict(model, images[:1], cfg)[0]
     assert dense["masks"].dtype == torch.uint8 and dense["masks"].shape[1:] == (90, 120)
     assert model.training is False and model.roi_heads.score_thresh == 0.05  # restored
+
+
+def test_caps_grow_with_the_image_and_are_restored():
+    from hemaseg.predict import _restore_caps, _scale_caps
+
+    model = build_model(ModelConfig(rpn_post_nms_test=1000, detections_per_image=1000))
+    saved = _scale_caps(model, 2048 * 2048)
+    assert model.rpn._post_nms_top_n["testing"] == 4000 and model.roi_heads.detections_per_img == 4000
+    _restore_caps(model, saved)
+    assert model.rpn._post_nms_top_n["testing"] == 1000 and model.roi_heads.detections_per_img == 1000
+    _scale_caps(model, 120 * 120)  # small images keep the configured caps
+    assert model.rpn._post_nms_top_n["testing"] == 1000

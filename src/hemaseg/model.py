@@ -64,7 +64,7 @@ class ModelConfig:
     rpn_batch_size: int = 128  # anchors sampled per image for the RPN loss (torchvision: 256)
     roi_batch_size: int = 128  # RoIs sampled per image for the heads' loss (torchvision: 512)
     rpn_post_nms_train: int = 1000
-    rpn_post_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000  # at inference this and detections_per_image hold per 1024x1024 px (hemaseg.predict)
     detections_per_image: int = 1000
     box_score_threshold: float = 0.05
     pretrained: str = "none"

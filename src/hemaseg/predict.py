@@ -45,9 +45,13 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
     try:
         if isinstance(model, GeneralizedRCNN):
             batch, _ = model.transform([im.to(device) for im in images])
-            features = model.backbone(batch.tensors)
-            proposals, _ = model.rpn(batch, features)
-            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+            saved = _scale_caps(model, max(h * w for h, w in batch.image_sizes))
+            try:
+                features = model.backbone(batch.tensors)
+                proposals, _ = model.rpn(batch, features)
+                detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+            finally:
+                _restore_caps(model, saved)
             return [_sparse(d, resize_boxes(d["boxes"], resized, size), size, cfg)
                     for d, resized, size in zip(detections, batch.image_sizes, sizes)]
         outputs = model([im.to(device) for im in images])
@@ -62,6 +66,27 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
         results.append(Cells.from_result({"masks": masks.cpu().numpy(), "labels": out["labels"][keep].cpu(),
                                           "scores": out["scores"][keep].cpu()}, h, w))
     return results
+
+
+CAPS_AREA = 1024 * 1024  # the model's proposal and detection caps hold per this many (resized) pixels
+
+
+def _scale_caps(model: GeneralizedRCNN, area: int) -> tuple:
+    """Raise the RPN's pre/post-NMS proposal counts and the detections per image in proportion to an
+    image larger than :data:`CAPS_AREA`, so that a dense whole field is not capped (restored by
+    :func:`_restore_caps`)."""
+    rpn, heads = model.rpn, model.roi_heads
+    saved = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
+    k = area / CAPS_AREA
+    if k > 1:
+        rpn._pre_nms_top_n["testing"] = int(np.ceil(saved[0] * k))
+        rpn._post_nms_top_n["testing"] = int(np.ceil(saved[1] * k))
+        heads.detections_per_img = int(np.ceil(saved[2] * k))
+    return saved
+
+
+def _restore_caps(model: GeneralizedRCNN, saved: tuple) -> None:
+    model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"], model.roi_heads.detections_per_img = saved
 
 
 def _sparse(detections: dict, boxes: torch.Tensor, size: tuple[int, int], cfg: PredictConfig) -> Cells:
