@@ -116,3 +116,23 @@ def test_nucleus_scores_by_hand(tmp_path):
     ev = evaluate_method(NucleusOracle(src, shrink=True), src, src.refs, progress=False)
     # predicted: 2 of the 4 rows (8 px) of the 16 px nucleus -> Dice 16/24, IoU 8/16
     assert ev.summary["nucleus_dice"] == pytest.approx(2 * 8 / 24) and ev.summary["nucleus_iou"] == pytest.approx(0.5)
+
+
+def test_evaluation_of_a_tiled_image_scores_like_untiled(tmp_path):
+    from conftest import save_png
+    from test_tiling import _disks, components
+
+    class Components(Method):
+        name = "components"
+
+        def __call__(self, image):
+            return components(image)
+
+    image, truth = _disks(500, 600, 60, seed=5)
+    save_png(tmp_path / "d" / "images" / "f.png", image)
+    save_png(tmp_path / "d" / "labels" / "f.png", truth.astype(np.uint16))
+    src = open_dataset(tmp_path / "d")
+    whole = evaluate_method(Components(), src, src.refs, SegmentConfig(tile=2048), progress=False).summary
+    tiled = evaluate_method(Components(), src, src.refs, SegmentConfig(tile=200, overlap=80), progress=False).summary
+    assert whole["f1_50"] == tiled["f1_50"] == 1.0 and whole["mean_iou"] == tiled["mean_iou"] == 1.0
+    assert tiled["matching"]["0.90"]["tp"] == 60 and tiled["mask_AP"] == pytest.approx(1.0)
