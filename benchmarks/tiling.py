@@ -4,8 +4,8 @@ seams, and peak memory and time of `hemaseg segment` on an 8000x8000 field.
     .venv/bin/python benchmarks/tiling.py [--model RUN/best.pt] [--work runs/tiling]
 
 Without --model it first trains the demo's configuration on synthetic smears (48 images of 160 px,
-12 epochs, a few minutes). The 2048 px field has cells at the density the model was trained on,
-kept under the model's 1000 detections so that the untiled run is not capped. The 8000 px field is
+12 epochs, a few minutes). The 2048 px field has about 0.2 cells per 1000 px^2 (about a seventh of the demo
+images' red-cell density; 814 cells). The 8000 px field is
 a 4 x 4 mosaic of such fields; `segment` runs in a child process whose peak RSS is read from the OS
 (through a small wrapper process, so that this process's own memory is not counted).
 """
@@ -29,11 +29,8 @@ from hemaseg.train import TrainConfig, train
 
 
 def field(size: int, seed: int):
-    """A synthetic smear of ``size`` px with about 0.2 cells per 1000 px^2 (the demo's density)."""
-    k = (size / 192) ** 2
-    cfg = SynthConfig(height=size, width=size, red_cells=(int(6 * k),) * 2, white_cells=(int(0.4 * k),) * 2,
-                      platelets=(int(0.8 * k),) * 2)
-    return generate(np.random.default_rng(seed), cfg)
+    """A synthetic smear field of ``size`` px: 6 red cells, 0.4 white cells, 0.8 platelets per 192x192 px."""
+    return generate(np.random.default_rng(seed), SynthConfig.field(size, size, red=6, white=0.4, platelets=0.8))
 
 
 def truth_cells(sample) -> Cells:

@@ -40,6 +40,18 @@ class SynthConfig:
     noise: tuple[float, float] = (0.005, 0.025)
     min_visible: int = 12  # an instance with fewer visible pixels is not in the ground truth
 
+    @classmethod
+    def field(cls, height: int, width: int, red: float = 30, white: float = 1.5, platelets: float = 3.5, **kw) -> SynthConfig:
+        """A whole smear field of any size with ``red``, ``white`` and ``platelets`` cells per 192x192 px
+        (defaults: the mean of the default image), counts rounded down.
+
+        >>> SynthConfig.field(384, 384).red_cells, SynthConfig.field(2048, 2048, red=6).red_cells
+        ((120, 120), (682, 682))
+        """
+        k = height * width / (192 * 192)
+        n = lambda per_192: (max(0, int(per_192 * k)),) * 2  # noqa: E731
+        return cls(height=height, width=width, red_cells=n(red), white_cells=n(white), platelets=n(platelets), **kw)
+
 
 @dataclass
 class SynthSample:
