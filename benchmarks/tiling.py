@@ -4,9 +4,8 @@ seams, and peak memory and time of `hemaseg segment` on an 8000x8000 field.
     .venv/bin/python benchmarks/tiling.py [--model RUN/best.pt] [--work runs/tiling]
 
 Without --model it first trains the demo's configuration on synthetic smears (48 images of 160 px,
-12 epochs, a few minutes). The 2048 px field has about 0.2 cells per 1000 px^2 (about a seventh of the demo
-images' red-cell density; 814 cells). The 8000 px field is
-a 4 x 4 mosaic of such fields; `segment` runs in a child process whose peak RSS is read from the OS
+12 epochs, a few minutes). The 2048 px field has about 0.2 cells per 1000 px^2 (814 cells; about a
+seventh of the demo images' density). The 8000 px field is a 4 x 4 mosaic of such fields; `segment` runs in a child process whose peak RSS is read from the OS
 (through a small wrapper process, so that this process's own memory is not counted).
 """
 
