@@ -120,13 +120,7 @@ def test_nucleus_scores_by_hand(tmp_path):
 
 def test_evaluation_of_a_tiled_image_scores_like_untiled(tmp_path):
     from conftest import save_png
-    from test_tiling import _disks, components
-
-    class Components(Method):
-        name = "components"
-
-        def __call__(self, image):
-            return components(image)
+    from test_tiling import Components, _disks
 
     image, truth = _disks(500, 600, 60, seed=5)
     save_png(tmp_path / "d" / "images" / "f.png", image)

@@ -9,12 +9,12 @@ import torch
 from skimage.draw import polygon2mask
 
 from hemaseg.export import cell_polygon, qupath_features, write_imagej_rois, write_qupath_geojson
-from hemaseg.predict import Method, SegmentConfig
+from hemaseg.predict import SegmentConfig
 from hemaseg.segment import segment_files
 from hemaseg.tiling import Cells
 
 from conftest import save_png
-from test_tiling import _disks, components
+from test_tiling import Components, _disks, components
 
 # What QuPath's GeoJSON import reads (qupath.lib.io.GsonTools): features with a polygon, an object
 # type, a classification with a name and an RGB colour, numeric measurements, and for cells a nucleus.
@@ -95,13 +95,6 @@ def test_qupath_geojson_follows_the_schema_with_cells_nuclei_and_measurements(tm
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"type": "FeatureCollection", "features": [{**first, "nucleusGeometry": None}]}, QUPATH_SCHEMA)
     assert qupath_features(Cells(5, 5), []) == {"type": "FeatureCollection", "features": []}
-
-
-class Components(Method):
-    name = "components"
-
-    def __call__(self, image):
-        return components(image)
 
 
 def test_segment_writes_every_export(tmp_path):

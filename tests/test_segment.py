@@ -182,13 +182,7 @@ def test_rle_in_box_equals_the_full_mask_rle():
 
 
 def test_a_large_image_is_tiled_into_the_same_cells_and_files(tmp_path):
-    from test_tiling import _disks, components
-
-    class Components(Method):
-        name = "components"
-
-        def __call__(self, image):
-            return components(image)
+    from test_tiling import Components, _disks
 
     image, truth = _disks(900, 1100, 200, seed=3)
     path = save_png(tmp_path / "field.png", image)

@@ -4,6 +4,7 @@ import torch
 from skimage.measure import label as connected
 
 from hemaseg.metrics import match
+from hemaseg.predict import Method
 from hemaseg.tiling import Cells, in_core, merge_cells, segment_tiled, tile_boxes, tiles
 
 
@@ -32,6 +33,15 @@ def components(image: torch.Tensor) -> dict:
     masks = torch.from_numpy((lab[None] == ids[:, None, None]).astype(np.uint8))
     areas = masks.flatten(1).sum(1).float()
     return {"masks": masks, "labels": torch.ones(len(ids), dtype=torch.int64), "scores": areas / (areas.max() + 1) if len(ids) else areas}
+
+
+class Components(Method):
+    """:func:`components` as a segmentation method (for segment/evaluate/export tests)."""
+
+    name = "components"
+
+    def __call__(self, image):
+        return components(image)
 
 
 def test_tile_boxes_cover_the_image_with_the_overlap():
