@@ -1,6 +1,6 @@
 """Nucleus of each segmented white cell, and its lobes.
 
-Two sources, one entry point (:func:`nuclei_for`):
+Two sources, one entry point (:func:`cell_nuclei`; :func:`nuclei_for` is its dense form):
 
 * **learned** (preferred): a model trained with nuclei as instances of their own class ``"nucleus"``
   (:mod:`hemaseg.train` does it whenever the training data carries nuclei). Each predicted nucleus is

@@ -13,7 +13,7 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
 from .data.contract import masks_to_boxes
-from .tiling import Cells, segment_tiled
+from .tiling import Cells, mask_extent, segment_tiled
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,10 @@ def _sparse(detections: dict, boxes: torch.Tensor, size: tuple[int, int], cfg: P
                           align_corners=False)[0, 0]
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
         local = (m[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] >= cfg.mask_threshold).cpu().numpy()
-        rows, cols = np.flatnonzero(local.any(1)), np.flatnonzero(local.any(0))
-        if not len(rows):
+        extent = mask_extent(local)
+        if extent is None:
             continue
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        r0, r1, c0, c1 = extent
         out_boxes.append((cx0 + c0, cy0 + r0, cx0 + c1, cy0 + r1))
         masks.append(local[r0:r1, c0:c1])
         kept.append(i)

@@ -70,6 +70,19 @@ def in_core(boxes: np.ndarray, core) -> np.ndarray:
     return (cx >= core[0]) & (cx < core[2]) & (cy >= core[1]) & (cy < core[3])
 
 
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` (exclusive ends) of the nonzero pixels of an ``H x W`` mask; None if empty.
+
+    >>> m = np.zeros((5, 6), bool); m[1:3, 2:5] = True
+    >>> mask_extent(m), mask_extent(np.zeros((2, 2)))
+    ((1, 3, 2, 5), None)
+    """
+    rows, cols = np.flatnonzero(np.any(mask, axis=1)), np.flatnonzero(np.any(mask, axis=0))
+    if not len(rows):
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 @dataclass
 class Cells:
     """Sparse instances of one ``height x width`` image: cell ``i`` covers ``masks[i]`` (``bool``, the
@@ -100,10 +113,10 @@ class Cells:
         ox, oy = offset
         boxes, local, local_nuclei, keep = [], [], [], []
         for i, m in enumerate(masks):
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if not len(rows):
+            extent = mask_extent(m)
+            if extent is None:
                 continue
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            y0, y1, x0, x1 = extent
             boxes.append((x0 + ox, y0 + oy, x1 + ox, y1 + oy))
             local.append(m[y0:y1, x0:x1].copy())
             if nuclei is not None:

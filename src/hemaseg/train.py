@@ -279,9 +279,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             if not all(math.isclose(c, checksums[0], rel_tol=1e-9, abs_tol=1e-6) for c in checksums):
                 raise RuntimeError(f"epoch {epoch}: the processes hold different weights (checksums {checksums})")
         if group is not None and not group.main:
-            group.broadcast(None)  # wait for process 0's validation and decisions
-            continue_ = group.broadcast(None)
-            if not continue_:
+            group.broadcast(None)  # process 0's epoch row, after its validation
+            if not group.broadcast(None):  # process 0's decision: go on?
                 break
             continue
         if val_loader is not None:
