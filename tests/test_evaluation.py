@@ -130,3 +130,43 @@ def test_evaluation_of_a_tiled_image_scores_like_untiled(tmp_path):
     tiled = evaluate_method(Components(), src, src.refs, SegmentConfig(tile=200, overlap=80), progress=False).summary
     assert whole["f1_50"] == tiled["f1_50"] == 1.0 and whole["mean_iou"] == tiled["mean_iou"] == 1.0
     assert tiled["matching"]["0.90"]["tp"] == 60 and tiled["mask_AP"] == pytest.approx(1.0)
+
+
+def test_truth_is_read_sparse_and_equals_the_dense_target(tmp_path):
+    from conftest import save_png
+    from hemaseg.data.formats import load_sample
+    from hemaseg.evaluation import load_truth
+
+    lab = np.zeros((40, 50), np.uint16)
+    lab[2:10, 3:9], lab[20:30, 30:45], lab[5:7, 40:42] = 4, 9, 2  # ids need not be consecutive
+    nuclei = np.where(lab == 9, 9, 0).astype(np.uint16)
+    nuclei[22:24, 32:34] = 0
+    save_png(tmp_path / "d" / "images" / "a.png", np.full((40, 50, 3), 200, np.uint8))
+    save_png(tmp_path / "d" / "labels" / "a.png", lab)
+    save_png(tmp_path / "d" / "nuclei" / "a.png", nuclei)
+    (tmp_path / "d" / "labels" / "a.csv").write_text("label,class\n2,platelet\n4,cell\n9,cell\n")
+    src = open_dataset(tmp_path / "d")
+    _, truth = load_truth(src, src.refs[0])
+    _, target = load_sample(src.refs[0], src.classes)
+    assert np.array_equal(truth.dense(), target["masks"].numpy())
+    assert np.array_equal(truth.dense(nuclei=True), target["nuclei"].numpy())
+    assert truth.labels.tolist() == target["labels"].tolist() and truth.boxes.tolist() == target["boxes"].int().tolist()
+
+
+def test_evaluating_a_large_annotated_image_never_holds_dense_masks(tmp_path):
+    import tracemalloc
+
+    from conftest import save_png
+    from test_tiling import Components, _disks
+
+    image, truth = _disks(1000, 1000, 250, seed=2)  # dense truth or predictions: 250 x 1 MB each
+    assert truth.max() == 250
+    save_png(tmp_path / "d" / "images" / "big.png", image)
+    save_png(tmp_path / "d" / "labels" / "big.png", truth.astype(np.uint16))
+    src = open_dataset(tmp_path / "d")
+    tracemalloc.start()
+    summary = evaluate_method(Components(), src, src.refs, SegmentConfig(tile=300, overlap=80), progress=False).summary
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert summary["f1_50"] == 1.0 and summary["matching"]["0.90"]["tp"] == 250
+    assert peak < 100e6, f"peak {peak / 1e6:.0f} MB"

@@ -11,16 +11,19 @@ from hemaseg.tiling import Cells, in_core, merge_cells, segment_tiled, tile_boxe
 def _disks(h=600, w=700, n=140, seed=0):
     """HWC uint8 field of dark, non-touching disks (radius 6-22) on a light background, and its labels."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
     lab = np.zeros((h, w), np.int32)
+    count = 0
     for _ in range(n * 5):
         r = rng.integers(6, 23)
         cy, cx = rng.integers(0, h), rng.integers(0, w)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
-        if not (lab[grown] > 0).any():
-            lab[disk] = lab.max() + 1
-        if lab.max() == n:
+        y0, y1, x0, x1 = max(0, cy - r - 2), min(h, cy + r + 3), max(0, cx - r - 2), min(w, cx + r + 3)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        window = lab[y0:y1, x0:x1]
+        if not (window[d2 <= (r + 2) ** 2] > 0).any():
+            count += 1
+            window[d2 <= r * r] = count
+        if count == n:
             break
     image = np.where(lab[..., None] > 0, 60, 220).astype(np.uint8).repeat(3, axis=2)
     return image, lab

@@ -68,6 +68,8 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
     augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter."),
+    fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
+                                 "cells pasted among painted red cells (for crops that annotate white cells only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
@@ -76,7 +78,7 @@ def train(
     from .train import train as run_train
 
     try:
-        aug = AugmentConfig() if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
+        aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,

@@ -16,19 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
-from .data.contract import labels_to_masks, masks_to_labels, tensor_to_image
-from .data.dataset import CellDataset
-from .data.formats import DatasetSource, SampleRef
-from .data.io import csv_text, write_image, write_json, write_text
-from .metrics import MatchCounter, dice, iou_matrix, matched_ious, semantic_iou
+from .data.contract import image_to_tensor, labels_to_masks, tensor_to_image
+from .data.formats import DatasetSource, SampleRef, load_sample, read_label_annotation
+from .data.io import csv_text, read_image, write_image, write_json, write_text
+from .metrics import MatchCounter, dice, matched_ious, semantic_iou
 from .nuclei import cell_nuclei
 from .predict import Method, SegmentConfig, run_method
-from .segment import encode_rle
+from .segment import encode_rle_in_box
+from .tiling import Cells, iou_matrix_cells
 from .viz import overlay, side_by_side
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -52,7 +53,9 @@ def coco_ap(truth: list[np.ndarray], preds: list[tuple[np.ndarray, np.ndarray]],
     """
     acc = CocoAccumulator(max_dets)
     for t, (p, s) in zip(truth, preds):
-        acc.add(t, p, s)
+        h, w = t.shape[1:]
+        acc.add(Cells.from_result({"masks": t, "scores": np.ones(len(t)), "labels": np.ones(len(t))}, h, w),
+                Cells.from_result({"masks": p, "scores": s, "labels": np.ones(len(p))}, h, w))
     return acc.result()
 
 
@@ -65,16 +68,17 @@ class CocoAccumulator:
         self.gts: list[dict] = []
         self.dts: list[dict] = []
 
-    def add(self, truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> None:
+    def add(self, truth: Cells, pred: Cells) -> None:
+        """One image's true and predicted cells (sparse: each RLE is built from its box)."""
         i = len(self.images) + 1
-        h, w = truth.shape[1:]
+        h, w = truth.height, truth.width
         self.images.append({"id": i, "height": h, "width": w})
-        for m in truth:
-            rle = encode_rle(m)
+        for m, box in zip(truth.masks, truth.boxes):
+            rle = encode_rle_in_box(m, box, h, w)
             self.gts.append({"id": len(self.gts) + 1, "image_id": i, "category_id": 1, "segmentation": rle, "iscrowd": 0,
                              "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
-        for m, score in zip(pred, scores):
-            rle = encode_rle(m)
+        for m, box, score in zip(pred.masks, pred.boxes, pred.scores):
+            rle = encode_rle_in_box(m, box, h, w)
             self.dts.append({"image_id": i, "category_id": 1, "segmentation": rle, "score": float(score),
                              "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
 
@@ -107,41 +111,52 @@ def _mean_defined(p: np.ndarray) -> float:
     return float(p.mean()) if p.size else 0.0
 
 
+def load_truth(source: DatasetSource, ref: SampleRef) -> tuple[torch.Tensor, Cells]:
+    """A sample's image and its true cells, sparse: label-image annotations never become ``N x H x W``
+    masks, so an annotated image of any size and count of cells is scored in bounded memory (COCO
+    annotations, which may overlap, go through the dense target)."""
+    if ref.format == "coco":
+        image, target = load_sample(ref, source.classes, coco=source.coco)
+        h, w = image.shape[1:]
+        return image, Cells.from_result({**target, "scores": np.ones(len(target["masks"]))}, h, w)
+    image = image_to_tensor(read_image(ref.image))
+    ann = read_label_annotation(ref, source.classes, tuple(image.shape[1:]))
+    return image, Cells.from_labels(ann.labels, ann.ids, ann.classes, ann.nuclei)
+
+
 def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef], cfg: SegmentConfig = SegmentConfig(),
                     max_dets: int = 1000, n_figures: int = 3, progress: bool = True) -> Evaluation:
     """Run ``method`` on ``refs`` and score it against their ground truth (see the module docstring).
 
-    Memory stays bounded: masks are reduced to counts and RLE as they come, and only the images of the
-    ``n_figures`` worst and best IoU are kept for the figures.
+    Memory stays bounded: truth and predictions are sparse cells (:func:`load_truth`, the tiled
+    :func:`~hemaseg.predict.run_method`), reduced to counts and RLE as they come, and only the images of
+    the ``n_figures`` worst and best IoU are kept for the figures.
     """
-    ds = CellDataset(source, refs)
     rows: list[dict] = []
     ev = Evaluation(method.name, rows, {})
     counter = MatchCounter(THRESHOLDS)
     coco = CocoAccumulator(max_dets)
     kept: dict[int, tuple] = {}  # image index -> (image, truth labels, predicted labels)
-    for i in tqdm(range(len(ds)), desc=f"evaluate ({method.name})", disable=not progress):
-        image, target = ds[i]
+    for i in tqdm(range(len(refs)), desc=f"evaluate ({method.name})", disable=not progress):
+        image, truth = load_truth(source, refs[i])
         t0 = time.perf_counter()
         cells = run_method(method, image, cfg)
         seconds = time.perf_counter() - t0
-        t = target["masks"].numpy()
-        p = cells.dense()
-        scores = cells.scores
-        iou = iou_matrix(t, p)
+        iou = iou_matrix_cells(truth, cells)
         counter.add(iou)
-        coco.add(t, p, scores)
+        coco.add(truth, cells)
+        t, p = truth.union(), cells.union()
         tp = len(matched_ious(iou, 0.5))
-        row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(t),
-               "n_pred": len(p), "tp_50": tp, "f1_50": 2 * tp / (len(t) + len(p)) if len(t) + len(p) else 1.0,
+        row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(truth),
+               "n_pred": len(cells), "tp_50": tp, "f1_50": 2 * tp / (len(truth) + len(cells)) if len(truth) + len(cells) else 1.0,
                "seconds": seconds}
-        if cfg.nuclei != "off" and "nuclei" in target and target["nuclei"].any():
+        if cfg.nuclei != "off" and truth.nuclei is not None and any(n.any() for n in truth.nuclei):
             names = [method.classes[k - 1] for k in cells.labels.tolist()]
             cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
-            true_nuclei, nuclei = target["nuclei"].numpy(), cells.dense(nuclei=True)
+            true_nuclei, nuclei = truth.union(nuclei=True), cells.union(nuclei=True)
             row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)
-        kept[i] = (tensor_to_image(image), masks_to_labels(t), cells.label_image())
+        kept[i] = (tensor_to_image(image), truth.label_image(), cells.label_image())
         by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
         for k in by_iou[n_figures:-n_figures or None]:
             del kept[k]

@@ -125,6 +125,50 @@ class Cells:
         return cls(height, width, np.array(boxes, np.int64).reshape(-1, 4), local, scores[keep], labels[keep],
                    local_nuclei if nuclei is not None else None)
 
+    @classmethod
+    def from_labels(cls, labels: np.ndarray, ids: np.ndarray | None = None, classes: np.ndarray | None = None,
+                    nuclei: np.ndarray | None = None) -> Cells:
+        """From an ``HxW`` label image: cell ``k`` is the pixels equal to ``ids[k]`` (default: every
+        nonzero value, in increasing order), of class ``classes[k]`` (default 1), score 1; ``nuclei``, an
+        ``HxW`` image holding on each nucleus pixel the id of its cell. Memory: the boxes of the cells.
+
+        >>> lab = np.array([[0, 3, 3], [5, 0, 3]]); c = Cells.from_labels(lab, nuclei=np.where(lab == 3, 3, 0))
+        >>> c.boxes.tolist(), [int(m.sum()) for m in c.masks], [int(n.sum()) for n in c.nuclei]
+        ([[1, 0, 3, 2], [0, 1, 1, 2]], [3, 1], [3, 0])
+        """
+        from scipy import ndimage as ndi
+
+        lab = np.asarray(labels)
+        h, w = lab.shape
+        if ids is None:
+            ids = np.unique(lab)
+            ids = ids[ids > 0]
+        ids = np.asarray(ids, np.int64)
+        slices = ndi.find_objects(lab, max_label=int(ids.max()) if len(ids) else 0) if lab.dtype.kind in "iu" else []
+        boxes, masks, cell_nuclei, keep = [], [], [], []
+        for k, i in enumerate(ids):
+            sl = slices[i - 1] if i - 1 < len(slices) else None
+            if sl is None:
+                continue
+            sy, sx = sl
+            boxes.append((sx.start, sy.start, sx.stop, sy.stop))
+            masks.append(lab[sl] == i)
+            if nuclei is not None:
+                cell_nuclei.append(np.asarray(nuclei)[sl] == i)
+            keep.append(k)
+        n = len(keep)
+        classes = np.ones(len(ids), np.int64) if classes is None else np.asarray(classes, np.int64)
+        return cls(h, w, np.array(boxes, np.int64).reshape(-1, 4), masks, np.ones(n, np.float32), classes[keep],
+                   cell_nuclei if nuclei is not None else None)
+
+    def union(self, nuclei: bool = False) -> np.ndarray:
+        """``H x W bool``: the pixels of any cell (or any nucleus; all False without nuclei)."""
+        out = np.zeros((self.height, self.width), bool)
+        parts = self.nuclei if nuclei else self.masks
+        for i, (x0, y0, x1, y1) in enumerate(self.boxes if parts is not None else []):
+            out[y0:y1, x0:x1] |= parts[i]
+        return out
+
     def moved(self, offset: tuple[int, int], height: int, width: int) -> Cells:
         """The same cells in a ``height x width`` image where this one's top-left corner is at ``offset``."""
         ox, oy = offset

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from .data.dataset import CellDataset, collate, split_record, split_refs
+from .data.fields import ANNOTATES_RED
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
@@ -219,7 +220,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
 
     nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if learn_nuclei else None
     transforms = build_train_transforms(cfg.augment)
-    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label) for s, refs in train_parts])
+    fields = {id(s): cfg.augment.fields if not set(ANNOTATES_RED) & set(s.classes) else 0.0 for s, _ in train_parts}
+    if cfg.augment.fields:
+        skipped = [str(s.root) for s, _ in train_parts if not fields[id(s)]]
+        log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
+            + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
+    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)])
+                              for s, refs in train_parts])
     val_loader = None
     if val_parts:
         val_ds = ConcatDataset([CellDataset(s, refs, classes) for s, refs in val_parts])

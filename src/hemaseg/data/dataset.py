@@ -7,10 +7,12 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .contract import Target, add_nucleus_instances
+from .fields import FieldConfig, compose_field, crop_tones, cut_cells
 from .formats import DatasetSource, SampleRef, load_sample
 
 
@@ -20,11 +22,15 @@ class CellDataset(Dataset):
     ``classes`` is the model's class list; the source's class names must all be in it. With
     ``nucleus_label``, each cell's nucleus becomes an instance of that class of its own (after the
     transforms; :func:`~.contract.add_nucleus_instances`) - how a model learns nuclei.
+
+    With ``fields > 0``, that share of the samples (drawn with ``torch``'s generator, seeded per epoch by
+    the training loop) become whole smear fields (:mod:`.fields`): the sample's cells and those of
+    other samples of this dataset pasted among painted red cells in the sample's colours.
     """
 
     def __init__(self, source: DatasetSource, refs: list[SampleRef] | None = None,
                  classes: tuple[str, ...] | None = None, transforms=None, stray: str = "nearest",
-                 nucleus_label: int | None = None):
+                 nucleus_label: int | None = None, fields: float = 0.0, field_config: FieldConfig = FieldConfig()):
         self.source = source
         self.refs = list(source.refs if refs is None else refs)
         self.classes = tuple(classes or source.classes)
@@ -34,12 +40,32 @@ class CellDataset(Dataset):
         self.transforms = transforms
         self.stray = stray
         self.nucleus_label = nucleus_label
+        if not 0 <= fields <= 1:
+            raise ValueError(f"fields must be a share in [0, 1], got {fields}")
+        self.fields, self.field_config = fields, field_config
 
     def __len__(self) -> int:
         return len(self.refs)
 
+    def _load(self, index: int) -> tuple[torch.Tensor, Target]:
+        return load_sample(self.refs[index], self.classes, coco=self.source.coco, stray=self.stray)
+
+    def field(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, Target]:
+        """A whole field around sample ``index``: its cells, those of a few other samples drawn with
+        ``rng``, its colours (:func:`.fields.compose_field`)."""
+        image, target = self._load(index)
+        lo, hi = self.field_config.cells
+        others = rng.integers(0, len(self), size=max(0, int(rng.integers(lo, hi + 1)) - 1))
+        cutouts = cut_cells(image, target) + [c for j in others for c in cut_cells(*self._load(int(j)))]
+        if not cutouts:  # an image without cells stays as it is
+            return image, target
+        return compose_field(rng, cutouts, crop_tones(image, target), self.field_config)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        image, target = load_sample(self.refs[index], self.classes, coco=self.source.coco, stray=self.stray)
+        if self.fields and float(torch.rand(())) < self.fields:
+            image, target = self.field(index, np.random.default_rng(int(torch.randint(0, 2**62, ()))))
+        else:
+            image, target = self._load(index)
         target["image_id"] = index
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -71,18 +71,19 @@ class DatasetSource:
 
 
 # --------------------------------------------------------------------------------------- semantic
-def semantic_to_instances(
+def semantic_to_labels(
     mask: np.ndarray, *, stray: str = "nearest", min_area: int = DEFAULT_MIN_AREA, source: str = "mask"
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[int, int]]]:
-    """Split a 0/128/255 semantic mask into cells.
+    """Split a 0/128/255 semantic mask into cells, as label images.
 
-    Returns ``(masks, nuclei, report)``: ``N x H x W uint8`` cell masks, ``N x H x W uint8`` nucleus
-    masks, and ``report = {"stray": {value: pixel count}, "dropped": {area: count}}``.
+    Returns ``(cells, nuclei, report)``: ``HxW int32`` cells numbered ``1..N`` (connected regions of
+    128 or 255 with at least ``min_area`` pixels), ``HxW int32`` holding on each nucleus (255) pixel the
+    number of its cell, and ``report = {"stray": {value: pixel count}, "dropped": {area: count}}``.
 
     >>> m = np.zeros((5, 9), np.uint8); m[1:4, 1:4] = 128; m[2, 2] = 255; m[1:4, 5:8] = 255; m[0, 0] = 7
-    >>> cells, nuclei, report = semantic_to_instances(m, min_area=1)
-    >>> cells.sum(axis=(1, 2)).tolist(), nuclei.sum(axis=(1, 2)).tolist(), report["stray"]
-    ([9, 9], [1, 9], {7: 1})
+    >>> cells, nuclei, report = semantic_to_labels(m, min_area=1)
+    >>> np.bincount(cells.ravel()).tolist(), np.bincount(nuclei.ravel()).tolist(), report["stray"]
+    ([27, 9, 9], [35, 1, 9], {7: 1})
     """
     m = np.asarray(mask)
     if m.ndim != 2:
@@ -102,15 +103,34 @@ def semantic_to_instances(
         m = m.copy()
         for v, to in zip(lut_vals, nearest):
             m[m == v] = to
-    cells = connected_components(m >= CYTOPLASM, connectivity=2)
-    masks, ids = labels_to_masks(cells)
-    areas = masks.sum(axis=(1, 2))
-    keep = areas >= min_area
-    for a in areas[~keep]:
+    cells = connected_components(m >= CYTOPLASM, connectivity=2).astype(np.int32)
+    areas = np.bincount(cells.ravel())
+    small = np.flatnonzero(areas < min_area)
+    small = small[small > 0]
+    for a in areas[small]:
         report["dropped"][int(a)] = report["dropped"].get(int(a), 0) + 1
-    masks = masks[keep]
-    nuclei = masks & (m == NUCLEUS)[None].astype(np.uint8)
-    return masks, nuclei, report
+    if len(small):
+        renumber = np.zeros(len(areas), np.int32)
+        kept = np.setdiff1d(np.arange(1, len(areas)), small)
+        renumber[kept] = np.arange(1, len(kept) + 1)
+        cells = renumber[cells]
+    return cells, np.where(m == NUCLEUS, cells, 0).astype(np.int32), report
+
+
+def semantic_to_instances(
+    mask: np.ndarray, *, stray: str = "nearest", min_area: int = DEFAULT_MIN_AREA, source: str = "mask"
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[int, int]]]:
+    """:func:`semantic_to_labels` as ``(N x H x W uint8`` cell masks, ``N x H x W uint8`` nucleus
+    masks, ``report)``.
+
+    >>> m = np.zeros((5, 9), np.uint8); m[1:4, 1:4] = 128; m[2, 2] = 255; m[1:4, 5:8] = 255; m[0, 0] = 7
+    >>> cells, nuclei, report = semantic_to_instances(m, min_area=1)
+    >>> cells.sum(axis=(1, 2)).tolist(), nuclei.sum(axis=(1, 2)).tolist(), report["stray"]
+    ([9, 9], [1, 9], {7: 1})
+    """
+    cells, nuclei, report = semantic_to_labels(mask, stray=stray, min_area=min_area, source=source)
+    masks, ids = labels_to_masks(cells)
+    return masks, (nuclei[None] == ids[:, None, None]).astype(np.uint8), report
 
 
 # --------------------------------------------------------------------------------------- instance
@@ -301,6 +321,59 @@ def _open_coco(path: Path) -> DatasetSource:
 _reported: set[Path] = set()
 
 
+@dataclass
+class LabelAnnotation:
+    """A sample's cells as label images (what :func:`read_label_annotation` returns): ``labels`` HxW
+    ints (0 background), cell ``k`` being the pixels equal to ``ids[k]``, of class ``classes[k]``
+    (``1..C``); ``nuclei`` HxW ints holding on each nucleus pixel the id of its cell, or None."""
+
+    labels: np.ndarray
+    ids: np.ndarray
+    classes: np.ndarray
+    nuclei: np.ndarray | None
+
+    def target(self) -> Target:
+        """The contract target (dense ``N x H x W`` masks)."""
+        masks = (self.labels[None] == self.ids[:, None, None]).astype(np.uint8)
+        nuclei = None if self.nuclei is None else (self.nuclei[None] == self.ids[:, None, None]).astype(np.uint8)
+        return make_target(masks, self.classes, nuclei)
+
+
+def read_label_annotation(ref: SampleRef, classes: tuple[str, ...], size: tuple[int, int], *, stray: str = "nearest",
+                          min_area: int = DEFAULT_MIN_AREA) -> LabelAnnotation:
+    """Read a ``semantic`` or ``instance`` sample's annotation as label images, checked against the
+    image ``size`` (height, width) - the form that stays small for an image of any size and count of cells."""
+    if ref.format == "semantic":
+        mask = read_label_image(ref.annotation)
+        _check_size(mask, size, ref)
+        cells, nuclei, report = semantic_to_labels(mask, stray=stray, min_area=min_area, source=str(ref.annotation))
+        if (report["stray"] or report["dropped"]) and ref.annotation not in _reported:
+            _reported.add(ref.annotation)
+            log.warning("%s: stray values mapped to nearest of 0/128/255 %s; specks dropped %s",
+                        ref.annotation, report["stray"], report["dropped"])
+        n = int(cells.max())
+        return LabelAnnotation(cells, np.arange(1, n + 1), np.ones(n, np.int64), nuclei)
+    if ref.format == "instance":
+        lab = read_label_image(ref.annotation)
+        _check_size(lab, size, ref)
+        if lab.dtype.kind not in "iub":
+            raise DataError(f"{ref.annotation}: a label image must hold integers, got {lab.dtype}")
+        ids = np.unique(lab)
+        ids = ids[ids > 0].astype(np.int64)
+        table = read_class_table(ref.class_table) if ref.class_table else {}
+        try:
+            labels = np.array([classes.index(table.get(int(i), "cell")) + 1 for i in ids], np.int64)
+        except ValueError as err:
+            raise DataError(f"{ref.class_table or ref.annotation}: class not in the model's classes {classes}") from err
+        nuclei = None
+        if ref.nuclei is not None:
+            nl = read_label_image(ref.nuclei)
+            _check_size(nl, size, ref)
+            nuclei = np.where(nl == lab, nl, 0)  # a nucleus pixel counts inside its own cell only
+        return LabelAnnotation(lab, ids, labels, nuclei)
+    raise ValueError(f"{ref.image}: {ref.format!r} annotations are not label images")
+
+
 def load_sample(
     ref: SampleRef,
     classes: tuple[str, ...],
@@ -312,30 +385,8 @@ def load_sample(
     """Load one sample as a contract ``(image, target)`` pair. Class names map to ids via ``classes``."""
     image = image_to_tensor(read_image(ref.image))
     h, w = image.shape[1:]
-    if ref.format == "semantic":
-        mask = read_label_image(ref.annotation)
-        _check_size(mask, (h, w), ref)
-        masks, nuclei, report = semantic_to_instances(mask, stray=stray, min_area=min_area, source=str(ref.annotation))
-        if (report["stray"] or report["dropped"]) and ref.annotation not in _reported:
-            _reported.add(ref.annotation)
-            log.warning("%s: stray values mapped to nearest of 0/128/255 %s; specks dropped %s",
-                        ref.annotation, report["stray"], report["dropped"])
-        return image, make_target(masks, None, nuclei)
-    if ref.format == "instance":
-        lab = read_label_image(ref.annotation)
-        _check_size(lab, (h, w), ref)
-        masks, ids = labels_to_masks(lab)
-        table = read_class_table(ref.class_table) if ref.class_table else {}
-        try:
-            labels = [classes.index(table.get(int(i), "cell")) + 1 for i in ids]
-        except ValueError as err:
-            raise DataError(f"{ref.class_table or ref.annotation}: class not in the model's classes {classes}") from err
-        nuclei = None
-        if ref.nuclei is not None:
-            nl = read_label_image(ref.nuclei)
-            _check_size(nl, (h, w), ref)
-            nuclei = (nl[None] == ids[:, None, None]).astype(np.uint8)
-        return image, make_target(masks, labels, nuclei)
+    if ref.format in ("semantic", "instance"):
+        return image, read_label_annotation(ref, classes, (h, w), stray=stray, min_area=min_area).target()
     if ref.format == "coco":
         if coco is None:
             raise ValueError("load_sample needs the COCO index for a coco sample")

@@ -35,6 +35,7 @@ class SynthConfig:
     platelets: tuple[int, int] = (1, 6)
     red_radius: tuple[float, float] = (8.0, 11.0)
     white_radius: tuple[float, float] = (15.0, 21.0)
+    platelet_radius: tuple[float, float] = (1.8, 3.2)
     overlap: float = 0.25  # how far two cells may overlap, as a fraction of the sum of their radii
     blur: tuple[float, float] = (0.3, 1.0)
     noise: tuple[float, float] = (0.005, 0.025)
@@ -149,7 +150,7 @@ def generate(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Synt
     for i in order:
         kind = plan[i]
         r = {RED: rng.uniform(*cfg.red_radius), WHITE: rng.uniform(*cfg.white_radius),
-             PLATELET: rng.uniform(1.8, 3.2)}[kind]
+             PLATELET: rng.uniform(*cfg.platelet_radius)}[kind]
         pos = place(r) if kind != PLATELET else (rng.uniform(0, h), rng.uniform(0, w))
         if pos is not None:
             positions[i] = (pos[0], pos[1], r)
@@ -208,20 +209,29 @@ def generate(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Synt
     return SynthSample(image, labels.astype(np.uint16), classes, nuclei.astype(np.uint16))
 
 
+def write_sample(root: str | Path, name: str, image: np.ndarray, labels: np.ndarray, class_names: list[str],
+                 nuclei: np.ndarray | None = None) -> None:
+    """Write one annotated image in hemaseg's instance layout under ``root``: ``images/NAME.png`` (HWC
+    uint8), ``labels/NAME.png`` (HxW label image, 16-bit), ``labels/NAME.csv`` (``label,class``, one row
+    per label ``1..N`` named by ``class_names``) and, when given, ``nuclei/NAME.png`` (HxW, each nucleus
+    pixel holding its cell's label)."""
+    root = Path(root)
+    write_image(root / "images" / f"{name}.png", image)
+    write_image(root / "labels" / f"{name}.png", labels.astype(np.uint16))
+    if nuclei is not None:
+        write_image(root / "nuclei" / f"{name}.png", nuclei.astype(np.uint16))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["label", "class"])
+    writer.writerows((i + 1, c) for i, c in enumerate(class_names))
+    write_text(root / "labels" / f"{name}.csv", buf.getvalue())
+
+
 def write_dataset(out: str | Path, n: int, cfg: SynthConfig = SynthConfig(), seed: int = 0) -> Path:
-    """Write ``n`` smears in hemaseg's instance layout: ``images/NAME.png``, ``labels/NAME.png``
-    (16-bit label image), ``labels/NAME.csv`` (``label,class``) and ``nuclei/NAME.png``.
+    """Write ``n`` smears with :func:`write_sample` (names ``synth_0000`` ...).
     Image ``k`` depends only on ``(seed, k)``, so a larger ``n`` extends a smaller set."""
     root = Path(out)
     for k in range(n):
         s = generate(np.random.default_rng([seed, k]), cfg)
-        name = f"synth_{k:04d}"
-        write_image(root / "images" / f"{name}.png", s.image)
-        write_image(root / "labels" / f"{name}.png", s.labels)
-        write_image(root / "nuclei" / f"{name}.png", s.nuclei)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["label", "class"])
-        writer.writerows((i + 1, CLASSES[c - 1]) for i, c in enumerate(s.classes))
-        write_text(root / "labels" / f"{name}.csv", buf.getvalue())
+        write_sample(root, f"synth_{k:04d}", s.image, s.labels, [CLASSES[c - 1] for c in s.classes], s.nuclei)
     return root

@@ -159,7 +159,11 @@ class StainJitter:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """What the training pipeline augments. ``scale=(1, 1)`` and strengths of 0 turn a step off."""
+    """What the training pipeline augments. ``scale=(1, 1)`` and strengths of 0 turn a step off.
+
+    ``fields`` is the share of training samples turned into whole smear fields (:mod:`.fields`) before
+    the other steps, for datasets that annotate white cells only (the training loop skips the others).
+    """
 
     flip: bool = True
     rot90: bool = True
@@ -167,6 +171,7 @@ class AugmentConfig:
     color: float = 0.15
     hue: float = 0.02
     stain: float = 0.05
+    fields: float = 0.0
 
 
 def build_train_transforms(cfg: AugmentConfig) -> Compose:

@@ -1,0 +1,90 @@
+"""White cells in whole smear fields: how models trained with and without field augmentation find and
+outline held-out white cells placed in whole fields, and what it costs them on the held-out crops.
+
+    .venv/bin/python benchmarks/whole_fields.py --zheng ../shared/data/wbc-zheng2018 \
+        --split RUN/split.json --model crops=RUN_A/best.pt --model fields=RUN_B/best.pt [--work runs/fields]
+
+The test fields are built from the *held-out* cells of ``split.json`` only (its ``val`` list), each at its
+dataset's own scale: 640x480 fields for dataset1 (white cells ~75 px wide), 1280x960 for dataset2
+(~146 px: the same field of view at about twice the magnification), 4 to 8 white cells per field, cut
+out of their crops with their nuclei and pasted among painted red cells (25-50% cover) and platelets in
+the colours of their own crop (hemaseg.data.fields). The fields are written in hemaseg's instance
+layout under ``WORK/fields-datasetN``, so ``hemaseg evaluate --data WORK/fields-dataset1 --model M``
+reproduces any row. Scoring is class-agnostic (hemaseg.evaluation), nuclei by the model's own
+learned nuclei.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.data.contract import masks_to_labels, tensor_to_image
+from hemaseg.data.dataset import CellDataset, select_refs
+from hemaseg.data.fields import FieldConfig, compose_field, crop_tones, cut_cells
+from hemaseg.data.formats import open_dataset
+from hemaseg.data.synthetic import write_sample
+from hemaseg.evaluation import evaluate_method
+from hemaseg.predict import ModelMethod, SegmentConfig
+
+SIZES = {"dataset1": (480, 640), "dataset2": (960, 1280)}
+TEST_FIELDS = FieldConfig(cells=(4, 8), coverage=(0.25, 0.5), overhang=0.3)
+
+
+def write_fields(source, refs, out: Path, n: int, size: tuple[int, int], seed: int) -> Path:
+    """``n`` fields of ``size`` from the cells of ``refs``; field k uses the colours of a crop drawn for it."""
+    ds = CellDataset(source, refs)
+    pairs = [ds[i] for i in range(len(ds))]
+    cutouts = [cut_cells(image, target) for image, target in pairs]
+    for k in range(n):
+        rng = np.random.default_rng([seed, k])
+        chosen = rng.choice(len(pairs), size=int(rng.integers(TEST_FIELDS.cells[0], TEST_FIELDS.cells[1] + 1)), replace=False)
+        cells = [c for i in chosen for c in cutouts[i]]
+        image, target = compose_field(rng, cells, crop_tones(*pairs[int(chosen[0])]), TEST_FIELDS, size=size)
+        masks = target["masks"].numpy()
+        nuclei = (target["nuclei"].numpy() * np.arange(1, len(masks) + 1)[:, None, None]).max(axis=0) if len(masks) else None
+        write_sample(out, f"field_{k:03d}", tensor_to_image(image), masks_to_labels(masks), ["cell"] * len(masks), nuclei)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zheng", type=Path, default=Path("../shared/data/wbc-zheng2018"))
+    ap.add_argument("--split", type=Path, required=True, help="split.json of the runs compared (their held-out images)")
+    ap.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT, repeatable")
+    ap.add_argument("--work", type=Path, default=Path("runs/fields"))
+    ap.add_argument("--n", type=int, default=12, help="fields per dataset")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    models = dict(m.split("=", 1) for m in args.model)
+    rows = []
+    for name in ("dataset1", "dataset2"):
+        source = open_dataset(args.zheng / name)
+        held_out = select_refs(source.refs, source.root, args.split, "val")
+        out = args.work / f"fields-{name}"
+        if not (out / "images").is_dir():
+            write_fields(source, held_out, out, args.n, SIZES[name], args.seed)
+        fields = open_dataset(out)
+        for label, src, refs in (("fields", fields, fields.refs), ("crops", source, held_out)):
+            for model_name, path in models.items():
+                method = ModelMethod.from_checkpoint(path, SegmentConfig())
+                s = evaluate_method(method, src, refs, SegmentConfig(), progress=False).summary
+                m = s["matching"]["0.50"]
+                row = {"model": model_name, "data": f"{name} {label}", "images": s["images"],
+                       "true cells": m["tp"] + m["fn"], "F1@0.5": s["f1_50"], "precision": s["precision_50"],
+                       "recall": s["recall_50"], "matched IoU": m["mean_matched_iou"], "image IoU": s["mean_iou"],
+                       "nucleus Dice": s.get("nucleus_dice", float("nan")), "s/image": s["seconds_per_image"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
