@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -71,3 +73,17 @@ def test_split_of_several_folders_selects_per_folder(tmp_path):
     other = open_dataset(tmp_path / "other")
     with pytest.raises(ValueError, match="none of the run's data folders"):
         select_refs(other.refs, other.root, split, "val")
+
+
+def test_cell_diameter_is_the_median_disk_diameter_and_resize_scales_samples(tmp_path):
+    from hemaseg.data.dataset import cell_diameter
+
+    semantic_pair(tmp_path / "d", "a", h=40, w=40, cells=[(2, 2, 12, 12), (20, 20, 40, 40)])  # 10x10 and 20x20
+    semantic_pair(tmp_path / "d", "b", h=40, w=40, cells=[(5, 5, 21, 21)])  # 16x16
+    src = open_dataset(tmp_path / "d")
+    assert cell_diameter(src, src.refs) == pytest.approx(2 * np.sqrt(256 / np.pi))
+    assert cell_diameter(src, src.refs, skip=("cell",)) is None
+    plain, half = CellDataset(src)[0], CellDataset(src, resize=0.5)[0]
+    assert tuple(half[0].shape) == (3, 20, 20)
+    assert half[1]["masks"].sum(dim=(1, 2)).tolist() == [25, 100]
+    assert torch.equal(half[1]["boxes"], plain[1]["boxes"] / 2)

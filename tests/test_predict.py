@@ -35,3 +35,36 @@ def test_caps_grow_with_the_image_and_are_restored():
     assert model.rpn._post_nms_top_n["testing"] == 1000 and model.roi_heads.detections_per_img == 1000
     _scale_caps(model, 120 * 120)  # small images keep the configured caps
     assert model.rpn._post_nms_top_n["testing"] == 1000
+
+
+def test_a_finer_mask_head_gives_finer_masks_through_the_same_paste():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(mask_roi=28, detections_per_image=20)).eval()
+    images = [torch.rand(3, 80, 96)]
+    with torch.inference_mode():
+        reference = model(images)
+        features = model.backbone(model.transform(images)[0].tensors)
+        boxes = [torch.tensor([[10.0, 10.0, 60.0, 50.0]])]
+        logits = model.roi_heads.mask_predictor(model.roi_heads.mask_head(
+            model.roi_heads.mask_roi_pool(features, boxes, [(80, 96)])))
+    assert logits.shape[-2:] == (56, 56)
+    cells = predict_cells(model, images, PredictConfig(score_threshold=0.0))[0]
+    masks = (reference[0]["masks"][:, 0] >= 0.5).numpy()
+    assert np.array_equal(cells.dense(), masks[masks.reshape(len(masks), -1).any(1)].astype(np.uint8))
+
+
+def test_segment_diameter_resizes_to_the_models_cell_size(tmp_path):
+    import pytest
+
+    from hemaseg.model import save_checkpoint
+    from hemaseg.predict import ModelMethod, SegmentConfig
+
+    cfg = ModelConfig(diameter=80.0)
+    path = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
+    assert ModelMethod.from_checkpoint(path, SegmentConfig(diameter=160)).model.transform.scale == 0.5
+    assert ModelMethod.from_checkpoint(path, SegmentConfig()).model.transform.scale == 1.0
+    plain = save_checkpoint(tmp_path / "plain.pt", build_model(ModelConfig()), ModelConfig())
+    with pytest.raises(ValueError, match="not trained at a cell diameter"):
+        ModelMethod.from_checkpoint(plain, SegmentConfig(diameter=160))
+    with pytest.raises(ValueError, match="diameter must be > 0"):
+        SegmentConfig(diameter=0)

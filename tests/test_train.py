@@ -129,3 +129,17 @@ def test_training_on_two_folders_learns_nuclei_and_splits_each(tmp_path):
     assert TrainConfig.from_dict(old).nuclei == "off"
     with pytest.raises(ValueError, match="nuclei must be"):
         _cfg(data, tmp_path / "x", nuclei="split")
+
+
+def test_training_at_a_diameter_resizes_each_dataset_and_the_model_keeps_it(smears, tmp_path):
+    lines = []
+    train(_cfg(smears, tmp_path / "run", epochs=1, diameter=30.0), progress=False, log=lines.append)
+    note = next(line for line in lines if "median cell diameter" in line)
+    measured = float(note.split("median cell diameter ")[1].split(" px")[0])
+    assert 15 < measured < 25  # the synthetic smears: mostly red cells of radius 8-11
+    factor = float(note.split("resized x")[1].split(" ")[0])
+    assert factor == pytest.approx(30 / measured, rel=0.01)
+    _, cfg = load_model(tmp_path / "run" / "best.pt")
+    assert cfg.diameter == 30.0
+    with pytest.raises(ValueError, match="diameter must be > 0"):
+        _cfg(smears, tmp_path / "bad", diameter=-1.0)

@@ -33,6 +33,8 @@ Nuclei = Annotated[str, typer.Option(help="White-cell nuclei: auto (the model's 
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 Tile = Annotated[int, typer.Option(help="Images larger than this (px) are segmented in overlapping tiles.")]
 Overlap = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles; more than the largest cell.")]
+Diameter = Annotated[Optional[float], typer.Option(help="Typical white-cell diameter in your images (px): images are "
+                                                        "resized to the diameter the model was trained at (as Cellpose's --diameter).")]
 
 
 def _fail(err: Exception) -> None:
@@ -68,6 +70,9 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     amp: bool = typer.Option(True, help="Mixed precision on CUDA."),
     augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter."),
+    diameter: Optional[float] = typer.Option(None, help="Resize each dataset so its median cell diameter becomes this "
+                                             "many px (datasets of different magnification meet at one cell size)."),
+    mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
                                  "cells pasted among painted red cells (for crops that annotate white cells only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -79,12 +84,12 @@ def train(
 
     try:
         aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
-        model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained)
+        model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
             warmup_steps=warmup, seed=seed, patience=patience, workers=workers, device=device, amp=amp,
-            weights=str(weights) if weights else None, nuclei=nuclei, model=model, augment=aug,
+            weights=str(weights) if weights else None, nuclei=nuclei, diameter=diameter, model=model, augment=aug,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
     except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
@@ -120,7 +125,7 @@ def segment(
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
-    nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
+    nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
     progress: Progress = True,
@@ -135,7 +140,8 @@ def segment(
 
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
-                            pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export))
+                            pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
+                            diameter=diameter)
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
@@ -223,12 +229,12 @@ def evaluate(
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
-    progress: Progress = True,
+    diameter: Diameter = None, progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
     table = _evaluate_command([method], data, out, model, None, split, subset, run, format,
-                              dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap),
-                              f"Evaluation of {method} on {data}", progress)
+                              dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap,
+                                   diameter=diameter), f"Evaluation of {method} on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (report.html, summary.json, per_image.csv, figures/)")
 
 
@@ -241,12 +247,12 @@ def compare(
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
-    progress: Progress = True,
+    diameter: Diameter = None, progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
     table = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
                               subset, run, format, dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile,
-                                                        overlap=overlap), f"Comparison on {data}", progress)
+                                                        overlap=overlap, diameter=diameter), f"Comparison on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
 
 

@@ -35,6 +35,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -68,6 +69,8 @@ class ModelConfig:
     detections_per_image: int = 1000
     box_score_threshold: float = 0.05
     pretrained: str = "none"
+    mask_roi: int = 14  # RoIAlign size of the mask head; its masks are twice that (torchvision: 14 -> 28x28)
+    diameter: float | None = None  # cell diameter (px) the model was trained at; see hemaseg.train, SegmentConfig.diameter
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -84,6 +87,10 @@ class ModelConfig:
             raise ValueError("resnet50_fpn has torchvision's fixed FPN width of 256 channels")
         if not self.scale > 0:
             raise ValueError(f"scale must be > 0, got {self.scale}")
+        if not 7 <= self.mask_roi <= 64:
+            raise ValueError(f"mask_roi must be in 7..64, got {self.mask_roi}")
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
 
     @property
     def channels(self) -> int:
@@ -192,6 +199,7 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
     model = MaskRCNN(
         backbone, num_classes=None,
         box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_roi, sampling_ratio=2),
         mask_head=MaskRCNNHeads(c, [c] * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
         rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5),
         rpn_batch_size_per_image=cfg.rpn_batch_size,

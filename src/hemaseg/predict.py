@@ -144,6 +144,7 @@ class SegmentConfig:
     tile: int = 1024  # px: larger images are segmented in overlapping tiles (hemaseg.tiling)
     overlap: int = 256  # px shared by neighbouring tiles: more than the largest cell
     exports: tuple[str, ...] = ()  # also write: imagej (ROI zip), qupath (GeoJSON), tiff (label TIFF for napari)
+    diameter: float | None = None  # px: typical white-cell diameter in the images; resized to the model's (ModelConfig.diameter)
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
@@ -151,6 +152,8 @@ class SegmentConfig:
         unknown = set(self.exports) - set(EXPORTS)
         if unknown:
             raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
 
@@ -190,6 +193,13 @@ class ModelMethod(Method):
         from .model import load_model
 
         model, mcfg = load_model(path, device)
+        if cfg.diameter is not None:
+            if mcfg.diameter is None:
+                raise ValueError(f"{path}: the model was not trained at a cell diameter (hemaseg train --diameter), "
+                                 f"so --diameter cannot be used with it; use a model trained with one")
+            if not hasattr(getattr(model, "transform", None), "scale"):
+                raise ValueError(f"{path}: this model resizes to a fixed size (min_size), --diameter does not apply")
+            model.transform.scale = mcfg.scale * mcfg.diameter / cfg.diameter
         return cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
 
     def __call__(self, image: torch.Tensor) -> Cells:

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from .data.dataset import CellDataset, collate, split_record, split_refs
+from .data.dataset import CellDataset, cell_diameter, collate, split_record, split_refs
 from .data.fields import ANNOTATES_RED
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, write_json, write_text
@@ -48,7 +48,10 @@ class TrainConfig:
     """A training run. ``model.classes`` is filled in from the data.
 
     ``data`` is one dataset (folder or COCO JSON) or several, each split with ``seed`` on its own so
-    every one is represented in validation. ``nuclei="auto"`` teaches the model the nuclei of the
+    every one is represented in validation. With ``diameter``, each dataset is resized so that the
+    median diameter of its annotated cells (nuclei aside) becomes ``diameter`` px - datasets imaged at
+    different magnifications meet at one cell size, which the model keeps (``model.diameter``) so that
+    ``segment --diameter`` can bring new images to it. ``nuclei="auto"`` teaches the model the nuclei of the
     training data, where it has them, as instances of a last class ``"nucleus"``; ``"off"`` does not.
     """
 
@@ -70,6 +73,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, CUDA only
     weights: str | None = None  # start from the weights of this hemaseg checkpoint
     nuclei: str = "auto"
+    diameter: float | None = None  # bring every dataset's median cell diameter to this many px
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -78,6 +82,8 @@ class TrainConfig:
             object.__setattr__(self, "data", tuple(str(d) for d in self.data))
             if not self.data:
                 raise ValueError("data: no dataset given")
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
         if self.nuclei not in ("auto", "off"):
             raise ValueError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
         if self.schedule not in SCHEDULES:
@@ -208,7 +214,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         names = [c for c in names if c != NUCLEUS_CLASS] + [NUCLEUS_CLASS]
     classes = tuple(dict.fromkeys(names))
     # the semantic U-Net baseline knows one class, whatever the data's
-    mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes)
+    mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes, diameter=cfg.diameter)
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
         raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
@@ -225,11 +231,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         skipped = [str(s.root) for s, _ in train_parts if not fields[id(s)]]
         log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
             + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
-    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)])
-                              for s, refs in train_parts])
+    resize = {id(s): 1.0 for s, _ in train_parts + val_parts}
+    if cfg.diameter is not None:
+        trained = {id(s) for s, _ in train_parts}
+        for s, refs in train_parts + [(s, r) for s, r in val_parts if id(s) not in trained]:  # a --val set: its own
+            d = cell_diameter(s, refs, classes, skip=(NUCLEUS_CLASS,))
+            if d is None:
+                raise ValueError(f"{s.root}: no annotated cells to measure a diameter on")
+            resize[id(s)] = cfg.diameter / d
+            log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
+    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
+                                          resize=resize[id(s)]) for s, refs in train_parts])
     val_loader = None
     if val_parts:
-        val_ds = ConcatDataset([CellDataset(s, refs, classes) for s, refs in val_parts])
+        val_ds = ConcatDataset([CellDataset(s, refs, classes, resize=resize[id(s)]) for s, refs in val_parts])
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate, num_workers=cfg.workers)
 
     torch.manual_seed(cfg.seed)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from .contract import Target, add_nucleus_instances
 from .fields import FieldConfig, compose_field, crop_tones, cut_cells
 from .formats import DatasetSource, SampleRef, load_sample
+from .transforms import resize_pair
 
 
 class CellDataset(Dataset):
@@ -25,12 +26,14 @@ class CellDataset(Dataset):
 
     With ``fields > 0``, that share of the samples (drawn with ``torch``'s generator, seeded per epoch by
     the training loop) become whole smear fields (:mod:`.fields`): the sample's cells and those of
-    other samples of this dataset pasted among painted red cells in the sample's colours.
+    other samples of this dataset pasted among painted red cells in the sample's colours. ``resize``
+    scales every sample as it is loaded (how training brings datasets to one cell diameter).
     """
 
     def __init__(self, source: DatasetSource, refs: list[SampleRef] | None = None,
                  classes: tuple[str, ...] | None = None, transforms=None, stray: str = "nearest",
-                 nucleus_label: int | None = None, fields: float = 0.0, field_config: FieldConfig = FieldConfig()):
+                 nucleus_label: int | None = None, fields: float = 0.0, field_config: FieldConfig = FieldConfig(),
+                 resize: float = 1.0):
         self.source = source
         self.refs = list(source.refs if refs is None else refs)
         self.classes = tuple(classes or source.classes)
@@ -43,12 +46,19 @@ class CellDataset(Dataset):
         if not 0 <= fields <= 1:
             raise ValueError(f"fields must be a share in [0, 1], got {fields}")
         self.fields, self.field_config = fields, field_config
+        if not resize > 0:
+            raise ValueError(f"resize must be > 0, got {resize}")
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def _load(self, index: int) -> tuple[torch.Tensor, Target]:
-        return load_sample(self.refs[index], self.classes, coco=self.source.coco, stray=self.stray)
+        image, target = load_sample(self.refs[index], self.classes, coco=self.source.coco, stray=self.stray)
+        if self.resize != 1.0:
+            h, w = image.shape[1:]
+            image, target = resize_pair(image, target, max(1, round(h * self.resize)), max(1, round(w * self.resize)))
+        return image, target
 
     def field(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, Target]:
         """A whole field around sample ``index``: its cells, those of a few other samples drawn with
@@ -72,6 +82,21 @@ class CellDataset(Dataset):
         if self.nucleus_label is not None:
             target = add_nucleus_instances(target, self.nucleus_label)
         return image, target
+
+
+def cell_diameter(source: DatasetSource, refs: list[SampleRef], classes: tuple[str, ...] | None = None,
+                  skip: tuple[str, ...] = ()) -> float | None:
+    """Median equivalent diameter (px, the diameter of the disk of the same area) of the annotated cells
+    of ``refs``, leaving out classes named in ``skip``; None when there is none.
+    """
+    classes = tuple(classes or source.classes)
+    keep = [i + 1 for i, c in enumerate(classes) if c not in skip]
+    diameters = []
+    for ref in refs:
+        _, target = load_sample(ref, classes, coco=source.coco)
+        areas = target["masks"].flatten(1).sum(dim=1)[torch.isin(target["labels"], torch.tensor(keep))]
+        diameters += (2 * torch.sqrt(areas.double() / torch.pi)).tolist()
+    return float(np.median(diameters)) if diameters else None
 
 
 def split_refs(refs: list[SampleRef], val_fraction: float, seed: int) -> tuple[list[SampleRef], list[SampleRef]]:
