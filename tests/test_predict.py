@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from hemaseg.model import ModelConfig, build_model
-from hemaseg.predict import PredictConfig, predict, predict_cells
+from hemaseg.predict import PredictConfig, area_caps, predict, predict_cells
 
 
 def test_sparse_masks_equal_torchvision_pasted_masks():
@@ -10,7 +10,7 @@ def test_sparse_masks_equal_torchvision_pasted_masks():
     model = build_model(ModelConfig(classes=("a", "b"), scale=1.3, detections_per_image=60)).eval()
     images = [torch.rand(3, 90, 120), torch.rand(3, 64, 64)]
     cfg = PredictConfig(score_threshold=0.0)
-    with torch.inference_mode():
+    with torch.inference_mode(), area_caps(model, 90 * 120 * 1.3**2):
         reference = model(images)  # torchvision's own postprocess: full-size pasted masks
     cells = predict_cells(model, images, cfg)
     for ref, c, im in zip(reference, cells, images):
@@ -25,23 +25,25 @@ def test_sparse_masks_equal_torchvision_pasted_masks():
     assert model.training is False and model.roi_heads.score_thresh == 0.05  # restored
 
 
-def test_caps_grow_with_the_image_and_are_restored():
-    from hemaseg.predict import _restore_caps, _scale_caps
+def test_caps_follow_the_image_area_with_a_floor_and_are_restored():
+    from hemaseg.predict import area_caps
 
     model = build_model(ModelConfig(rpn_post_nms_test=1000, detections_per_image=1000))
-    saved = _scale_caps(model, 2048 * 2048)
-    assert model.rpn._post_nms_top_n["testing"] == 4000 and model.roi_heads.detections_per_img == 4000
-    _restore_caps(model, saved)
+    with area_caps(model, 2048 * 2048):
+        assert model.rpn._post_nms_top_n["testing"] == 4000 and model.roi_heads.detections_per_img == 4000
     assert model.rpn._post_nms_top_n["testing"] == 1000 and model.roi_heads.detections_per_img == 1000
-    _scale_caps(model, 120 * 120)  # small images keep the configured caps
-    assert model.rpn._post_nms_top_n["testing"] == 1000
+    with area_caps(model, 512 * 512):
+        assert model.rpn._post_nms_top_n["testing"] == 250
+    with area_caps(model, 120 * 120):  # a crop: the floor
+        assert model.rpn._post_nms_top_n["testing"] == model.roi_heads.detections_per_img == 100
+    assert model.rpn._pre_nms_top_n["testing"] == 1000
 
 
 def test_a_finer_mask_head_gives_finer_masks_through_the_same_paste():
     torch.manual_seed(0)
     model = build_model(ModelConfig(mask_roi=28, detections_per_image=20)).eval()
     images = [torch.rand(3, 80, 96)]
-    with torch.inference_mode():
+    with torch.inference_mode(), area_caps(model, 80 * 96):
         reference = model(images)
         features = model.backbone(model.transform(images)[0].tensors)
         boxes = [torch.tensor([[10.0, 10.0, 60.0, 50.0]])]

@@ -141,5 +141,6 @@ def test_training_at_a_diameter_resizes_each_dataset_and_the_model_keeps_it(smea
     assert factor == pytest.approx(30 / measured, rel=0.01)
     _, cfg = load_model(tmp_path / "run" / "best.pt")
     assert cfg.diameter == 30.0
+    assert read_checkpoint(tmp_path / "run" / "best.pt")["data_diameters"] == {str(smears): pytest.approx(measured, abs=0.05)}
     with pytest.raises(ValueError, match="diameter must be > 0"):
         _cfg(smears, tmp_path / "bad", diameter=-1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +46,10 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
     try:
         if isinstance(model, GeneralizedRCNN):
             batch, _ = model.transform([im.to(device) for im in images])
-            saved = _scale_caps(model, max(h * w for h, w in batch.image_sizes))
-            try:
+            with area_caps(model, max(h * w for h, w in batch.image_sizes)):
                 features = model.backbone(batch.tensors)
                 proposals, _ = model.rpn(batch, features)
                 detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-            finally:
-                _restore_caps(model, saved)
             return [_sparse(d, resize_boxes(d["boxes"], resized, size), size, cfg)
                     for d, resized, size in zip(detections, batch.image_sizes, sizes)]
         outputs = model([im.to(device) for im in images])
@@ -69,24 +67,24 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
 
 
 CAPS_AREA = 1024 * 1024  # the model's proposal and detection caps hold per this many (resized) pixels
+MIN_CAP = 100  # ... but never fewer than this many proposals and detections per image
 
 
-def _scale_caps(model: GeneralizedRCNN, area: int) -> tuple:
-    """Raise the RPN's pre/post-NMS proposal counts and the detections per image in proportion to an
-    image larger than :data:`CAPS_AREA`, so that a dense whole field is not capped (restored by
-    :func:`_restore_caps`)."""
+@contextmanager
+def area_caps(model: GeneralizedRCNN, area: int):
+    """Within the block, the RPN's pre/post-NMS proposal counts and the detections per image are the
+    model's configured caps scaled by ``area / CAPS_AREA`` (at least :data:`MIN_CAP`): a dense whole
+    field is not capped, and a crop holding a few cells does not send a thousand proposals through the
+    box head. Restored afterwards."""
     rpn, heads = model.rpn, model.roi_heads
     saved = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
     k = area / CAPS_AREA
-    if k > 1:
-        rpn._pre_nms_top_n["testing"] = int(np.ceil(saved[0] * k))
-        rpn._post_nms_top_n["testing"] = int(np.ceil(saved[1] * k))
-        heads.detections_per_img = int(np.ceil(saved[2] * k))
-    return saved
-
-
-def _restore_caps(model: GeneralizedRCNN, saved: tuple) -> None:
-    model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"], model.roi_heads.detections_per_img = saved
+    scaled = [max(MIN_CAP, int(np.ceil(v * k))) for v in saved]
+    rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img = scaled
+    try:
+        yield scaled
+    finally:
+        rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img = saved
 
 
 def _sparse(detections: dict, boxes: torch.Tensor, size: tuple[int, int], cfg: PredictConfig) -> Cells:

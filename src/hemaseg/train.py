@@ -1,6 +1,7 @@
 """Train a model on a dataset folder: split, loop, validate, checkpoint, resume, stop early.
 
-A run folder holds ``config.json`` (model + training config), ``split.json`` (which images trained and
+A run folder holds ``config.json`` (model + training config; with ``diameter``, each dataset's measured
+cell diameter), ``split.json`` (which images trained and
 which validated), ``metrics.csv`` (one row per epoch), ``last.pt`` (everything to resume) and
 ``best.pt`` (the weights with the best validation mean IoU). Every file is written atomically.
 
@@ -232,6 +233,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
             + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
     resize = {id(s): 1.0 for s, _ in train_parts + val_parts}
+    diameters: dict[str, float] = {}  # dataset root -> its median cell diameter (px), as measured
     if cfg.diameter is not None:
         trained = {id(s) for s, _ in train_parts}
         for s, refs in train_parts + [(s, r) for s, r in val_parts if id(s) not in trained]:  # a --val set: its own
@@ -239,6 +241,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             if d is None:
                 raise ValueError(f"{s.root}: no annotated cells to measure a diameter on")
             resize[id(s)] = cfg.diameter / d
+            diameters[str(s.root)] = round(d, 2)
             log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
     train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
                                           resize=resize[id(s)]) for s, refs in train_parts])
@@ -274,7 +277,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}")
     elif group is None or group.main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict()})
+        write_json(out / "config.json", {"model": mcfg.to_dict(), "train": cfg.to_dict(), "data_diameters": diameters})
         write_json(out / "split.json", split_record([(s.root, r) for s, r in train_parts], [(s.root, r) for s, r in val_parts]))
 
     net = model  # the model itself; `model` may become its DistributedDataParallel wrapper
@@ -316,7 +319,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         improved = score > best_score
         if improved:
             best_epoch, best_score = epoch, score
-            save_checkpoint(best_path, net, mcfg, epoch=epoch, metrics=row)
+            save_checkpoint(best_path, net, mcfg, epoch=epoch, metrics=row, data_diameters=diameters)
         save_checkpoint(last_path, net, mcfg, train=cfg.to_dict(), epoch=epoch, history=history,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else {},

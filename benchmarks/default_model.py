@@ -1,0 +1,113 @@
+"""The default configuration, measured in one run (issue 6): training time and held-out accuracy on the
+Zheng et al. 2018 WBC data (dataset1 and dataset2 reported apart), segmentation speed against the
+original recipe on the same images in the same process, and peak memory.
+
+    .venv/bin/python benchmarks/default_model.py --zheng ../shared/data/wbc-zheng2018 --work runs/default
+    .venv/bin/python benchmarks/default_model.py --model runs/default/run/best.pt   # skip training
+
+1. Trains with ``hemaseg train --data dataset1 --data dataset2`` plus ``--extra`` options (default:
+   the bundled model's recipe, BUNDLED_RECIPE below), in a child process timed by wall clock; each
+   dataset is split on its own with seed 0 (80/20).
+2. Scores the best epoch on each dataset's held-out images (``split.json`` val list) at native
+   resolution, each dataset at its measured cell diameter: whole-cell mean IoU and Dice (the union
+   of cells per image, the recipe's score), F1 at IoU 0.5, nucleus Dice.
+3. Times segmentation per image (model call to sparse cells, after one warm-up image) on the same
+   held-out images for the trained default and the original recipe's configuration
+   (maskrcnn_resnet50_fpn, 800 px short side, random weights: 100 detections at a 0.05 score floor,
+   which is what a random model returns and what the recipe computed and pasted).
+4. Peak resident memory of the training child process and of this process (the timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hemaseg.data.contract import image_to_tensor
+from hemaseg.data.dataset import select_refs
+from hemaseg.data.formats import open_dataset
+from hemaseg.data.io import read_image
+from hemaseg.evaluation import evaluate_method
+from hemaseg.model import ModelConfig, build_model, read_checkpoint
+from hemaseg.predict import ModelMethod, PredictConfig, SegmentConfig, predict_cells
+
+DATASETS = ("dataset1", "dataset2")
+BUNDLED_RECIPE = ["--diameter", "80", "--mask-roi", "28", "--fields", "0.3"]
+
+
+def _time(fn, images) -> float:
+    fn(images[0])  # warm-up
+    t = time.perf_counter()
+    for im in images:
+        fn(im)
+    return (time.perf_counter() - t) / len(images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zheng", type=Path, default=Path("../shared/data/wbc-zheng2018"))
+    ap.add_argument("--work", type=Path, default=Path("runs/default"))
+    ap.add_argument("--model", type=Path, help="a trained best.pt (its run folder's split.json is used): no training")
+    ap.add_argument("--extra", default=" ".join(BUNDLED_RECIPE), help="options added to `hemaseg train`")
+    ap.add_argument("--timing-images", type=int, default=10, help="held-out images per dataset timed")
+    args = ap.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+    train_rss = None
+    if args.model is None:
+        run = args.work / "run"
+        cmd = [str(Path(sys.executable).with_name("hemaseg")), "train", *(x for d in DATASETS for x in ("--data", str(args.zheng / d))),
+               "--out", str(run), "--no-progress", *args.extra.split()]
+        print("$ " + " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        train_min = (time.perf_counter() - t0) / 60
+        train_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+        model_path = run / "best.pt"
+    else:
+        model_path, train_min = args.model, None
+    run = model_path.parent
+    ckpt = read_checkpoint(model_path)
+    diameters = {Path(k).name: v for k, v in ckpt.get("data_diameters", {}).items()}
+    rows, timing = [], []
+    recipe = build_model(ModelConfig.recipe()).eval()
+    for name in DATASETS:
+        source = open_dataset(args.zheng / name)
+        held_out = select_refs(source.refs, source.root, run / "split.json", "val")
+        cfg = SegmentConfig(diameter=diameters.get(name))
+        method = ModelMethod.from_checkpoint(model_path, cfg)
+        s = evaluate_method(method, source, held_out, cfg, progress=False).summary
+        rows.append({"data": name, "held-out images": s["images"], "mean IoU": s["mean_iou"], "Dice": s["mean_dice"],
+                     "F1@0.5": s["f1_50"], "nucleus Dice": s.get("nucleus_dice", float("nan"))})
+        images = [image_to_tensor(read_image(r.image)) for r in held_out[: args.timing_images]]
+        default_s = _time(method, images)
+        recipe_s = _time(lambda im: predict_cells(recipe, [im], PredictConfig(score_threshold=0.05)), images)
+        timing.append({"data": f"{name} ({tuple(images[0].shape[1:])} px)", "default s/image": default_s,
+                       "recipe s/image": recipe_s, "speed-up": recipe_s / default_s})
+        print(json.dumps(rows[-1]), json.dumps(timing[-1]), flush=True)
+
+    def table(rs):
+        keys = list(rs[0])
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rs]
+        return "\n".join(lines)
+
+    print(f"\nmodel {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), best epoch {ckpt.get('epoch')}"
+          + (f", training {train_min:.1f} min wall, peak RSS {train_rss:.2f} GB" if train_min is not None else "")
+          + f"; data diameters {diameters}\n")
+    print(table(rows) + "\n")
+    print(table(timing))
+    print(f"\npeak RSS of this process (evaluation and timing): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
