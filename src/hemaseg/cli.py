@@ -107,6 +107,10 @@ def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None
 
     if method in ("maskrcnn", "unet"):
         path = unet if method == "unet" and unet is not None else model
+        if path is None and method == "maskrcnn":
+            from .model import default_model
+
+            path = default_model()
         if path is None:
             raise ValueError(f"--model{' or --unet' if method == 'unet' else ''} is needed for --method {method} "
                              f"(a best.pt from `hemaseg train`)")
@@ -118,7 +122,7 @@ def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None
 def segment(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt); default: the bundled model."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges."),
     score_threshold: ScoreThreshold = 0.5,
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
@@ -225,7 +229,7 @@ def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, sp
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
     out: Path = typer.Option(..., "--out", help="Output folder: per_image.csv, summary.json, figures/, report.html."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn); default: the bundled model."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
@@ -242,7 +246,7 @@ def evaluate(
 def compare(
     data: Path = typer.Option(..., "--data", help="Images with ground truth."),
     out: Path = typer.Option(..., "--out", help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn); default: the bundled model."),
     methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",

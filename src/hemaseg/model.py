@@ -44,6 +44,7 @@ from .data.io import atomic_write
 ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
+BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
 CHECKPOINT_VERSION = 1
 
 
@@ -287,6 +288,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{p}: 8-bit weights without their scales ({sorted(set(q) ^ set(scales))[:3]})")
         ckpt["model"] = dequantize_state(ckpt["model"], q, scales)
     return ckpt
+
+
+def default_model() -> Path:
+    """The model shipped inside the package (:data:`BUNDLED_MODEL`, described in ``models/MODEL_CARD.md``)."""
+    if not BUNDLED_MODEL.is_file():
+        raise CheckpointError(f"{BUNDLED_MODEL}: the bundled model is missing from this installation; pass --model")
+    return BUNDLED_MODEL
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
