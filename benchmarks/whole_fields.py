@@ -8,7 +8,10 @@ The test fields are built from the *held-out* cells of ``split.json`` only (its 
 dataset's own scale: 640x480 fields for dataset1 (white cells ~75 px wide), 1280x960 for dataset2
 (~146 px: the same field of view at about twice the magnification), 4 to 8 white cells per field, cut
 out of their crops with their nuclei and pasted among painted red cells (25-50% cover) and platelets in
-the colours of their own crop (hemaseg.data.fields). The fields are written in hemaseg's instance
+the colours of their own crop (hemaseg.data.fields). A third set is fully synthetic: 640x480 smears painted by hemaseg.data.synthetic at dataset1's scale
+(white cells 68-88 px, red cells 34-42 px, 1-3 white cells among 60-90 red cells and platelets), only the
+white cells annotated (SYNTH_FIELDS; a white-cell appearance no model here trained on unless said).
+The fields are written in hemaseg's instance
 layout under ``WORK/fields-datasetN``, so ``hemaseg evaluate --data WORK/fields-dataset1 --model M``
 reproduces any row. Scoring is class-agnostic (hemaseg.evaluation), nuclei by the model's own
 learned nuclei.
@@ -26,12 +29,13 @@ from hemaseg.data.contract import masks_to_labels, tensor_to_image
 from hemaseg.data.dataset import CellDataset, select_refs
 from hemaseg.data.fields import FieldConfig, compose_field, crop_tones, cut_cells
 from hemaseg.data.formats import open_dataset
-from hemaseg.data.synthetic import write_sample
+from hemaseg.data.synthetic import SynthConfig, write_dataset, write_sample
 from hemaseg.evaluation import evaluate_method
 from hemaseg.predict import ModelMethod, SegmentConfig
 
 SIZES = {"dataset1": (480, 640), "dataset2": (960, 1280)}
 TEST_FIELDS = FieldConfig(cells=(4, 8), coverage=(0.25, 0.5), overhang=0.3)
+SYNTH_FIELDS = SynthConfig.wbc_field(480, 640)
 
 
 def write_fields(source, refs, out: Path, n: int, size: tuple[int, int], seed: int) -> Path:
@@ -62,6 +66,19 @@ def main() -> None:
 
     models = dict(m.split("=", 1) for m in args.model)
     rows = []
+
+    def score(label, src, refs):
+        for model_name, path in models.items():
+            method = ModelMethod.from_checkpoint(path, SegmentConfig())
+            s = evaluate_method(method, src, refs, SegmentConfig(), progress=False).summary
+            m = s["matching"]["0.50"]
+            row = {"model": model_name, "data": label, "images": s["images"],
+                   "true cells": m["tp"] + m["fn"], "F1@0.5": s["f1_50"], "precision": s["precision_50"],
+                   "recall": s["recall_50"], "matched IoU": m["mean_matched_iou"], "image IoU": s["mean_iou"],
+                   "nucleus Dice": s.get("nucleus_dice", float("nan")), "s/image": s["seconds_per_image"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
     for name in ("dataset1", "dataset2"):
         source = open_dataset(args.zheng / name)
         held_out = select_refs(source.refs, source.root, args.split, "val")
@@ -69,17 +86,13 @@ def main() -> None:
         if not (out / "images").is_dir():
             write_fields(source, held_out, out, args.n, SIZES[name], args.seed)
         fields = open_dataset(out)
-        for label, src, refs in (("fields", fields, fields.refs), ("crops", source, held_out)):
-            for model_name, path in models.items():
-                method = ModelMethod.from_checkpoint(path, SegmentConfig())
-                s = evaluate_method(method, src, refs, SegmentConfig(), progress=False).summary
-                m = s["matching"]["0.50"]
-                row = {"model": model_name, "data": f"{name} {label}", "images": s["images"],
-                       "true cells": m["tp"] + m["fn"], "F1@0.5": s["f1_50"], "precision": s["precision_50"],
-                       "recall": s["recall_50"], "matched IoU": m["mean_matched_iou"], "image IoU": s["mean_iou"],
-                       "nucleus Dice": s.get("nucleus_dice", float("nan")), "s/image": s["seconds_per_image"]}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        score(f"{name} fields", fields, fields.refs)
+        score(f"{name} crops", source, held_out)
+    synth = args.work / "fields-synthetic"
+    if not (synth / "images").is_dir():
+        write_dataset(synth, args.n, SYNTH_FIELDS, seed=args.seed, annotate={"white_cell": "cell"})
+    synthetic = open_dataset(synth)
+    score("synthetic fields", synthetic, synthetic.refs)
     keys = list(rows[0])
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

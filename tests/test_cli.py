@@ -95,3 +95,22 @@ def test_segment_with_classifier_and_report(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "out" / "differential.html").is_file()
     r = runner.invoke(app, ["report", str(tmp_path / "in")])
     assert r.exit_code == 2
+
+
+def test_the_bundled_model_segments_without_model_and_the_demo_finds_the_painted_white_cells(tmp_path):
+    from hemaseg.model import BUNDLED_MODEL, read_checkpoint
+
+    assert BUNDLED_MODEL.stat().st_size <= 25e6  # shipped inside the package
+    card = (BUNDLED_MODEL.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Zheng" in card and "GPL-3.0" in card
+    assert read_checkpoint(BUNDLED_MODEL)["config"]["diameter"] > 0
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--fields", "2"])
+    assert r.exit_code == 0, r.output
+    f1 = float(r.output.split("F1@0.5 ")[1].split(",")[0])
+    assert f1 >= 0.8, r.output  # painted smears: white cells found and outlined
+    field = tmp_path / "demo" / "fields" / "images" / "synth_0000.png"
+    r = runner.invoke(app, ["segment", str(field), "--out", str(tmp_path / "seg"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "seg" / "synth_0000_overlay.png").is_file()
+    rows = (tmp_path / "seg" / "synth_0000_cells.csv").read_text().splitlines()
+    assert len(rows) >= 2 and rows[1].split(",")[1] == "cell"

@@ -41,7 +41,8 @@ def test_caps_follow_the_image_area_with_a_floor_and_are_restored():
 
 def test_a_finer_mask_head_gives_finer_masks_through_the_same_paste():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(mask_roi=28, detections_per_image=20)).eval()
+    model = build_model(ModelConfig(mask_roi=28, mask_channels=32, detections_per_image=20)).eval()
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
     images = [torch.rand(3, 80, 96)]
     with torch.inference_mode(), area_caps(model, 80 * 96):
         reference = model(images)

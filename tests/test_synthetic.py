@@ -46,3 +46,18 @@ def test_written_dataset_loads_as_instance_format(tmp_path):
     assert names == [CLASSES[c - 1] for c in s.classes]
     whites = [i for i, n in enumerate(names) if n == "white_cell"]
     assert all(int(target["nuclei"][i].sum()) > 0 for i in whites)
+
+
+def test_annotating_only_white_cells_leaves_the_others_painted_but_unlabelled(tmp_path):
+    from hemaseg.data.formats import open_dataset
+    from hemaseg.data.synthetic import WHITE, only
+
+    cfg = SynthConfig.wbc_field(256, 256, white=(2, 2))
+    s = generate(np.random.default_rng(4), cfg)
+    labels, names, nuclei = only(s, {"white_cell": "cell"})
+    white = [i + 1 for i, c in enumerate(s.classes) if c == WHITE]
+    assert names == ["cell"] * len(white) and labels.max() == len(white) >= 1
+    assert np.array_equal(labels > 0, np.isin(s.labels, white))
+    assert np.array_equal(nuclei > 0, s.nuclei > 0) and (nuclei[nuclei > 0] == labels[nuclei > 0]).all()
+    root = write_dataset(tmp_path / "w", 2, cfg, seed=4, annotate={"white_cell": "cell"})
+    assert open_dataset(root).classes == ("cell",)

@@ -73,6 +73,7 @@ def train(
     diameter: Optional[float] = typer.Option(None, help="Resize each dataset so its median cell diameter becomes this "
                                              "many px (datasets of different magnification meet at one cell size)."),
     mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
+    mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128)."),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
                                  "cells pasted among painted red cells (for crops that annotate white cells only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -84,7 +85,8 @@ def train(
 
     try:
         aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
-        model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi)
+        model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi,
+                            mask_channels=mask_channels)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
@@ -326,32 +328,59 @@ def synth(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo data and run (replaced on each demo)."),
-    images: int = typer.Option(48, help="Synthetic images to generate."),
-    epochs: int = typer.Option(12, help="Training epochs."),
+    images: list[Path] = typer.Argument(None, help="Your images or folders (default: synthetic whole fields the demo paints)."),
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo's data and results (replaced on each demo)."),
+    diameter: Diameter = None,
+    fields: int = typer.Option(6, help="Synthetic 640x480 fields to paint when no images are given."),
+    train: bool = typer.Option(False, "--train", help="Also train a model a few minutes on synthetic smears (the CPU training demo)."),
+    epochs: int = typer.Option(12, help="Training epochs with --train."),
 ) -> None:
-    """The built-in default job: synthesise smears, train a few minutes on the CPU, report."""
+    """The built-in default job: segment smear images with the bundled model and report (--train: also train one)."""
+    from .data.formats import list_images, open_dataset
     from .data.synthetic import SynthConfig, write_dataset
-    from .train import TrainConfig
-    from .train import train as run_train
+    from .evaluation import evaluate_method
+    from .model import default_model
+    from .predict import ModelMethod, SegmentConfig
+    from .segment import segment_files
 
     t0 = time.perf_counter()
-    data = out / "data"
-    write_dataset(data, images, SynthConfig(height=160, width=160), seed=0)
-    typer.echo(f"synthesised {images} smears in {data}")
-    run = out / "run"
-    if run.exists():
-        shutil.rmtree(run)  # the demo's own output from an earlier demo
-    cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, batch_size=4, warmup_steps=30)
-    result = run_train(cfg, progress=sys.stderr.isatty(), log=typer.echo)
-    best = result.best_metrics
-    typer.echo(
-        f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min\n"
-        f"  best epoch {result.best_epoch}: validation mean IoU {best.get('val_mean_iou', float('nan')):.3f}, "
-        f"F1@0.5 {best.get('val_f1_50', float('nan')):.3f}\n"
-        f"  model:   {run / 'best.pt'}\n  config:  {run / 'config.json'}\n  metrics: {run / 'metrics.csv'}\n"
-        f"  data:    {data}"
-    )
+    for sub in ("fields", "segment", "run"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)  # the demo's own output from an earlier demo
+    try:
+        cfg = SegmentConfig(diameter=diameter)
+        method = ModelMethod.from_checkpoint(default_model(), cfg)
+        truth = None
+        if not images:
+            truth = write_dataset(out / "fields", fields, SynthConfig.wbc_field(480, 640), seed=2024, annotate={"white_cell": "cell"})
+            typer.echo(f"painted {fields} synthetic smear fields (640x480, white cells outlined in the truth) in {truth}")
+            images = [truth / "images"]
+        files = list_images(images)
+        if not files:
+            raise DataError(f"no images found in {', '.join(map(str, images))}")
+        summary = segment_files(files, method, out / "segment", cfg, progress=sys.stderr.isatty(), log=typer.echo)
+    except (DataError, CheckpointError, ValueError) as err:
+        _fail(err)
+    found = sum(r.get("cells", 0) for r in summary.rows)
+    typer.echo(f"\nbundled model {default_model()}: {found} cells in {len(files)} images "
+               f"-> {out / 'segment'} (NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
+    if truth is not None:
+        source = open_dataset(truth)
+        s = evaluate_method(method, source, source.refs, cfg, progress=False).summary
+        typer.echo(f"against the painted truth: F1@0.5 {s['f1_50']:.3f}, mean IoU {s['mean_iou']:.3f}, "
+                   f"nucleus Dice {s.get('nucleus_dice', float('nan')):.3f}")
+    if train:
+        from .train import TrainConfig
+        from .train import train as run_train
+
+        data = write_dataset(out / "run" / "data", 48, SynthConfig(height=160, width=160), seed=0)
+        result = run_train(TrainConfig(data=str(data), out=str(out / "run" / "model"), epochs=epochs, batch_size=4,
+                                       warmup_steps=30), progress=sys.stderr.isatty(), log=typer.echo)
+        best = result.best_metrics
+        typer.echo(f"trained on 48 synthetic smears: best epoch {result.best_epoch}, validation mean IoU "
+                   f"{best.get('val_mean_iou', float('nan')):.3f}, F1@0.5 {best.get('val_f1_50', float('nan')):.3f} "
+                   f"-> {result.out / 'best.pt'}")
+    typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
 def _version(value: bool) -> None:

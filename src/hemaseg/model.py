@@ -71,6 +71,7 @@ class ModelConfig:
     box_score_threshold: float = 0.05
     pretrained: str = "none"
     mask_roi: int = 14  # RoIAlign size of the mask head; its masks are twice that (torchvision: 14 -> 28x28)
+    mask_channels: int | None = None  # width of the mask head's 4 convolutions; None: the FPN width
     diameter: float | None = None  # cell diameter (px) the model was trained at; see hemaseg.train, SegmentConfig.diameter
 
     def __post_init__(self):
@@ -201,7 +202,8 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
         backbone, num_classes=None,
         box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_roi, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(c, [c] * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
+        mask_head=MaskRCNNHeads(c, [cfg.mask_channels or c] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(cfg.mask_channels or c, cfg.mask_channels or c, cfg.num_classes),
         rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5),
         rpn_batch_size_per_image=cfg.rpn_batch_size,
         box_batch_size_per_image=cfg.roi_batch_size,

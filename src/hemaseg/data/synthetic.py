@@ -53,6 +53,20 @@ class SynthConfig:
         n = lambda per_192: (max(0, int(per_192 * k)),) * 2  # noqa: E731
         return cls(height=height, width=width, red_cells=n(red), white_cells=n(white), platelets=n(platelets), **kw)
 
+    @classmethod
+    def wbc_field(cls, height: int = 480, width: int = 640, white: tuple[int, int] = (1, 3)) -> SynthConfig:
+        """A smear field at the magnification of white-cell crop datasets (Zheng et al.'s dataset1): white
+        cells 68-88 px wide, red cells 34-42 px, 60-90 red cells and 3-8 platelets per 640x480 px (counts
+        scaled to the area), ``white`` white cells.
+
+        >>> c = SynthConfig.wbc_field(240, 320); c.red_cells, c.white_cells
+        ((15, 22), (1, 3))
+        """
+        k = height * width / (480 * 640)
+        return cls(height=height, width=width, red_cells=(int(60 * k), int(90 * k)), white_cells=white,
+                   platelets=(int(3 * k), int(8 * k)), red_radius=(17.0, 21.0), white_radius=(34.0, 44.0),
+                   platelet_radius=(4.0, 7.0))
+
 
 @dataclass
 class SynthSample:
@@ -227,11 +241,28 @@ def write_sample(root: str | Path, name: str, image: np.ndarray, labels: np.ndar
     write_text(root / "labels" / f"{name}.csv", buf.getvalue())
 
 
-def write_dataset(out: str | Path, n: int, cfg: SynthConfig = SynthConfig(), seed: int = 0) -> Path:
-    """Write ``n`` smears with :func:`write_sample` (names ``synth_0000`` ...).
+def only(sample: SynthSample, annotate: dict[str, str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The sample's ground truth restricted to the classes in ``annotate`` (renamed to its values), the
+    other cells left painted but unannotated, as in a crop dataset that outlines white cells only:
+    ``(labels HxW, class names, nuclei HxW)``, renumbered ``1..N``."""
+    keep = [i + 1 for i, c in enumerate(sample.classes) if CLASSES[c - 1] in annotate]
+    lut = np.zeros(len(sample.classes) + 1, np.uint16)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    names = [annotate[CLASSES[sample.classes[i - 1] - 1]] for i in keep]
+    return lut[sample.labels], names, lut[sample.nuclei]
+
+
+def write_dataset(out: str | Path, n: int, cfg: SynthConfig = SynthConfig(), seed: int = 0,
+                  annotate: dict[str, str] | None = None) -> Path:
+    """Write ``n`` smears with :func:`write_sample` (names ``synth_0000`` ...), annotating every cell or,
+    with ``annotate`` (e.g. ``{"white_cell": "cell"}``), only those classes under those names (:func:`only`).
     Image ``k`` depends only on ``(seed, k)``, so a larger ``n`` extends a smaller set."""
     root = Path(out)
     for k in range(n):
         s = generate(np.random.default_rng([seed, k]), cfg)
-        write_sample(root, f"synth_{k:04d}", s.image, s.labels, [CLASSES[c - 1] for c in s.classes], s.nuclei)
+        if annotate is None:
+            labels, names, nuclei = s.labels, [CLASSES[c - 1] for c in s.classes], s.nuclei
+        else:
+            labels, names, nuclei = only(s, annotate)
+        write_sample(root, f"synth_{k:04d}", s.image, labels, names, nuclei)
     return root
