@@ -13,7 +13,9 @@ the colours of their own crop (hemaseg.data.fields). A third set is fully synthe
 white cells annotated (SYNTH_FIELDS; a white-cell appearance no model here trained on unless said).
 The fields are written in hemaseg's instance
 layout under ``WORK/fields-datasetN``, so ``hemaseg evaluate --data WORK/fields-dataset1 --model M``
-reproduces any row. Scoring is class-agnostic (hemaseg.evaluation), nuclei by the model's own
+reproduces any row (with ``--diameter`` for a model trained at a cell diameter: each set is then seen
+at its dataset's diameter as the model measured it, ``data_diameters`` of the checkpoint; the painted
+smears at that of ``synthetic-white``). Scoring is class-agnostic (hemaseg.evaluation), nuclei by the model's own
 learned nuclei.
 """
 
@@ -31,6 +33,7 @@ from hemaseg.data.fields import FieldConfig, compose_field, crop_tones, cut_cell
 from hemaseg.data.formats import open_dataset
 from hemaseg.data.synthetic import SynthConfig, write_dataset, write_sample
 from hemaseg.evaluation import evaluate_method
+from hemaseg.model import read_checkpoint
 from hemaseg.predict import ModelMethod, SegmentConfig
 
 SIZES = {"dataset1": (480, 640), "dataset2": (960, 1280)}
@@ -67,10 +70,13 @@ def main() -> None:
     models = dict(m.split("=", 1) for m in args.model)
     rows = []
 
-    def score(label, src, refs):
+    def score(label, src, refs, key):
         for model_name, path in models.items():
-            method = ModelMethod.from_checkpoint(path, SegmentConfig())
-            s = evaluate_method(method, src, refs, SegmentConfig(), progress=False).summary
+            # a model trained at a cell diameter sees each set at its dataset's measured diameter
+            diameters = {Path(k).name: v for k, v in read_checkpoint(path).get("data_diameters", {}).items()}
+            cfg = SegmentConfig(diameter=diameters.get(key))
+            method = ModelMethod.from_checkpoint(path, cfg)
+            s = evaluate_method(method, src, refs, cfg, progress=False).summary
             m = s["matching"]["0.50"]
             row = {"model": model_name, "data": label, "images": s["images"],
                    "true cells": m["tp"] + m["fn"], "F1@0.5": s["f1_50"], "precision": s["precision_50"],
@@ -86,13 +92,13 @@ def main() -> None:
         if not (out / "images").is_dir():
             write_fields(source, held_out, out, args.n, SIZES[name], args.seed)
         fields = open_dataset(out)
-        score(f"{name} fields", fields, fields.refs)
-        score(f"{name} crops", source, held_out)
+        score(f"{name} fields", fields, fields.refs, name)
+        score(f"{name} crops", source, held_out, name)
     synth = args.work / "fields-synthetic"
     if not (synth / "images").is_dir():
         write_dataset(synth, args.n, SYNTH_FIELDS, seed=args.seed, annotate={"white_cell": "cell"})
     synthetic = open_dataset(synth)
-    score("synthetic fields", synthetic, synthetic.refs)
+    score("synthetic fields", synthetic, synthetic.refs, "synthetic-white")
     keys = list(rows[0])
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

@@ -130,7 +130,9 @@ def segment(
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
-    classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential report."),
+    classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential "
+                                              "report; with the bundled model, the bundled classifier unless --no-types."),
+    types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier."),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
@@ -152,6 +154,10 @@ def segment(
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
         clf = None
+        if classifier is None and model is None and method == "maskrcnn" and types:
+            from .model import BUNDLED_CLASSIFIER
+
+            classifier = BUNDLED_CLASSIFIER if BUNDLED_CLASSIFIER.is_file() else None  # the bundled model's companion
         if classifier is not None:
             from .classify import LinearClassifier
 
