@@ -70,8 +70,8 @@ def test_segment_evaluate_compare_from_the_command_line(tmp_path):
     lines = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["maskrcnn", "otsu", "edges"]
     assert (tmp_path / "cmp" / "report.html").is_file()
-    r = runner.invoke(app, ["segment", str(data / "images"), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "--model is needed" in r.output
+    r = runner.invoke(app, ["segment", str(data / "images"), "--method", "unet", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--model or --unet is needed" in r.output  # maskrcnn alone has the bundled model
 
 
 def test_segment_with_classifier_and_report(tmp_path):

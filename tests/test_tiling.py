@@ -119,3 +119,30 @@ def test_dedupe_drops_the_weaker_of_overlapping_cells_of_one_class():
                   np.array([0.5, 0.9, 0.8, 0.7], np.float32), np.array([1, 1, 2, 1]))
     kept = dedupe_cells(cells)
     assert kept.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])  # cell 0 (IoU 0.68 with cell 1) goes; class 2 stays
+
+
+def test_the_bundled_model_finds_the_same_white_cells_tiled_and_untiled_in_a_2048_px_smear():
+    from hemaseg.data.synthetic import WHITE, SynthConfig, generate
+    from hemaseg.metrics import MatchCounter
+    from hemaseg.model import BUNDLED_MODEL
+    from hemaseg.predict import ModelMethod, SegmentConfig, run_method
+    from hemaseg.tiling import iou_matrix_cells
+
+    s = generate(np.random.default_rng(11), SynthConfig.wbc_field(2048, 2048, white=(40, 40)))
+    method = ModelMethod.from_checkpoint(BUNDLED_MODEL, SegmentConfig(nuclei="off"))
+    whole = run_method(method, s.image, SegmentConfig(tile=2048, nuclei="off"))
+    tiled = run_method(method, s.image, SegmentConfig(tile=512, overlap=192, nuclei="off"))
+
+    def f1(a, b):
+        counter = MatchCounter((0.5,))
+        counter.add(iou_matrix_cells(a, b))
+        return counter.result(0.5).f1
+
+    ids = 1 + np.flatnonzero(s.classes == WHITE)
+    truth = Cells.from_labels(np.where(np.isin(s.labels, ids), s.labels, 0))
+    assert len(truth) >= 35  # a dense smear: ~2000 red cells around them
+    assert f1(whole, tiled) >= 0.98
+    assert f1(truth, whole) >= 0.9 and f1(truth, tiled) >= 0.9
+    iou = iou_matrix_cells(tiled, tiled)
+    np.fill_diagonal(iou, 0)
+    assert (iou < 0.5).all()  # no duplicates across seams
