@@ -39,7 +39,7 @@ from hemaseg.data.formats import open_dataset
 from hemaseg.data.io import read_image
 from hemaseg.data.synthetic import SynthConfig, write_dataset
 from hemaseg.evaluation import evaluate_method
-from hemaseg.model import ModelConfig, build_model, read_checkpoint
+from hemaseg.model import ModelConfig, build_model, data_diameters, read_checkpoint
 from hemaseg.predict import ModelMethod, PredictConfig, SegmentConfig, predict_cells
 
 DATASETS = ("dataset1", "dataset2")
@@ -87,7 +87,7 @@ def main() -> None:
         model_path, train_min = args.model, None
     run = model_path.parent
     ckpt = read_checkpoint(model_path)
-    diameters = {Path(k).name: v for k, v in ckpt.get("data_diameters", {}).items()}
+    diameters = data_diameters(model_path)
     rows, timing = [], []
     recipe = build_model(ModelConfig.recipe()).eval()
     for name in DATASETS:

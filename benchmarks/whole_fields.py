@@ -33,7 +33,7 @@ from hemaseg.data.fields import FieldConfig, compose_field, crop_tones, cut_cell
 from hemaseg.data.formats import open_dataset
 from hemaseg.data.synthetic import SynthConfig, write_dataset, write_sample
 from hemaseg.evaluation import evaluate_method
-from hemaseg.model import read_checkpoint
+from hemaseg.model import data_diameters
 from hemaseg.predict import ModelMethod, SegmentConfig
 
 SIZES = {"dataset1": (480, 640), "dataset2": (960, 1280)}
@@ -73,8 +73,7 @@ def main() -> None:
     def score(label, src, refs, key):
         for model_name, path in models.items():
             # a model trained at a cell diameter sees each set at its dataset's measured diameter
-            diameters = {Path(k).name: v for k, v in read_checkpoint(path).get("data_diameters", {}).items()}
-            cfg = SegmentConfig(diameter=diameters.get(key))
+            cfg = SegmentConfig(diameter=data_diameters(path).get(key))
             method = ModelMethod.from_checkpoint(path, cfg)
             s = evaluate_method(method, src, refs, cfg, progress=False).summary
             m = s["matching"]["0.50"]

@@ -98,12 +98,13 @@ def test_segment_with_classifier_and_report(tmp_path):
 
 
 def test_the_bundled_model_segments_without_model_and_the_demo_finds_the_painted_white_cells(tmp_path):
-    from hemaseg.model import BUNDLED_MODEL, read_checkpoint
+    from hemaseg.model import BUNDLED_MODEL, data_diameters, read_checkpoint
 
     assert BUNDLED_MODEL.stat().st_size <= 25e6  # shipped inside the package
     card = (BUNDLED_MODEL.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Zheng" in card and "GPL-3.0" in card
     assert read_checkpoint(BUNDLED_MODEL)["config"]["diameter"] > 0
+    assert data_diameters(BUNDLED_MODEL)["dataset2"] > 2 * data_diameters(BUNDLED_MODEL)["dataset1"] * 0.9  # ~2x magnification
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--fields", "2"])
     assert r.exit_code == 0, r.output
     f1 = float(r.output.split("F1@0.5 ")[1].split(",")[0])

@@ -293,6 +293,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def data_diameters(path: str | Path) -> dict[str, float]:
+    """The median cell diameter (px) of each dataset a checkpoint was trained on at ``--diameter``, by
+    the dataset folder's name (``{}`` for a model trained without one)."""
+    return {Path(k).name: float(v) for k, v in read_checkpoint(path).get("data_diameters", {}).items()}
+
+
 def default_model() -> Path:
     """The model shipped inside the package (:data:`BUNDLED_MODEL`, described in ``models/MODEL_CARD.md``)."""
     if not BUNDLED_MODEL.is_file():
