@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .contract import Target, add_nucleus_instances
 from .fields import FieldConfig, compose_field, crop_tones, cut_cells
-from .formats import DatasetSource, SampleRef, load_sample
+from .formats import DatasetSource, SampleRef, load_sample, read_label_annotation
 from .transforms import resize_pair
 
 
@@ -91,12 +91,17 @@ def cell_diameter(source: DatasetSource, refs: list[SampleRef], classes: tuple[s
     """
     classes = tuple(classes or source.classes)
     keep = [i + 1 for i, c in enumerate(classes) if c not in skip]
-    diameters = []
+    areas: list[int] = []
     for ref in refs:
-        _, target = load_sample(ref, classes, coco=source.coco)
-        areas = target["masks"].flatten(1).sum(dim=1)[torch.isin(target["labels"], torch.tensor(keep))]
-        diameters += (2 * torch.sqrt(areas.double() / torch.pi)).tolist()
-    return float(np.median(diameters)) if diameters else None
+        if ref.format in ("semantic", "instance"):  # label images only: no image read, no N x H x W masks
+            ann = read_label_annotation(ref, classes, None)
+            counts = np.bincount(np.searchsorted(ann.ids, ann.labels[ann.labels > 0]), minlength=len(ann.ids))
+            areas += counts[np.isin(ann.classes, keep)].tolist()
+        else:
+            _, target = load_sample(ref, classes, coco=source.coco)
+            areas += target["masks"].flatten(1).sum(dim=1)[torch.isin(target["labels"], torch.tensor(keep))].tolist()
+    diameters = 2 * np.sqrt(np.array(areas, np.float64) / np.pi)
+    return float(np.median(diameters[diameters > 0])) if (diameters > 0).any() else None
 
 
 def split_refs(refs: list[SampleRef], val_fraction: float, seed: int) -> tuple[list[SampleRef], list[SampleRef]]:

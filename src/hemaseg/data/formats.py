@@ -339,10 +339,11 @@ class LabelAnnotation:
         return make_target(masks, self.classes, nuclei)
 
 
-def read_label_annotation(ref: SampleRef, classes: tuple[str, ...], size: tuple[int, int], *, stray: str = "nearest",
+def read_label_annotation(ref: SampleRef, classes: tuple[str, ...], size: tuple[int, int] | None, *, stray: str = "nearest",
                           min_area: int = DEFAULT_MIN_AREA) -> LabelAnnotation:
     """Read a ``semantic`` or ``instance`` sample's annotation as label images, checked against the
-    image ``size`` (height, width) - the form that stays small for an image of any size and count of cells."""
+    image ``size`` (height, width; None: the image is not read and nothing is checked) - the form that
+    stays small for an image of any size and count of cells."""
     if ref.format == "semantic":
         mask = read_label_image(ref.annotation)
         _check_size(mask, size, ref)
@@ -394,7 +395,9 @@ def load_sample(
     raise ValueError(f"unknown sample format {ref.format!r}")
 
 
-def _check_size(mask: np.ndarray, hw: tuple[int, int], ref: SampleRef) -> None:
+def _check_size(mask: np.ndarray, hw: tuple[int, int] | None, ref: SampleRef) -> None:
+    if hw is None:
+        return
     if tuple(mask.shape) != tuple(hw):
         raise DataError(f"{ref.annotation}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{ref.image.name} size {hw[1]}x{hw[0]}")
