@@ -55,6 +55,26 @@ def _time(fn, images) -> float:
     return (time.perf_counter() - t) / len(images)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def score_held_out(model_path: Path, zheng: Path, name: str, diameters: dict[str, float]):
+    """Score a trained model on one Zheng dataset's held-out images (its run folder's ``split.json`` val
+    list) at native resolution, at the dataset's measured diameter: (row of the report, the method, the refs)."""
+    source = open_dataset(zheng / name)
+    held_out = select_refs(source.refs, source.root, model_path.parent / "split.json", "val")
+    cfg = SegmentConfig(diameter=diameters.get(name))
+    method = ModelMethod.from_checkpoint(model_path, cfg)
+    s = evaluate_method(method, source, held_out, cfg, progress=False).summary
+    row = {"data": name, "held-out images": s["images"], "mean IoU": s["mean_iou"], "Dice": s["mean_dice"],
+           "F1@0.5": s["f1_50"], "nucleus Dice": s.get("nucleus_dice", float("nan"))}
+    return row, method, held_out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zheng", type=Path, default=Path("../shared/data/wbc-zheng2018"))
@@ -85,19 +105,13 @@ def main() -> None:
         model_path = run / "best.pt"
     else:
         model_path, train_min = args.model, None
-    run = model_path.parent
     ckpt = read_checkpoint(model_path)
     diameters = data_diameters(model_path)
     rows, timing = [], []
     recipe = build_model(ModelConfig.recipe()).eval()
     for name in DATASETS:
-        source = open_dataset(args.zheng / name)
-        held_out = select_refs(source.refs, source.root, run / "split.json", "val")
-        cfg = SegmentConfig(diameter=diameters.get(name))
-        method = ModelMethod.from_checkpoint(model_path, cfg)
-        s = evaluate_method(method, source, held_out, cfg, progress=False).summary
-        rows.append({"data": name, "held-out images": s["images"], "mean IoU": s["mean_iou"], "Dice": s["mean_dice"],
-                     "F1@0.5": s["f1_50"], "nucleus Dice": s.get("nucleus_dice", float("nan"))})
+        row, method, held_out = score_held_out(model_path, args.zheng, name, diameters)
+        rows.append(row)
         images = [image_to_tensor(read_image(r.image)) for r in held_out[: args.timing_images]]
         default_s = _time(method, images)
         recipe_s = _time(lambda im: predict_cells(recipe, [im], PredictConfig(score_threshold=0.05)), images)
@@ -105,17 +119,11 @@ def main() -> None:
                        "recipe s/image": recipe_s, "speed-up": recipe_s / default_s})
         print(json.dumps(rows[-1]), json.dumps(timing[-1]), flush=True)
 
-    def table(rs):
-        keys = list(rs[0])
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rs]
-        return "\n".join(lines)
-
     print(f"\nmodel {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), best epoch {ckpt.get('epoch')}"
           + (f", training {train_min:.1f} min wall, peak RSS {train_rss:.2f} GB" if train_min is not None else "")
           + f"; data diameters {diameters}\n")
-    print(table(rows) + "\n")
-    print(table(timing))
+    print(markdown_table(rows) + "\n")
+    print(markdown_table(timing))
     print(f"\npeak RSS of this process (evaluation and timing): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 
