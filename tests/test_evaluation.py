@@ -170,3 +170,21 @@ def test_evaluating_a_large_annotated_image_never_holds_dense_masks(tmp_path):
     tracemalloc.stop()
     assert summary["f1_50"] == 1.0 and summary["matching"]["0.90"]["tp"] == 250
     assert peak < 100e6, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_predictions_already_computed_are_scored_without_running_the_method(tmp_path):
+    from hemaseg.predict import run_method
+
+    semantic_pair(tmp_path / "d", "a", cells=[(2, 2, 10, 10), (12, 14, 20, 28)])
+    semantic_pair(tmp_path / "d", "b", cells=[(2, 2, 10, 10)])
+    src = open_dataset(tmp_path / "d")
+    oracle = HalfOracle(src)
+    cfg = SegmentConfig(nuclei="off")
+    from hemaseg.evaluation import load_truth
+
+    cells = {str(r.image): run_method(oracle, load_truth(src, r)[0], cfg) for r in src.refs}
+    assert oracle.calls == 2
+    ev = evaluate_method(oracle, src, src.refs, cfg, progress=False, predictions=cells)
+    assert oracle.calls == 2  # not run again
+    assert [round(r["iou"], 3) for r in ev.per_image] == [1.0, 0.0]
+    assert ev.summary["f1_50"] == pytest.approx(2 * 2 / (3 + 2))

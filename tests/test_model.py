@@ -6,7 +6,7 @@ import torch
 from torchvision.models import ResNet18_Weights
 
 from hemaseg.model import (
-    CheckpointError, ModelConfig, build_model, load_model, load_weights, read_checkpoint, save_checkpoint,
+    CheckpointError, ModelConfig, build_model, load_model, read_checkpoint, save_checkpoint,
 )
 from hemaseg.predict import PredictConfig, predict
 
@@ -74,42 +74,6 @@ def test_checkpoint_save_load_gives_identical_predictions(tmp_path):
     assert read_checkpoint(path)["epoch"] == 3
 
 
-def test_bad_model_files_are_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="no such model file"):
-        load_model(tmp_path / "none.pt")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
-        load_model(junk)
-    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not a hemaseg checkpoint"):
-        load_model(tmp_path / "other.pt")
-
-
-class _Evil:
-    def __reduce__(self):
-        return (open, ("/tmp/hemaseg-pwned", "w"))
-
-
-def test_loading_never_executes_code(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil()}, path, pickle_protocol=2)
-    with pytest.raises(CheckpointError, match="evil.pt"):
-        read_checkpoint(path)
-    import os
-    assert not os.path.exists("/tmp/hemaseg-pwned")
-
-
-def test_weights_of_another_architecture_are_refused(tmp_path):
-    cfg = ModelConfig()
-    model = build_model(cfg)
-    other = build_model(ModelConfig(classes=("a", "b"))).state_dict()
-    with pytest.raises(CheckpointError, match="src.pt: weights do not fit.*shape mismatches"):
-        load_weights(model, other, source="src.pt")
-    skipped = load_weights(model, other, source="src.pt", allow_head_mismatch=True)
-    assert skipped and all("predictor" in k for k in skipped)
-
-
 def test_resnet50_fpn_has_torchvisions_structure_so_coco_weights_fit(monkeypatch, tmp_path):
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
 
@@ -153,6 +117,11 @@ def test_compressed_checkpoint_is_a_quarter_and_loads_to_nearly_the_same_model(t
     with torch.inference_mode():
         a, b = model.backbone(x)["0"], loaded.backbone(x)["0"]
     assert (a - b).abs().mean() < 0.03 * a.abs().mean()  # 8-bit weights through 20 random layers: ~2%
-    torch.save({**torch.load(small, weights_only=True), "model_int8_scale": {}}, tmp_path / "broken.pt")
+    broken = {**torch.load(small, weights_only=True), "model_int8_scale": {}}
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="do not match the digest"):
+        read_checkpoint(tmp_path / "broken.pt")
+    del broken["digest"]  # a file written before digests: its structure is still checked
+    torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="without their scales"):
         read_checkpoint(tmp_path / "broken.pt")

@@ -80,6 +80,7 @@ def train(
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
     from .data.transforms import AugmentConfig
+    from .engine import DivergedError
     from .train import RunExistsError, TrainConfig
     from .train import train as run_train
 
@@ -94,7 +95,7 @@ def train(
             weights=str(weights) if weights else None, nuclei=nuclei, diameter=diameter, model=model, augment=aug,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
-    except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError, DivergedError) as err:
         _fail(err)
     if launched() and os.environ.get("RANK", "0") != "0":
         return  # process 0 reports
@@ -136,6 +137,8 @@ def segment(
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Segment again the images already done in --out "
+                                   "(default: keep them, so a stopped batch resumes; other settings are refused)."),
     progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON.
@@ -164,7 +167,7 @@ def segment(
             clf = LinearClassifier.load(classifier)
         group = from_launcher()  # under torchrun: each process segments a share of the files
         summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo,
-                                classifier=clf, group=group)
+                                classifier=clf, group=group, overwrite=overwrite)
         if group is not None and not group.main:
             return
         if clf is not None:
@@ -364,7 +367,8 @@ def demo(
         files = list_images(images)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, images))}")
-        summary = segment_files(files, method, out / "segment", cfg, progress=sys.stderr.isatty(), log=typer.echo)
+        summary = segment_files(files, method, out / "segment", cfg, progress=sys.stderr.isatty(), log=typer.echo,
+                                keep_cells=truth is not None)
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
     found = sum(r.get("cells", 0) for r in summary.rows)
@@ -372,7 +376,7 @@ def demo(
                f"-> {out / 'segment'} (NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
     if truth is not None:
         source = open_dataset(truth)
-        s = evaluate_method(method, source, source.refs, cfg, progress=False).summary
+        s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
         typer.echo(f"against the painted truth: F1@0.5 {s['f1_50']:.3f}, mean IoU {s['mean_iou']:.3f}, "
                    f"nucleus Dice {s.get('nucleus_dice', float('nan')):.3f}")
     if train:

@@ -125,8 +125,11 @@ def load_truth(source: DatasetSource, ref: SampleRef) -> tuple[torch.Tensor, Cel
 
 
 def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef], cfg: SegmentConfig = SegmentConfig(),
-                    max_dets: int = 1000, n_figures: int = 3, progress: bool = True) -> Evaluation:
+                    max_dets: int = 1000, n_figures: int = 3, progress: bool = True,
+                    predictions: dict[str, Cells] | None = None) -> Evaluation:
     """Run ``method`` on ``refs`` and score it against their ground truth (see the module docstring).
+    ``predictions`` (image path -> cells, e.g. ``segment_files(..., keep_cells=True).cells``) are the
+    method's results already computed: scored as they are, the method is not run again.
 
     Memory stays bounded: truth and predictions are sparse cells (:func:`load_truth`, the tiled
     :func:`~hemaseg.predict.run_method`), reduced to counts and RLE as they come, and only the images of
@@ -140,7 +143,7 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     for i in tqdm(range(len(refs)), desc=f"evaluate ({method.name})", disable=not progress):
         image, truth = load_truth(source, refs[i])
         t0 = time.perf_counter()
-        cells = run_method(method, image, cfg)
+        cells = run_method(method, image, cfg) if predictions is None else predictions[str(refs[i].image)]
         seconds = time.perf_counter() - t0
         iou = iou_matrix_cells(truth, cells)
         counter.add(iou)
@@ -152,7 +155,8 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
                "seconds": seconds}
         if cfg.nuclei != "off" and truth.nuclei is not None and any(n.any() for n in truth.nuclei):
             names = [method.classes[k - 1] for k in cells.labels.tolist()]
-            cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
+            if cells.nuclei is None:
+                cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
             true_nuclei, nuclei = truth.union(nuclei=True), cells.union(nuclei=True)
             row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)

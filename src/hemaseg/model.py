@@ -21,6 +21,9 @@ A checkpoint (``*.pt``) is a plain dict of tensors and JSON-able values, loaded 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +48,25 @@ ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
+BUNDLED_SHA256 = "7a5cca07ecbf3f7c8f58c5bca70ecd19746f1ccf4bc50783d3eba5a187c94284"  # of the file: checked before use
 BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "wbc_types.json"  # its white-cell type classifier (hemaseg fit-classifier)
 CHECKPOINT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A model file that cannot be used: names the file and the reason."""
+
+
+def check_diameter(value: float | None) -> None:
+    """A cell diameter (``--diameter``, model, training and segmentation configs) is None or > 0 px.
+
+    >>> check_diameter(80.0); check_diameter(None)
+    >>> check_diameter(0)
+    Traceback (most recent call last):
+    ValueError: diameter must be > 0 px, got 0
+    """
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"diameter must be > 0 px, got {value}")
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,7 @@ class ModelConfig:
             raise ValueError(f"scale must be > 0, got {self.scale}")
         if not 7 <= self.mask_roi <= 64:
             raise ValueError(f"mask_roi must be in 7..64, got {self.mask_roi}")
-        if self.diameter is not None and not self.diameter > 0:
-            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
+        check_diameter(self.diameter)
 
     @property
     def channels(self) -> int:
@@ -232,7 +247,29 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: ModelConfig, **extr
     JSON-able values (optimizer state, epoch, metrics) so that ``weights_only`` loading accepts it."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(),
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    payload["digest"] = weights_digest(payload)
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+WEIGHT_ENTRIES = ("model", "model_int8", "model_int8_scale")  # what a checkpoint's digest covers, with its config
+
+
+def weights_digest(ckpt: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's model config and weights (names, dtypes, shapes and bytes, in name
+    order): written into every checkpoint and checked by :func:`read_checkpoint`, so that a file whose
+    weights or config were altered after saving is refused rather than silently loaded.
+
+    >>> a = {"config": {"arch": "x"}, "model": {"w": torch.ones(2)}}
+    >>> weights_digest(a) == weights_digest({**a, "epoch": 3}), weights_digest(a) == weights_digest({**a, "model": {"w": torch.zeros(2)}})
+    (True, False)
+    """
+    h = hashlib.sha256(json.dumps(ckpt.get("config"), sort_keys=True).encode())
+    for entry in WEIGHT_ENTRIES:
+        for name in sorted(ckpt.get(entry) or {}):
+            t = ckpt[entry][name].detach().cpu().contiguous()
+            h.update(f"{entry}/{name}/{t.dtype}/{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def quantize_state(state: dict[str, torch.Tensor], min_numel: int = 4096) -> tuple[dict, dict, dict]:
@@ -268,6 +305,7 @@ def compress_checkpoint(src: str | Path, dst: str | Path) -> Path:
     ckpt = read_checkpoint(src)
     kept, q, scales = quantize_state(ckpt["model"])
     payload = {**ckpt, "model": kept, "model_int8": q, "model_int8_scale": scales}
+    payload["digest"] = weights_digest(payload)
     return atomic_write(dst, lambda tmp: torch.save(payload, tmp))
 
 
@@ -285,6 +323,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: not a hemaseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{p}: a hemaseg checkpoint needs a 'model' weights dict and a 'config' dict")
+    if "digest" in ckpt and weights_digest(ckpt) != ckpt["digest"]:
+        raise CheckpointError(f"{p}: the weights or config do not match the digest written when the file was saved: "
+                              "the file was altered or corrupted; refusing to load it")
     if "model_int8" in ckpt:
         q, scales = ckpt.pop("model_int8"), ckpt.pop("model_int8_scale", {})
         if set(q) != set(scales):
@@ -303,6 +346,10 @@ def default_model() -> Path:
     """The model shipped inside the package (:data:`BUNDLED_MODEL`, described in ``models/MODEL_CARD.md``)."""
     if not BUNDLED_MODEL.is_file():
         raise CheckpointError(f"{BUNDLED_MODEL}: the bundled model is missing from this installation; pass --model")
+    digest = hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()
+    if digest != BUNDLED_SHA256:
+        raise CheckpointError(f"{BUNDLED_MODEL}: SHA-256 {digest[:16]}... is not the bundled model's ({BUNDLED_SHA256[:16]}...): "
+                              "the file was altered or corrupted; reinstall hemaseg or pass --model")
     return BUNDLED_MODEL
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
 from .data.contract import masks_to_boxes
+from .model import check_diameter
 from .tiling import Cells, mask_extent, segment_tiled
 
 
@@ -150,8 +152,7 @@ class SegmentConfig:
         unknown = set(self.exports) - set(EXPORTS)
         if unknown:
             raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
-        if self.diameter is not None and not self.diameter > 0:
-            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
+        check_diameter(self.diameter)
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
 
@@ -163,6 +164,7 @@ class Method:
 
     name: str = "method"
     classes: tuple[str, ...] = ("cell",)
+    source: str | None = None  # the model file it was loaded from, if any
 
     def __call__(self, image: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -198,7 +200,9 @@ class ModelMethod(Method):
             if not hasattr(getattr(model, "transform", None), "scale"):
                 raise ValueError(f"{path}: this model resizes to a fixed size (min_size), --diameter does not apply")
             model.transform.scale = mcfg.scale * mcfg.diameter / cfg.diameter
-        return cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
+        method = cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
+        method.source = str(Path(path).resolve())
+        return method
 
     def __call__(self, image: torch.Tensor) -> Cells:
         cells = predict_cells(self.model, [image], self.predict_cfg)[0]

@@ -5,10 +5,18 @@ a COCO JSON with every instance mask and score.
 Images larger than ``SegmentConfig.tile`` are segmented in overlapping tiles and every cell is kept
 sparse (:mod:`hemaseg.tiling`), so memory grows with the image, not with image x cells. A file that
 fails (unreadable, wrong format ...) is reported in the summary and the batch goes on.
+
+Each image's files are followed by ``NAME_result.json`` (its summary row and COCO annotations), written
+last: it marks the image done. Segmenting into the same folder again skips the images done with the same
+settings (a killed batch resumes where it stopped) unless ``overwrite``; results made with other settings
+are refused rather than mixed. The summary and the COCO JSON are rebuilt for the files asked for, once
+each, whatever was done before.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,7 @@ from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .predict import Method, SegmentConfig, run_method
-from .tiling import crop_image
+from .tiling import Cells, crop_image
 from .viz import overlay_cells
 
 
@@ -34,6 +42,7 @@ class SegmentSummary:
     out: Path
     rows: list[dict] = field(default_factory=list)  # one per image
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
+    cells: dict[str, Cells] = field(default_factory=dict)  # file -> its cells, with ``keep_cells`` only
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -78,9 +87,41 @@ def _unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
+class ResultsMismatch(ValueError):
+    """The output folder holds an image's results made with other settings (and overwrite is off)."""
+
+
+def _settings(method: Method, cfg: SegmentConfig, classifier: LinearClassifier | None) -> dict:
+    """What decides an image's results, to tell whether results already in the folder can be kept."""
+    return json.loads(json.dumps({"method": method.name, "model": method.source, "config": dataclasses.asdict(cfg),
+                                  "classifier": None if classifier is None else list(classifier.classes)}))
+
+
+def _done(path: Path, image: Path, settings: dict) -> dict | None:
+    """The record of ``image`` already segmented into ``path`` with ``settings``, or None (not done,
+    another image's, or unreadable: then it is segmented again). Other settings: :class:`ResultsMismatch`."""
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+        if done.get("image") != str(image):
+            return None
+        keys = {"row", "coco_image", "annotations", "settings"}
+        if not keys <= set(done):
+            return None
+    except (OSError, ValueError):
+        return None
+    if done["settings"] != settings:
+        changed = sorted(k for k in settings if done["settings"].get(k) != settings[k])
+        raise ResultsMismatch(f"{path}: {image} was segmented here with other settings ({', '.join(changed)} differ); "
+                              "pass --overwrite to redo it, or choose another --out")
+    return done
+
+
 def segment_files(files: list[Path], method: Method, out: str | Path, cfg: SegmentConfig = SegmentConfig(),
                   progress: bool = True, log: Callable[[str], None] = print,
-                  classifier: LinearClassifier | None = None, group: Dist | None = None) -> SegmentSummary:
+                  classifier: LinearClassifier | None = None, group: Dist | None = None,
+                  keep_cells: bool = False, overwrite: bool = False) -> SegmentSummary:
     """Segment ``files`` with ``method`` into ``out`` (see the module docstring for the files).
 
     With a white-cell ``classifier`` (:mod:`hemaseg.classify`), nucleated cells also get a ``type`` (or
@@ -88,7 +129,11 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
 
     With a process ``group`` (:mod:`hemaseg.distributed`, e.g. under ``torchrun``), process ``r`` of ``n``
     segments files ``r, r+n, ...``; process 0 gathers the rows and writes one summary and one COCO JSON,
-    identical to a single-process run's. Only process 0's returned summary lists every file."""
+    identical to a single-process run's. Only process 0's returned summary lists every file.
+
+    ``keep_cells`` keeps each file's :class:`~hemaseg.tiling.Cells` (nuclei included) in the summary,
+    e.g. to score them against a truth (``evaluate_method(..., predictions=)``) without segmenting twice
+    (it segments every file again, as ``overwrite``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = SegmentSummary(out)
@@ -99,8 +144,17 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     classes = list(method.classes)
     with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in classes)
     types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
+    settings = _settings(method, cfg, classifier)
+    reused = 0
     for index in tqdm(mine, desc=f"segment ({method.name})", disable=not progress):
         path, name, image_id = files[index], names_all[index], index + 1
+        done = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, settings)
+        if done is not None:
+            summary.rows.append({**done["row"], "_index": index})
+            coco_images.append({**done["coco_image"], "id": image_id})
+            coco_anns.extend({**a, "image_id": image_id} for a in done["annotations"])
+            reused += 1
+            continue
         try:
             raw = read_image(path)
             cells = run_method(method, raw, cfg)
@@ -111,6 +165,8 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             continue
         names = [classes[i - 1] for i in cells.labels.tolist()]
         cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if with_nuclei else None
+        if keep_cells:
+            summary.cells[str(path)] = cells
         lab = cells.label_image()
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
         write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
@@ -135,13 +191,19 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
         summary.rows.append(row)
         h, w = lab.shape
-        coco_images.append({"id": image_id, "file_name": str(path), "height": h, "width": w})
-        for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores)):
-            rle = encode_rle_in_box(m, box, h, w)
-            coco_anns.append({"id": 0, "image_id": image_id, "category_id": int(c),
-                              "segmentation": rle, "area": float(m.sum()),
-                              "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                              "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1})
+        image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
+        anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
+                 "area": float(m.sum()),
+                 "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                 "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1}
+                for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores))]
+        coco_images.append(image_info)
+        coco_anns.extend(anns)
+        write_json(out / f"{name}_result.json", {"image": str(path), "settings": settings,
+                                                  "row": {k: v for k, v in row.items() if k != "_index"},
+                                                  "coco_image": image_info, "annotations": anns})
+    if reused:
+        log(f"{reused} image(s) already segmented in {out} with these settings: kept (--overwrite to redo them)")
     if group is not None:  # process 0 gathers every process's share
         shares = group.gather((summary.rows, summary.failed, coco_images, coco_anns))
         if not group.main:

@@ -27,14 +27,15 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from .data.dataset import CellDataset, cell_diameter, collate, split_record, split_refs
 from .data.fields import ANNOTATES_RED
 from .data.formats import DatasetSource, open_dataset
-from .data.io import csv_text, write_json, write_text
+from .data.io import csv_text, remove_stale_temps, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
 from .distributed import backend as dist_backend
 from .distributed import from_launcher, weights_checksum
-from .engine import evaluate, train_one_epoch
+from .engine import DivergedError, evaluate, train_one_epoch
 from .nuclei import NUCLEUS_CLASS
 from .model import (
     ModelConfig,
+    check_diameter,
     build_model,
     load_weights,
     read_checkpoint,
@@ -42,6 +43,7 @@ from .model import (
 )
 
 SCHEDULES = ("cosine", "step", "constant")
+DIVERGED_RATIO = 3.0  # an epoch whose mean loss exceeds this x the lowest before it stops the run
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,7 @@ class TrainConfig:
             object.__setattr__(self, "data", tuple(str(d) for d in self.data))
             if not self.data:
                 raise ValueError("data: no dataset given")
-        if self.diameter is not None and not self.diameter > 0:
-            raise ValueError(f"diameter must be > 0 px, got {self.diameter}")
+        check_diameter(self.diameter)
         if self.nuclei not in ("auto", "off"):
             raise ValueError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
         if self.schedule not in SCHEDULES:
@@ -202,6 +203,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         if not last_path.is_file():
             raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in {out})")
         state = read_checkpoint(last_path)
+        for stale in remove_stale_temps(out):
+            log(f"removed {stale.name}, left by a run killed while writing a file")
         saved = TrainConfig.from_dict(state["train"])
         # the saved run decides everything but its length and the progress display
         cfg = dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs))
@@ -295,8 +298,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             sampler.set_epoch(epoch)
             loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
         te = time.perf_counter()
-        losses = train_one_epoch(model, optimizer, loader, device, scheduler=scheduler, scaler=scaler,
-                                 progress=progress, desc=f"epoch {epoch}/{cfg.epochs}")
+        kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+        try:
+            losses = train_one_epoch(model, optimizer, loader, device, scheduler=scheduler, scaler=scaler,
+                                     progress=progress, desc=f"epoch {epoch}/{cfg.epochs}")
+        except DivergedError as err:
+            raise DivergedError(f"training stopped in epoch {epoch}: {err}; {kept} (lr {cfg.lr:g})") from err
+        lowest = min((r["loss"] for r in history), default=math.inf)
+        if losses["loss"] > DIVERGED_RATIO * lowest:
+            raise DivergedError(f"training diverged in epoch {epoch}: mean loss {losses['loss']:.4g} is over {DIVERGED_RATIO:g}x "
+                                f"the lowest so far ({lowest:.4g}); lower the learning rate (--lr {cfg.lr:g}); {kept}")
         row: dict[str, float] = {"epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
                                  "train_s": time.perf_counter() - te}
         if group is not None:

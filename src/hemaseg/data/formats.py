@@ -294,6 +294,7 @@ def _open_coco(path: Path) -> DatasetSource:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{path}: COCO JSON needs a '{key}' list")
+    _check_coco_ids(path, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -315,6 +316,26 @@ def _open_coco(path: Path) -> DatasetSource:
     if not refs:
         raise DataError(f"{path}: the COCO JSON lists no images")
     return DatasetSource(refs, classes, "coco", path.parent, coco=coco)
+
+
+def _check_coco_ids(path: Path, data: dict) -> None:
+    """Ids a COCO file must get right: unique image, annotation and category ids; every annotation on
+    a listed image. Raises :class:`DataError` naming the first problems."""
+    problems = []
+    for key, needed in (("images", ("id", "file_name")), ("annotations", ("id", "image_id", "category_id")),
+                        ("categories", ("id", "name"))):
+        items = data[key]
+        bad = [i for i, item in enumerate(items) if not isinstance(item, dict) or any(k not in item for k in needed)]
+        problems += [f"{key}[{i}] lacks one of {', '.join(needed)}" for i in bad[:3]]
+        ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
+        dup = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+        if dup:
+            problems.append(f"duplicate {key} id(s) {dup[:5]}")
+    images = {i.get("id") for i in data["images"] if isinstance(i, dict)}
+    orphans = [a for a in data["annotations"] if isinstance(a, dict) and "image_id" in a and a["image_id"] not in images]
+    problems += [f"annotation {a.get('id')} refers to unknown image id {a['image_id']}" for a in orphans[:3]]
+    if problems:
+        raise DataError(f"{path}: bad COCO ids: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------- loading

@@ -108,6 +108,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return final
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` leaves in ``folder`` when its process is killed
+    mid-write (``.NAME.XXXX.tmp.EXT``); the files they were replacing are intact. Returns them."""
+    stale = [p for p in Path(folder).glob(".*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write ``HW``/``HWC`` uint8 or ``HW`` uint16 to PNG/TIFF (by extension), atomically."""
     p = Path(path)

@@ -1,0 +1,109 @@
+"""Issue 7, point 4: loading a model file never runs code (``weights_only`` loading), a file of another
+architecture or class count gives a clear error, and a tampered file is refused (weights digest; the
+bundled model's SHA-256)."""
+
+import hashlib
+
+import pytest
+import torch
+
+import hemaseg.model as model_module
+from hemaseg.model import (
+    CheckpointError, ModelConfig, build_model, default_model, load_model, load_weights, read_checkpoint, save_checkpoint,
+    weights_digest,
+)
+
+
+def test_bad_model_files_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_model(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+        load_model(junk)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a hemaseg checkpoint"):
+        load_model(tmp_path / "other.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/hemaseg-pwned", "w"))
+
+
+def test_loading_never_executes_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil()}, path, pickle_protocol=2)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        read_checkpoint(path)
+    import os
+    assert not os.path.exists("/tmp/hemaseg-pwned")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    cfg = ModelConfig()
+    model = build_model(cfg)
+    other = build_model(ModelConfig(classes=("a", "b"))).state_dict()
+    with pytest.raises(CheckpointError, match="src.pt: weights do not fit.*shape mismatches"):
+        load_weights(model, other, source="src.pt")
+    skipped = load_weights(model, other, source="src.pt", allow_head_mismatch=True)
+    assert skipped and all("predictor" in k for k in skipped)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(classes=("cell",))
+    return save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg, epoch=4)
+
+
+def test_every_checkpoint_carries_a_digest_of_its_config_and_weights(saved):
+    ckpt = torch.load(saved, weights_only=True)
+    assert ckpt["digest"] == weights_digest(ckpt) and len(ckpt["digest"]) == 64
+    assert read_checkpoint(saved)["epoch"] == 4
+
+
+@pytest.mark.parametrize("edit", ["weight", "config", "new tensor"])
+def test_altered_weights_or_config_are_refused(saved, tmp_path, edit):
+    ckpt = torch.load(saved, weights_only=True)
+    if edit == "weight":
+        name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+        ckpt["model"][name] = ckpt["model"][name].clone()
+        ckpt["model"][name].view(-1)[0] += 1.0
+    elif edit == "config":
+        ckpt["config"]["classes"] = ["cell", "virus"]
+    else:
+        ckpt["model"]["extra.weight"] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / "tampered.pt")  # the old digest kept
+    with pytest.raises(CheckpointError, match=r"tampered\.pt: the weights or config do not match the digest"):
+        load_model(tmp_path / "tampered.pt")
+
+
+def test_flipped_bytes_on_disk_are_refused(saved, tmp_path):
+    data = bytearray(saved.read_bytes())
+    for offset in range(len(data) // 3, len(data) // 3 + 4000, 97):  # somewhere inside the weights
+        data[offset] ^= 0xFF
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"flipped\.pt: (the weights or config do not match|not a readable)"):
+        load_model(bad)
+
+
+def test_a_config_that_does_not_fit_its_weights_is_a_clear_error(saved, tmp_path):
+    ckpt = torch.load(saved, weights_only=True)
+    ckpt["config"]["classes"] = ["cell", "virus"]  # another class count, re-signed as a hand-made file would be
+    ckpt["digest"] = weights_digest(ckpt)
+    torch.save(ckpt, tmp_path / "two.pt")
+    with pytest.raises(CheckpointError, match=r"two\.pt: weights do not fit.*shape mismatches"):
+        load_model(tmp_path / "two.pt")
+
+
+def test_the_bundled_model_is_checked_before_use(tmp_path, monkeypatch):
+    assert hashlib.sha256(default_model().read_bytes()).hexdigest() == model_module.BUNDLED_SHA256
+    copy = tmp_path / "default.pt"
+    data = bytearray(default_model().read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    monkeypatch.setattr(model_module, "BUNDLED_MODEL", copy)
+    with pytest.raises(CheckpointError, match=r"default\.pt: SHA-256 .* is not the bundled model's .*altered or corrupted"):
+        default_model()
