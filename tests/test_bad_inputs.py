@@ -214,3 +214,27 @@ def test_random_masks_through_the_loaders_give_a_target_or_a_named_error(tmp_pat
     assert not other_size  # a size mismatch is never loaded
     validate_target(image, target)
     assert target["masks"].shape[1:] == (h, w)
+
+
+def test_evaluate_goes_on_past_a_bad_image_and_lists_it(tmp_path):
+    d = tmp_path / "d"
+    semantic_pair(d, "a", cells=[(2, 2, 12, 12)])
+    semantic_pair(d, "b", cells=[(4, 4, 14, 16)])
+    (d / "b.bmp").write_bytes(b"BM broken")
+    r = runner.invoke(app, ["evaluate", "--data", str(d), "--out", str(tmp_path / "ev"), "--method", "otsu", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    assert f"failed (otsu): {d / 'b.bmp'}: DataError" in r.output and "1 image(s) could not be scored" in r.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["failed"] == 1
+    with open(tmp_path / "ev" / "failed.csv", newline="") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == [str(d / "b.bmp")]
+    assert (tmp_path / "ev" / "report.html").is_file()
+
+
+def test_a_corrupt_training_image_stops_training_with_its_name(tmp_path):
+    d = tmp_path / "d"
+    for name in "abcd":
+        semantic_pair(d, name, h=40, w=40, cells=[(4, 4, 20, 20)])
+    (d / "c.bmp").write_bytes((d / "c.bmp").read_bytes()[:60])  # truncated after the header
+    out = _train_error(tmp_path, d)
+    assert f"error: {d / 'c.bmp'}: cannot read image" in out

@@ -206,6 +206,8 @@ def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path],
     for m in methods:
         ev = evaluate_method(m, source, refs, cfg, progress=progress)
         sub = out if len(methods) == 1 else out / m.name
+        for path, err in ev.failed:
+            typer.echo(f"failed ({m.name}): {path}: {err}", err=True)
         for key, path in write_evaluation(ev, sub).items():
             if key.startswith("figure_"):
                 figures[f"{m.name}: {path.stem}"] = path.read_bytes()
@@ -219,11 +221,17 @@ def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path],
         with open(run / "metrics.csv", encoding="utf-8") as fh:
             curves = training_curves_png(list(_csv.DictReader(fh)))
     write_text(out / "report.html", html_page(title, evaluation_sections(evals, figures, curves)))
-    return table
+    return table, sum(len(ev.failed) for ev in evals)
+
+
+def _exit_if_failed(failed: int, listed: Path) -> None:
+    if failed:
+        typer.echo(f"{failed} image(s) could not be scored (the rest were), listed in {listed}", err=True)
+        raise typer.Exit(code=1)
 
 
 def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, split, subset: str, run, format: str,
-                      segment: dict, title: str, progress: bool) -> str:
+                      segment: dict, title: str, progress: bool) -> tuple[str, int]:
     """What `evaluate` and `compare` share: build the methods, score them, write the tables and report."""
     from .predict import SegmentConfig
 
@@ -247,10 +255,11 @@ def evaluate(
     diameter: Diameter = None, progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
-    table = _evaluate_command([method], data, out, model, None, split, subset, run, format,
+    table, failed = _evaluate_command([method], data, out, model, None, split, subset, run, format,
                               dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap,
                                    diameter=diameter), f"Evaluation of {method} on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (report.html, summary.json, per_image.csv, figures/)")
+    _exit_if_failed(failed, out / "failed.csv")
 
 
 @app.command()
@@ -265,10 +274,11 @@ def compare(
     diameter: Diameter = None, progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
-    table = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
+    table, failed = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
                               subset, run, format, dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile,
                                                         overlap=overlap, diameter=diameter), f"Comparison on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
+    _exit_if_failed(failed, out / "METHOD" / "failed.csv")
 
 
 @app.command("fit-classifier")

@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
 from .data.contract import image_to_tensor, labels_to_masks, tensor_to_image
-from .data.formats import DatasetSource, SampleRef, load_sample, read_label_annotation
+from .data.formats import DataError, DatasetSource, SampleRef, load_sample, read_label_annotation
 from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, matched_ious, semantic_iou
 from .nuclei import cell_nuclei
@@ -44,6 +44,7 @@ class Evaluation:
     per_image: list[dict]
     summary: dict
     figures: dict[int, tuple] = field(default_factory=dict, repr=False)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image, error): not scored, the rest went on
 
 
 def coco_ap(truth: list[np.ndarray], preds: list[tuple[np.ndarray, np.ndarray]], max_dets: int = 1000) -> dict:
@@ -141,10 +142,14 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     coco = CocoAccumulator(max_dets)
     kept: dict[int, tuple] = {}  # image index -> (image, truth labels, predicted labels)
     for i in tqdm(range(len(refs)), desc=f"evaluate ({method.name})", disable=not progress):
-        image, truth = load_truth(source, refs[i])
-        t0 = time.perf_counter()
-        cells = run_method(method, image, cfg) if predictions is None else predictions[str(refs[i].image)]
-        seconds = time.perf_counter() - t0
+        try:
+            image, truth = load_truth(source, refs[i])
+            t0 = time.perf_counter()
+            cells = run_method(method, image, cfg) if predictions is None else predictions[str(refs[i].image)]
+            seconds = time.perf_counter() - t0
+        except (DataError, OSError, ValueError) as err:  # one bad image or annotation must not abort the scoring
+            ev.failed.append((str(refs[i].image), f"{err.__class__.__name__}: {err}"))
+            continue
         iou = iou_matrix_cells(truth, cells)
         counter.add(iou)
         coco.add(truth, cells)
@@ -160,13 +165,13 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
             true_nuclei, nuclei = truth.union(nuclei=True), cells.union(nuclei=True)
             row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)
-        kept[i] = (tensor_to_image(image), truth.label_image(), cells.label_image())
+        kept[len(rows) - 1] = (tensor_to_image(image), truth.label_image(), cells.label_image())
         by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
         for k in by_iou[n_figures:-n_figures or None]:
             del kept[k]
     ev.figures = kept
     n = max(len(rows), 1)
-    summary = {"method": method.name, "images": len(rows),
+    summary = {"method": method.name, "images": len(rows), "failed": len(ev.failed),
                "mean_iou": sum(r["iou"] for r in rows) / n, "mean_dice": sum(r["dice"] for r in rows) / n,
                "seconds_per_image": sum(r["seconds"] for r in rows) / n}
     for key in ("nucleus_dice", "nucleus_iou"):
@@ -188,6 +193,8 @@ def write_evaluation(ev: Evaluation, out: str | Path, n_figures: int = 3) -> dic
     out = Path(out)
     written = {"per_image": write_text(out / "per_image.csv", csv_text(ev.per_image, list(ev.per_image[0]) if ev.per_image else ["image"])),
                "summary": write_json(out / "summary.json", ev.summary)}
+    if ev.failed:
+        written["failed"] = write_text(out / "failed.csv", csv_text([{"image": f, "error": e} for f, e in ev.failed], ["image", "error"]))
     order = sorted(ev.figures, key=lambda i: ev.per_image[i]["iou"])
     picks = [("worst", i) for i in order[:n_figures]] + [("best", i) for i in order[::-1][:n_figures]]
     for rank, (kind, i) in enumerate(picks):
