@@ -401,6 +401,31 @@ def demo(
                    f"{best.get('val_mean_iou', float('nan')):.3f}, F1@0.5 {best.get('val_f1_50', float('nan')):.3f} "
                    f"-> {result.out / 'best.pt'}")
     typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    typer.echo("to review cells in the browser: .venv/bin/hemaseg serve, then open http://127.0.0.1:8765/")
+
+
+@app.command()
+def serve(
+    data_dir: Path = typer.Option(Path("hemaseg-data"), "--data-dir", help="Where cases, images, results and the database live."),
+    port: int = typer.Option(8765, help="TCP port."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this computer only)."),
+    import_dir: Optional[Path] = typer.Option(None, "--import-dir", help="Server-side folders may be imported from "
+                                              "under this folder only (default: DATA_DIR/import)."),
+    max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB)."),
+) -> None:
+    """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
+    from waitress import serve as run_server
+
+    from .web.app import create_app
+
+    try:
+        web = create_app(data_dir, import_root=import_dir, max_upload_mb=max_upload_mb)
+    except (CheckpointError, RuntimeError, OSError) as err:
+        _fail(err)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: anyone who can reach this address can use the station", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"hemaseg review station: http://{host}:{port}/  (data in {data_dir.resolve()}; Ctrl+C to stop)")
+    run_server(web, host=host, port=port, threads=4, ident="hemaseg")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,138 @@
+"""The review station's storage: SQLite through the standard ``sqlite3``, with numbered migrations.
+
+Cases (a slide or sample, signed off by whom and when), their images (status of the segmentation),
+the cells found (measurements, the type the classifier gave, the type now), and every
+reclassification (old -> new, who, when). ``PRAGMA user_version`` holds the schema version; opening
+a database applies the migrations it lacks, each in one transaction, so a restart loses nothing and
+an older database is brought up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+MIGRATIONS = (
+    """
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        signed_off_by TEXT,
+        signed_off_at TEXT
+    );
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'done', 'failed')),
+        error TEXT NOT NULL DEFAULT '',
+        width INTEGER,
+        height INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX images_case ON images(case_id);
+    CREATE TABLE cells (
+        id INTEGER PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        class TEXT NOT NULL,
+        score REAL NOT NULL,
+        predicted_type TEXT,
+        type_confidence REAL,
+        type TEXT,
+        bbox TEXT NOT NULL,
+        outline TEXT NOT NULL,
+        nucleus TEXT NOT NULL,
+        measurements TEXT NOT NULL,
+        UNIQUE (image_id, number)
+    );
+    CREATE INDEX cells_image ON cells(image_id);
+    CREATE TABLE reclassifications (
+        id INTEGER PRIMARY KEY,
+        cell_id INTEGER NOT NULL REFERENCES cells(id) ON DELETE CASCADE,
+        old_type TEXT,
+        new_type TEXT NOT NULL,
+        who TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX reclassifications_cell ON reclassifications(cell_id);
+    """,
+)
+
+
+def now() -> str:
+    """UTC time as ISO 8601 with seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database at ``path``; rows come back as ``sqlite3.Row``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA foreign_keys = ON")
+    con.execute("PRAGMA journal_mode = WAL")
+    migrate(con)
+    return con
+
+
+def migrate(con: sqlite3.Connection) -> int:
+    """Apply the migrations the database lacks; returns the schema version now."""
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"database schema version {version} is newer than this hemaseg ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            con.execute(f"PRAGMA user_version = {number}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+class Conflict(Exception):
+    """The cell's type changed since the client read it (another tab or reviewer), or the case is signed off."""
+
+
+def reclassify(con: sqlite3.Connection, cell_id: int, new_type: str, who: str, expected: str | None = None,
+               check_expected: bool = False) -> dict:
+    """Set a cell's type and record the change, atomically. With ``check_expected``, refuse
+    (:class:`Conflict`) unless the type is still ``expected``: two tabs that both saw type A and chose B
+    and C end with one change applied and the other told to reload, never a lost history."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        row = con.execute("SELECT c.type, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
+                          "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
+        if row is None:
+            raise KeyError(cell_id)
+        if row["signed_off_at"]:
+            raise Conflict("the case is signed off: its cells can no longer be reclassified")
+        if check_expected and row["type"] != expected:
+            raise Conflict(f"the cell is now '{row['type']}' (you saw '{expected}'): reload and try again")
+        changed = row["type"] != new_type
+        if changed:
+            con.execute("UPDATE cells SET type = ? WHERE id = ?", (new_type, cell_id))
+            con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at) VALUES (?, ?, ?, ?, ?)",
+                        (cell_id, row["type"], new_type, who, now()))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {"id": cell_id, "old": row["type"], "type": new_type, "changed": changed}
+
+
+def cell_dict(row: sqlite3.Row) -> dict:
+    """A cells row as JSON-able dict (its JSON columns decoded)."""
+    d = dict(row)
+    for key in ("bbox", "outline", "nucleus", "measurements"):
+        d[key] = json.loads(d[key])
+    return d

@@ -1,0 +1,214 @@
+// hemaseg review station: plain JavaScript, no framework, nothing loaded from the network.
+"use strict";
+const hemaseg = (() => {
+  const $ = (sel) => document.querySelector(sel);
+  const el = (tag, attrs = {}, ...children) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "text") e.textContent = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c);
+    return e;
+  };
+  const who = $("#who");
+  who.value = localStorage.getItem("hemaseg-who") || "";
+  who.addEventListener("change", () => localStorage.setItem("hemaseg-who", who.value.trim()));
+
+  function showError(msg) { const e = $("#error"); if (e) e.textContent = msg || ""; }
+
+  async function api(path, options = {}) {
+    const opts = { ...options };
+    if (opts.json !== undefined) {
+      opts.method = opts.method || "POST";
+      opts.headers = { "Content-Type": "application/json" };
+      opts.body = JSON.stringify(opts.json);
+      delete opts.json;
+    }
+    const r = await fetch(path, opts);
+    const data = r.headers.get("Content-Type")?.includes("json") ? await r.json() : await r.text();
+    if (!r.ok) throw new Error((data && data.error) || `${r.status} ${r.statusText}`);
+    return data;
+  }
+
+  // ---------------------------------------------------------------- cases
+  async function indexPage() {
+    async function load() {
+      const cases = await api("/api/cases");
+      const body = $("#cases tbody");
+      body.replaceChildren(...cases.map((c) => el("tr", {},
+        el("td", {}, el("a", { href: `/cases/${c.id}`, text: c.name })), el("td", { text: c.images }),
+        el("td", { text: c.created_at }), el("td", { text: c.signed_off_at ? `${c.signed_off_by}, ${c.signed_off_at}` : "" }))));
+    }
+    $("#new-case").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        const c = await api("/api/cases", { json: { name: $("#case-name").value } });
+        location.href = `/cases/${c.id}`;
+      } catch (e) { showError(e.message); }
+    });
+    await load();
+  }
+
+  // ---------------------------------------------------------------- one cell: measurements, reclassify
+  function differentialTable(d) {
+    $("#differential tbody").replaceChildren(...Object.entries(d.counts).map(([t, n]) =>
+      el("tr", { "data-type": t }, el("td", { text: t }), el("td", { class: "count", text: n }), el("td", { text: d.percent[t].toFixed(1) }))));
+    $("#total").textContent = `${d.total} typed cells`;
+  }
+
+  async function showCell(cellId, onChange) {
+    const panel = $("#cell-panel");
+    const c = await api(`/api/cells/${cellId}`);
+    const rows = Object.entries(c.measurements).map(([k, v]) => el("tr", {}, el("td", { text: k }), el("td", { text: v })));
+    const children = [el("h2", { text: `Cell ${c.number}` }), el("p", { text: `${c.class}, score ${c.score.toFixed(3)}` })];
+    if (c.type !== null) {
+      const types = window.hemasegTypes || [];
+      const select = el("select", { id: "cell-type" }, ...types.map((t) => el("option", { value: t, text: t })));
+      select.value = c.type;
+      const seen = c.type;
+      select.addEventListener("change", async () => {
+        try {
+          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before reclassifying");
+          const r = await api(`/api/cells/${cellId}/type`, { json: { type: select.value, who: who.value.trim(), expected: seen } });
+          showError("");
+          if (onChange) onChange(r);
+          await showCell(cellId, onChange);
+        } catch (e) { showError(e.message); select.value = seen; }
+      });
+      children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})` }),
+        el("label", { text: "type " }, select));
+      if (c.history.length) {
+        children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
+          el("li", { text: `${h.old_type} → ${h.new_type}, ${h.who}, ${h.at}` }))));
+      }
+    }
+    children.push(el("table", {}, ...rows));
+    panel.replaceChildren(...children);
+    panel.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- a case: upload, progress, gallery
+  async function casePage(caseId) {
+    let polling = null;
+    async function refresh() {
+      const c = await api(`/api/cases/${caseId}`);
+      window.hemasegTypes = c.types;
+      differentialTable(c.differential);
+      const p = c.progress;
+      $("#bar").max = Math.max(1, p.total); $("#bar").value = p.done + p.failed;
+      $("#progress-text").textContent = `${p.done} of ${p.total} images segmented` + (p.failed ? `, ${p.failed} failed` : "")
+        + (p.pending ? " …" : "");
+      $("#images").replaceChildren(...c.images.map((i) => el("li", {},
+        el("a", { href: `/images/${i.id}`, text: i.name }),
+        el("span", { class: `status-${i.status}`, text: ` ${i.status}${i.error ? ": " + i.error : ""}, ${i.cells} cells` }))));
+      $("#signed").textContent = c.signed_off_at ? `Signed off by ${c.signed_off_by} at ${c.signed_off_at} (UTC)` : "Not signed off.";
+      $("#signoff").hidden = !!c.signed_off_at;
+      if (p.pending && !polling) polling = setInterval(refresh, 1000);
+      if (!p.pending && polling) { clearInterval(polling); polling = null; await gallery(); }
+      return c;
+    }
+    async function gallery() {
+      const cells = (await api(`/api/cases/${caseId}/cells`)).filter((c) => c.type !== null);
+      const types = window.hemasegTypes.length ? window.hemasegTypes : [...new Set(cells.map((c) => c.type))];
+      $("#gallery").replaceChildren(...types.map((t) => {
+        const members = cells.filter((c) => c.type === t);
+        return el("div", { class: "gallery-type", "data-type": t }, el("h3", { text: `${t} (${members.length})` }),
+          el("div", { class: "thumbs" }, ...members.map((c) => el("img", {
+            class: "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`, "data-cell": c.id,
+            title: `${c.image} #${c.number}: ${c.type}`,
+            onclick: (ev) => {
+              document.querySelectorAll(".thumb.selected").forEach((x) => x.classList.remove("selected"));
+              ev.target.classList.add("selected");
+              showCell(c.id, async (r) => { differentialTable(r.differential); await gallery(); });
+            },
+          }))));
+      }));
+    }
+    $("#upload").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const files = $("#files").files;
+      if (!files.length) { showError("choose image files first"); return; }
+      const form = new FormData();
+      for (const f of files) form.append("files", f);
+      try { await api(`/api/cases/${caseId}/images`, { method: "POST", body: form }); showError(""); await refresh(); }
+      catch (e) { showError(e.message); }
+    });
+    $("#import").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try { await api(`/api/cases/${caseId}/import`, { json: { folder: $("#folder").value } }); showError(""); await refresh(); }
+      catch (e) { showError(e.message); }
+    });
+    $("#signoff").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) to sign off");
+        await api(`/api/cases/${caseId}/signoff`, { json: { who: who.value.trim() } }); showError(""); await refresh();
+      } catch (e) { showError(e.message); }
+    });
+    const c = await refresh();
+    if (!c.progress.pending) await gallery();
+  }
+
+  // ---------------------------------------------------------------- an image: zoom, pan, layers
+  async function imagePage(imageId) {
+    const data = await api(`/api/images/${imageId}`);
+    window.hemasegTypes = data.types;
+    const img = $("#picture"), svg = $("#overlay"), stage = $("#stage"), viewer = $("#viewer");
+    const ns = "http://www.w3.org/2000/svg";
+    let scale = 1, tx = 0, ty = 0;
+    const apply = () => { stage.style.transform = `translate(${tx}px, ${ty}px) scale(${scale})`; };
+    const fit = () => {
+      scale = Math.min(viewer.clientWidth / img.naturalWidth, viewer.clientHeight / img.naturalHeight, 4);
+      tx = (viewer.clientWidth - img.naturalWidth * scale) / 2; ty = (viewer.clientHeight - img.naturalHeight * scale) / 2;
+      apply();
+    };
+    const zoom = (f, cx = viewer.clientWidth / 2, cy = viewer.clientHeight / 2) => {
+      const s = Math.min(40, Math.max(0.05, scale * f));
+      tx = cx - (cx - tx) * (s / scale); ty = cy - (cy - ty) * (s / scale); scale = s; apply();
+    };
+    img.addEventListener("load", () => {
+      svg.setAttribute("width", img.naturalWidth); svg.setAttribute("height", img.naturalHeight);
+      svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+      fit();
+    });
+    img.src = `/api/images/${imageId}/file`;
+    const poly = (points, cls) => {
+      const p = document.createElementNS(ns, "polygon");
+      p.setAttribute("points", points.map((xy) => xy.join(",")).join(" "));
+      if (cls) p.setAttribute("class", cls);
+      return p;
+    };
+    for (const c of data.cells) {
+      const shape = poly(c.outline[0] || [], "");
+      shape.dataset.cell = c.id;
+      shape.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        document.querySelectorAll("#outlines polygon.selected").forEach((x) => x.classList.remove("selected"));
+        shape.classList.add("selected");
+        showCell(c.id);
+      });
+      $("#outlines").append(shape);
+      for (const n of c.nucleus) $("#nuclei").append(poly(n));
+      const t = document.createElementNS(ns, "text");
+      t.setAttribute("x", c.measurements.centroid_x); t.setAttribute("y", c.measurements.centroid_y);
+      t.textContent = c.number;
+      $("#ids").append(t);
+    }
+    const layer = (box, g) => { const f = () => { $(g).style.display = $(box).checked ? "" : "none"; }; $(box).addEventListener("change", f); f(); };
+    layer("#show-outlines", "#outlines"); layer("#show-nuclei", "#nuclei"); layer("#show-ids", "#ids");
+    $("#zoom-in").addEventListener("click", () => zoom(1.25));
+    $("#zoom-out").addEventListener("click", () => zoom(0.8));
+    $("#zoom-fit").addEventListener("click", fit);
+    viewer.addEventListener("wheel", (ev) => {
+      ev.preventDefault();
+      const r = viewer.getBoundingClientRect();
+      zoom(ev.deltaY < 0 ? 1.15 : 1 / 1.15, ev.clientX - r.left, ev.clientY - r.top);
+    }, { passive: false });
+    let drag = null;
+    viewer.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX - tx, y: ev.clientY - ty }; });
+    window.addEventListener("mousemove", (ev) => { if (drag) { tx = ev.clientX - drag.x; ty = ev.clientY - drag.y; apply(); } });
+    window.addEventListener("mouseup", () => { drag = null; });
+  }
+
+  return { indexPage, casePage, imagePage, api };
+})();

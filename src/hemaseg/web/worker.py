@@ -1,0 +1,148 @@
+"""Background segmentation for the review station: one worker thread, one image at a time.
+
+An image is decoded only here (bounded: one at a time, refused above ``max_pixels``), segmented with
+:func:`hemaseg.segment.segment_files` (so its files - label image, overlay, per-cell CSV with types,
+COCO record - are the same as ``hemaseg segment`` writes, in ``cases/CASE/results/IMAGE/``), and its
+cells are stored in the database with their outlines as polygons for the viewer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.measure import approximate_polygon, find_contours
+
+from ..predict import Method, SegmentConfig
+from ..segment import segment_files
+from . import db
+
+log = logging.getLogger(__name__)
+MAX_PIXELS = 64_000_000  # an image larger than this (e.g. 8000x8000) is refused by the review station
+
+
+def polygons(mask: np.ndarray, x0: int, y0: int, tolerance: float = 0.7) -> list[list[list[float]]]:
+    """Outlines of a binary ``HW`` mask lying at ``(x0, y0)`` in the image, as polygons of ``[x, y]``
+    pixel-edge coordinates (largest first), simplified to within ``tolerance`` px.
+
+    >>> m = np.zeros((4, 4), bool); m[1:3, 1:3] = True  # pixels x 11-12, y 21-22 of the image
+    >>> p = np.array(polygons(m, 10, 20)[0]); [float(v) for v in (p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max())]
+    [11.0, 13.0, 21.0, 23.0]
+    """
+    contours = find_contours(np.pad(mask.astype(np.uint8), 1), 0.5)
+    out = []
+    for c in sorted(contours, key=len, reverse=True):
+        c = approximate_polygon(c, tolerance)
+        out.append([[round(float(x) + x0 - 0.5, 1), round(float(y) + y0 - 0.5, 1)] for y, x in c])
+    return out
+
+
+def _number(text: str) -> int | float | str:
+    """A CSV field as the number it writes, else as it is."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass
+class Segmenter:
+    """What the worker segments with: a method (the bundled model by default), its settings and the
+    white-cell type classifier (or None)."""
+
+    method: Method
+    cfg: SegmentConfig = SegmentConfig()
+    classifier: object | None = None
+
+
+class Worker:
+    """Segments queued images of the database at ``db_path`` in a daemon thread; ``enqueue(image_id)``."""
+
+    def __init__(self, db_path: Path, results: Path, segmenter: Segmenter, max_pixels: int = MAX_PIXELS):
+        self.db_path, self.results, self.segmenter, self.max_pixels = db_path, results, segmenter, max_pixels
+        self.queue: queue.Queue[int] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="hemaseg-segment", daemon=True)
+        self.thread.start()
+
+    def enqueue(self, image_id: int) -> None:
+        self.queue.put(image_id)
+
+    def resume(self) -> int:
+        """Queue again the images a stopped server left queued or running; returns how many."""
+        con = db.connect(self.db_path)
+        ids = [r[0] for r in con.execute("SELECT id FROM images WHERE status IN ('queued', 'running') ORDER BY id")]
+        con.close()
+        for i in ids:
+            self.enqueue(i)
+        return len(ids)
+
+    def idle(self) -> bool:
+        return self.queue.unfinished_tasks == 0
+
+    def _run(self) -> None:
+        con = db.connect(self.db_path)
+        while True:
+            image_id = self.queue.get()
+            try:
+                self._segment(con, image_id)
+            except Exception as err:  # never let one image stop the worker
+                log.exception("segmentation of image %s failed", image_id)
+                con.execute("UPDATE images SET status = 'failed', error = ? WHERE id = ?",
+                            (f"{err.__class__.__name__}: {err}", image_id))
+            finally:
+                self.queue.task_done()
+
+    def _segment(self, con, image_id: int) -> None:
+        row = con.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None or row["status"] == "done":
+            return
+        con.execute("UPDATE images SET status = 'running', error = '' WHERE id = ?", (image_id,))
+        path = Path(row["path"])
+        try:
+            with Image.open(path) as im:  # the header only: size before decoding
+                w, h = im.size
+        except Exception as err:
+            raise ValueError(f"{row['name']}: not a readable image ({err})") from err
+        if w * h > self.max_pixels:
+            raise ValueError(f"{row['name']}: {w}x{h} px is more than this station's limit of {self.max_pixels:,} px; "
+                             "segment it with `hemaseg segment` (tiled)")
+        out = self.results / str(row["case_id"]) / str(image_id)
+        s = self.segmenter
+        summary = segment_files([path], s.method, out, s.cfg, progress=False, log=lambda m: None,
+                                classifier=s.classifier, keep_cells=True)
+        if summary.failed:
+            raise ValueError(summary.failed[0][1])
+        cells = summary.cells[str(path)]
+        with open(out / f"{path.stem}_cells.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        records = []
+        for k, (row_k, box, mask) in enumerate(zip(rows, cells.boxes, cells.masks)):
+            x0, y0 = int(box[0]), int(box[1])
+            nucleus = cells.nuclei[k] if cells.nuclei is not None else None
+            kind = row_k.get("type") or None
+            conf = float(row_k["type_confidence"]) if row_k.get("type_confidence") else None
+            measurements = {key: _number(v) for key, v in row_k.items()
+                            if key not in ("id", "class", "score", "type", "type_confidence") and v != ""}
+            records.append((image_id, int(row_k["id"]), row_k["class"], float(row_k["score"]), kind, conf, kind,
+                            json.dumps([int(v) for v in box]), json.dumps(polygons(mask, x0, y0)),
+                            json.dumps(polygons(nucleus, x0, y0) if nucleus is not None and nucleus.any() else []),
+                            json.dumps(measurements)))
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("DELETE FROM cells WHERE image_id = ?", (image_id,))
+            con.executemany("INSERT INTO cells (image_id, number, class, score, predicted_type, type_confidence, type, bbox, "
+                            "outline, nucleus, measurements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+            con.execute("UPDATE images SET status = 'done', width = ?, height = ? WHERE id = ?", (w, h, image_id))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise

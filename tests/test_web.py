@@ -1,0 +1,325 @@
+"""The review station's API (issue 8): every endpoint with good and bad input, through Flask's test
+client, with the bundled model segmenting painted smear fields in the background worker."""
+
+import csv
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hemaseg.data.synthetic import SynthConfig, write_dataset
+from hemaseg.web import db
+from hemaseg.web.app import create_app, default_segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return default_segmenter()
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    d = write_dataset(tmp_path_factory.mktemp("fields"), 2, SynthConfig.wbc_field(240, 320, white=(2, 3)), seed=11,
+                      annotate={"white_cell": "cell"})
+    return sorted((d / "images").glob("*.png"))
+
+
+def _app(tmp_path, segmenter, **kw):
+    app = create_app(tmp_path / "data", segmenter=segmenter, **kw)
+    app.testing = True
+    return app
+
+
+def _wait(app, timeout=120):
+    worker = app.extensions["hemaseg_worker"]
+    t = time.monotonic()
+    while not worker.idle():
+        assert time.monotonic() - t < timeout, "segmentation did not finish"
+        time.sleep(0.05)
+
+
+def _upload(client, case_id, paths):
+    files = [(io.BytesIO(p.read_bytes()), p.name) for p in paths]
+    return client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data")
+
+
+@pytest.fixture
+def case(tmp_path, segmenter, fields):
+    """A case with the two painted fields segmented: (app, client, case id)."""
+    app = _app(tmp_path, segmenter)
+    client = app.test_client()
+    r = client.post("/api/cases", json={"name": "slide 42"})
+    assert r.status_code == 201
+    case_id = r.get_json()["id"]
+    assert _upload(client, case_id, fields).status_code == 201
+    _wait(app)
+    return app, client, case_id
+
+
+def test_cases_are_created_listed_and_validated(tmp_path, segmenter):
+    client = _app(tmp_path, segmenter).test_client()
+    assert client.get("/api/cases").get_json() == []
+    r = client.post("/api/cases", json={"name": "  slide 1 "})
+    assert r.status_code == 201 and r.get_json()["name"] == "slide 1"
+    assert [c["name"] for c in client.get("/api/cases").get_json()] == ["slide 1"]
+    for bad in ({}, {"name": ""}, {"name": 5}, {"name": "x" * 201}):
+        r = client.post("/api/cases", json=bad)
+        assert r.status_code == 400 and "'name' must be a non-empty text" in r.get_json()["error"]
+    r = client.post("/api/cases", data="name=x", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 400 and "JSON object" in r.get_json()["error"]
+    assert client.get("/api/cases/99").status_code == 404
+    assert "no case 99" in client.get("/cases/99").get_data(as_text=True)  # an HTML error page for people
+
+
+def test_upload_segments_in_the_background_and_reports_progress(case, fields):
+    app, client, case_id = case
+    c = client.get(f"/api/cases/{case_id}").get_json()
+    assert c["progress"] == {"total": 2, "done": 2, "failed": 0, "pending": 0}
+    assert [i["name"] for i in c["images"]] == [p.name for p in fields]
+    assert all(i["cells"] >= 2 for i in c["images"])  # 2-3 white cells painted in each
+    d = c["differential"]
+    assert d["total"] == sum(i["cells"] for i in c["images"]) and set(d["counts"]) == set(c["types"])
+    assert c["types"][-1] == "unidentified"
+    assert sum(d["percent"].values()) == pytest.approx(100, abs=0.5)
+
+
+def test_bad_uploads_are_refused_with_the_reason(tmp_path, segmenter, fields):
+    app = _app(tmp_path, segmenter, max_upload_mb=1)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    r = client.post(f"/api/cases/{case_id}/images", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "no files" in r.get_json()["error"]
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": [(io.BytesIO(b"hello"), "notes.txt")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 415 and "notes.txt: not an image type" in r.get_json()["error"]
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": [(io.BytesIO(b"not a png"), "fake.png")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 415 and "fake.png: the file is not a readable image" in r.get_json()["error"]
+    big = io.BytesIO(np.random.default_rng(0).integers(0, 255, 2 * 1024 * 1024, dtype=np.uint8).tobytes())
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": [(big, "big.png")]}, content_type="multipart/form-data")
+    assert r.status_code == 413
+    assert client.post("/api/cases/77/images", data={}, content_type="multipart/form-data").status_code == 404
+    files = [(io.BytesIO(fields[0].read_bytes()), "good.png"), (io.BytesIO(b"junk"), "bad.png")]
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 415 and "bad.png" in r.get_json()["error"]
+    assert client.get(f"/api/cases/{case_id}").get_json()["images"] == []  # nothing half-added
+
+
+def test_a_truncated_or_oversized_image_fails_alone(tmp_path, segmenter, fields):
+    app = _app(tmp_path, segmenter, max_pixels=100 * 100)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(buf, format="PNG")
+    truncated = buf.getvalue()[:-30]  # header fine, pixel data cut
+    files = [(io.BytesIO(truncated), "cut.png"), (io.BytesIO(fields[0].read_bytes()), "large.png"),
+             (io.BytesIO(buf.getvalue()), "small.png")]
+    assert client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data").status_code == 201
+    _wait(app)
+    images = {i["name"]: i for i in client.get(f"/api/cases/{case_id}").get_json()["images"]}
+    assert images["cut.png"]["status"] == "failed" and "cannot read image" in images["cut.png"]["error"]
+    assert images["large.png"]["status"] == "failed" and "more than this station's limit" in images["large.png"]["error"]
+    assert images["small.png"]["status"] == "done" and images["small.png"]["cells"] == 0
+
+
+def test_import_of_a_server_folder_stays_inside_the_import_root(tmp_path, segmenter, fields):
+    root = tmp_path / "import"
+    (root / "slide 7").mkdir(parents=True)
+    for p in fields:
+        (root / "slide 7" / p.name).write_bytes(p.read_bytes())
+    (root / "slide 7" / "readme.txt").write_text("skipped")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "x.png").write_bytes(fields[0].read_bytes())
+    app = _app(tmp_path, segmenter, import_root=root)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    for folder in ("../secret", str(tmp_path / "secret"), "slide 7/../../secret"):
+        r = client.post(f"/api/cases/{case_id}/import", json={"folder": folder})
+        assert r.status_code == 400 and "must lie under the import folder" in r.get_json()["error"], folder
+    r = client.post(f"/api/cases/{case_id}/import", json={"folder": "nope"})
+    assert r.status_code == 400 and "no such folder" in r.get_json()["error"]
+    r = client.post(f"/api/cases/{case_id}/import", json={"folder": "slide 7"})
+    assert r.status_code == 201 and len(r.get_json()["ids"]) == 2
+    _wait(app)
+    assert client.get(f"/api/cases/{case_id}").get_json()["progress"]["done"] == 2
+
+
+def test_image_cells_crops_and_viewer_files(case):
+    app, client, case_id = case
+    image = client.get(f"/api/cases/{case_id}").get_json()["images"][0]
+    d = client.get(f"/api/images/{image['id']}").get_json()
+    assert len(d["cells"]) == image["cells"] and "path" not in d
+    cell = d["cells"][0]
+    assert len(cell["outline"][0]) >= 8 and cell["nucleus"] and cell["measurements"]["area_px"] > 100
+    x0, y0, x1, y1 = cell["bbox"]
+    xs = [x for x, _ in cell["outline"][0]]
+    assert x0 - 1 <= min(xs) and max(xs) <= x1 + 1
+    r = client.get(f"/api/images/{image['id']}/file")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    assert Image.open(io.BytesIO(r.data)).size == (320, 240)
+    r = client.get(f"/api/cells/{cell['id']}/crop.png")
+    w, h = Image.open(io.BytesIO(r.data)).size
+    assert r.mimetype == "image/png" and w >= x1 - x0 and h >= y1 - y0
+    for url in ("/api/images/999", "/api/images/999/file", "/api/cells/999", "/api/cells/999/crop.png"):
+        assert client.get(url).status_code == 404, url
+    page = client.get(f"/images/{image['id']}").get_data(as_text=True)
+    assert 'id="overlay"' in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_reclassify_updates_the_differential_and_keeps_the_history(case):
+    app, client, case_id = case
+    cells = client.get(f"/api/cases/{case_id}/cells").get_json()
+    cell = cells[0]
+    before = client.get(f"/api/cases/{case_id}").get_json()["differential"]["counts"]
+    new = next(t for t in before if t != cell["type"] and t != "unidentified")
+    r = client.post(f"/api/cells/{cell['id']}/type", json={"type": new, "who": "Dr Ada", "expected": cell["type"]})
+    assert r.status_code == 200
+    after = r.get_json()["differential"]["counts"]
+    assert after[new] == before[new] + 1 and after[cell["type"]] == before[cell["type"]] - 1
+    detail = client.get(f"/api/cells/{cell['id']}").get_json()
+    assert detail["type"] == new and detail["predicted_type"] == cell["type"]
+    assert [(h["old_type"], h["new_type"], h["who"]) for h in detail["history"]] == [(cell["type"], new, "Dr Ada")]
+    stale = cell["type"]  # what another tab still shows
+    for bad, status, message in (({"type": "alien", "who": "x"}, 400, "unknown type 'alien'"),
+                                 ({"type": new}, 400, "'who' must be"),
+                                 ({"type": "unidentified", "who": "x", "expected": stale}, 409, f"you saw '{stale}'")):
+        r = client.post(f"/api/cells/{cell['id']}/type", json=bad)
+        assert r.status_code == status and message in r.get_json()["error"], bad
+    assert client.post("/api/cells/999/type", json={"type": new, "who": "x"}).status_code == 404
+
+
+def test_two_tabs_reclassifying_the_same_cell_end_consistent(case):
+    app, client, case_id = case
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[1]
+    seen = cell["type"]  # both tabs loaded the cell with this type
+    first, second = [t for t in ("monocyte", "eosinophil", "basophil") if t != seen][:2]
+    a = client.post(f"/api/cells/{cell['id']}/type", json={"type": first, "who": "tab A", "expected": seen})
+    b = client.post(f"/api/cells/{cell['id']}/type", json={"type": second, "who": "tab B", "expected": seen})
+    assert a.status_code == 200 and b.status_code == 409
+    assert f"now '{first}'" in b.get_json()["error"]
+    detail = client.get(f"/api/cells/{cell['id']}").get_json()
+    assert detail["type"] == first and [h["who"] for h in detail["history"]] == ["tab A"]
+    # tab B reloads and tries again: both changes recorded in order
+    assert client.post(f"/api/cells/{cell['id']}/type", json={"type": second, "who": "tab B",
+                                                              "expected": first}).status_code == 200
+    history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
+    assert [(h["old_type"], h["new_type"]) for h in history] == [(seen, first), (first, second)]
+
+
+def test_concurrent_reclassifications_in_threads_lose_nothing(case):
+    import threading
+
+    app, client, case_id = case
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    con = db.connect(app.config["DB"])
+    types = ["neutrophil", "lymphocyte", "monocyte", "eosinophil"]
+
+    def flip(k):
+        c = db.connect(app.config["DB"])
+        for i in range(10):
+            db.reclassify(c, cell["id"], types[(k + i) % 4], f"thread {k}")
+        c.close()
+
+    threads = [threading.Thread(target=flip, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = con.execute("SELECT old_type, new_type FROM reclassifications WHERE cell_id = ? ORDER BY id", (cell["id"],)).fetchall()
+    final = con.execute("SELECT type FROM cells WHERE id = ?", (cell["id"],)).fetchone()[0]
+    assert history[-1]["new_type"] == final
+    assert all(prev["new_type"] == nxt["old_type"] for prev, nxt in zip(history, history[1:]))  # an unbroken chain
+
+
+def test_sign_off_then_nothing_changes(case, fields):
+    app, client, case_id = case
+    for bad in ({}, {"who": ""}):
+        assert client.post(f"/api/cases/{case_id}/signoff", json=bad).status_code == 400
+    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})
+    assert r.status_code == 200 and r.get_json()["signed_off_by"] == "Dr Ada" and r.get_json()["signed_off_at"]
+    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Bo"})
+    assert r.status_code == 409 and "already signed off by Dr Ada" in r.get_json()["error"]
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    r = client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "x"})
+    assert r.status_code == 409 and "signed off" in r.get_json()["error"]
+    assert _upload(client, case_id, fields[:1]).status_code == 409
+    assert client.post("/api/cases/99/signoff", json={"who": "x"}).status_code == 404
+
+
+def test_sign_off_waits_for_segmentation(tmp_path, segmenter, fields):
+    app = _app(tmp_path, segmenter)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    con = db.connect(app.config["DB"])
+    con.execute("INSERT INTO images (case_id, name, path, status, created_at) VALUES (?, 'x.png', '', 'running', ?)",
+                (case_id, db.now()))
+    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "x"})
+    assert r.status_code == 409 and "still being segmented" in r.get_json()["error"]
+
+
+def test_exports_csv_coco_and_report(case):
+    from pycocotools.coco import COCO
+
+    app, client, case_id = case
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "Dr Ada"})
+    r = client.get(f"/api/cases/{case_id}/export.csv")
+    assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert len(rows) == len(client.get(f"/api/cases/{case_id}/cells").get_json())
+    assert rows[0]["type"] == "basophil" and rows[0]["predicted_type"] == cell["predicted_type"] and float(rows[0]["area_px"]) > 0
+    coco = client.get(f"/api/cases/{case_id}/export_coco.json").get_json()
+    path = app.config["DATA"] / "coco.json"
+    path.write_text(json.dumps(coco))
+    c = COCO(str(path))
+    assert len(c.getAnnIds()) == len(rows) and c.loadAnns(1)[0]["attributes"]["type"] == "basophil"
+    assert c.annToMask(c.loadAnns(1)[0]).sum() > 100
+    page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
+    assert "basophil" in page and "Dr Ada" in page and "Research use only" in page and "<script" not in page
+    for url in ("/api/cases/99/export.csv", "/api/cases/99/export_coco.json", "/cases/99/report.html"):
+        assert client.get(url).status_code == 404
+
+
+def test_a_restart_loses_nothing_and_resumes_pending_images(tmp_path, segmenter, fields):
+    app = _app(tmp_path, segmenter)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    _upload(client, case_id, fields[:1])
+    _wait(app)
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    chosen = "monocyte" if cell["type"] != "monocyte" else "basophil"
+    client.post(f"/api/cells/{cell['id']}/type", json={"type": chosen, "who": "Dr Ada"})
+    con = db.connect(app.config["DB"])  # an image left 'running' by a server that was killed
+    stored = next((app.config["DATA"] / "cases" / str(case_id)).iterdir())
+    con.execute("INSERT INTO images (case_id, name, path, status, created_at) VALUES (?, 'again.png', ?, 'running', ?)",
+                (case_id, str(stored), db.now()))
+    con.close()
+
+    again = _app(tmp_path, segmenter)  # the server restarted on the same data folder
+    _wait(again)
+    client = again.test_client()
+    c = client.get(f"/api/cases/{case_id}").get_json()
+    assert [i["status"] for i in c["images"]] == ["done", "done"]
+    detail = client.get(f"/api/cells/{cell['id']}").get_json()
+    assert detail["type"] == chosen and [h["who"] for h in detail["history"]] == ["Dr Ada"]
+
+
+def test_the_database_is_migrated_and_refuses_a_newer_schema(tmp_path):
+    con = db.connect(tmp_path / "x.sqlite3")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == len(db.MIGRATIONS)
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    with pytest.raises(RuntimeError, match="schema version 99 is newer"):
+        db.connect(tmp_path / "x.sqlite3")
+
+
+def test_pages_render_without_network_resources(case):
+    app, client, case_id = case
+    for url in ("/", f"/cases/{case_id}"):
+        page = client.get(url).get_data(as_text=True)
+        assert client.get(url).status_code == 200 and "/static/app.js" in page
+        assert "https://" not in page and "http://" not in page
+    assert client.get("/static/app.js").status_code == 200

@@ -1,0 +1,131 @@
+"""The review station end to end in a real headless Chromium (Debian `chromium` + `chromium-driver`,
+driven by Selenium with the system browser; `.ci/run` installs them): create a case, upload two
+images, wait for segmentation, reclassify one cell, see the differential change, restart the server,
+see the change persisted. Screenshots of the main pages go to $HEMASEG_SCREENSHOTS (docs/screenshots/
+when they are refreshed) or a temp folder."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hemaseg.data.synthetic import SynthConfig, write_dataset
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(data: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "hemaseg", "serve", "--data-dir", str(data), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000", "--disable-gpu"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_create_upload_reclassify_restart(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    shots = Path(os.environ.get("HEMASEG_SCREENSHOTS", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    images = sorted((write_dataset(tmp_path / "fields", 2, SynthConfig.wbc_field(300, 400, white=(2, 3)), seed=21,
+                                   annotate={"white_cell": "cell"}) / "images").glob("*.png"))
+    data, port = tmp_path / "station", _free_port()
+    server = _serve(data, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait = WebDriverWait(browser, 120)
+        browser.get(base + "/")
+        browser.find_element(By.ID, "who").send_keys("Dr Ada")
+        browser.find_element(By.ID, "case-name").send_keys("slide 42")
+        browser.find_element(By.CSS_SELECTOR, "#new-case button").click()
+        wait.until(EC.presence_of_element_located((By.ID, "upload")))
+        case_url = browser.current_url
+        assert "/cases/" in case_url
+
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in images))
+        browser.find_element(By.CSS_SELECTOR, "#upload button").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "progress-text"), "2 of 2 images segmented"))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thumb")) >= 4)
+        browser.save_screenshot(str(shots / "case_gallery.png"))
+
+        def count(kind: str) -> int:
+            return int(browser.find_element(By.CSS_SELECTOR, f'#differential tr[data-type="{kind}"] .count').text)
+
+        thumb = browser.find_element(By.CSS_SELECTOR, ".thumb")
+        old = thumb.get_attribute("title").rsplit(": ", 1)[1]
+        thumb.click()
+        select = Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-type"))))
+        new = next(o.get_attribute("value") for o in select.options if o.get_attribute("value") not in (old, "unidentified"))
+        before_old, before_new = count(old), count(new)
+        select.select_by_value(new)
+        wait.until(lambda d: count(new) == before_new + 1)
+        assert count(old) == before_old - 1
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "Dr Ada"))  # the history line
+        browser.save_screenshot(str(shots / "case_reclassified.png"))
+
+        browser.find_element(By.CSS_SELECTOR, "#images a").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#outlines polygon")) >= 2)
+        browser.find_element(By.ID, "show-ids").click()
+        polygon = browser.find_element(By.CSS_SELECTOR, "#outlines polygon")
+        browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", polygon)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "area_px"))
+        browser.save_screenshot(str(shots / "image_viewer.png"))
+        fitted = browser.find_element(By.ID, "stage").get_attribute("style")
+        browser.find_element(By.ID, "zoom-in").click()
+        assert browser.find_element(By.ID, "stage").get_attribute("style") != fitted
+
+        _stop(server)
+        server = _serve(data, port)  # a restart on the same data folder
+        browser.get(case_url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thumb")) >= 4)
+        assert count(new) == before_new + 1 and count(old) == before_old - 1
+        browser.get(base + "/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cases"), "slide 42"))
+        browser.save_screenshot(str(shots / "cases.png"))
+    finally:
+        _stop(server)
