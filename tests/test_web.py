@@ -323,3 +323,12 @@ def test_pages_render_without_network_resources(case):
         assert client.get(url).status_code == 200 and "/static/app.js" in page
         assert "https://" not in page and "http://" not in page
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_posts_from_another_site_are_refused(tmp_path, segmenter):
+    client = _app(tmp_path, segmenter).test_client()
+    r = client.post("/api/cases", json={"name": "x"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "not accepted" in r.get_json()["error"]
+    assert client.get("/api/cases").get_json() == []
+    r = client.post("/api/cases", json={"name": "x"}, headers={"Origin": "http://localhost"})  # the test client's own host
+    assert r.status_code == 201

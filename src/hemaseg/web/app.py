@@ -8,12 +8,14 @@ writes for the image). Server-side folders can be imported only from under ``imp
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
 import re
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, g, jsonify, render_template, request, send_file
 from PIL import Image
@@ -66,6 +68,14 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
         c = g.pop("con", None)
         if c is not None:
             c.close()
+
+    @app.before_request
+    def _same_origin():
+        """Changes come from this station's own pages: a POST that another site's page makes the browser
+        send (it carries that site's Origin) is refused."""
+        origin = request.headers.get("Origin")
+        if request.method == "POST" and origin and urlsplit(origin).netloc != request.host:
+            abort(403, f"requests from {origin} are not accepted; use the station's own pages")
 
     @app.errorhandler(HTTPException)
     def _error(err: HTTPException):
@@ -255,15 +265,19 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
         d = {k: row[k] for k in row.keys() if k != "path"}
         return jsonify({**d, "cells": cells, "types": types})
 
+    @functools.lru_cache(maxsize=4)  # a gallery asks for many crops of the same few images; stored images never change
+    def decoded(path: str):
+        from ..data.contract import image_to_rgb8
+        from ..data.io import read_image
+
+        return image_to_rgb8(read_image(path))
+
     def image_rgb(image_id: int):
         row = con().execute("SELECT path FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None or not row["path"]:
             abort(404, f"no image {image_id}")
-        from ..data.contract import image_to_rgb8
-        from ..data.io import read_image
-
         try:
-            return image_to_rgb8(read_image(row["path"]))
+            return decoded(row["path"])
         except Exception as err:
             abort(422, f"image {image_id} cannot be read: {err}")
 
