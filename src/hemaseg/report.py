@@ -35,7 +35,8 @@ def markdown_table(rows: list[dict], columns=COMPARE_COLUMNS) -> str:
     return head + "".join("| " + " | ".join(_fmt(r.get(k)) for k, _ in columns) + " |\n" for r in rows)
 
 
-def _html_table(rows: list[dict], columns) -> str:
+def html_table(rows: list[dict], columns) -> str:
+    """An HTML table of ``rows`` with ``columns`` = ``(key, heading)`` pairs; values escaped."""
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for k, _ in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -59,11 +60,11 @@ def html_page(title: str, sections: list[tuple[str, str]]) -> str:
 
 def evaluation_sections(evals: Sequence[Evaluation], figures: dict[str, bytes], curves: bytes | None = None) -> list[tuple[str, str]]:
     """Report sections: the comparison table, matching by IoU threshold per method, curves, figures."""
-    sections = [("Summary", _html_table(compare_rows(evals), COMPARE_COLUMNS))]
+    sections = [("Summary", html_table(compare_rows(evals), COMPARE_COLUMNS))]
     cols = (("thresh", "IoU ≥"), ("tp", "TP"), ("fp", "FP"), ("fn", "FN"), ("precision", "precision"),
             ("recall", "recall"), ("f1", "F1"), ("mean_matched_iou", "matched IoU"), ("panoptic_quality", "PQ"))
     for ev in evals:
-        sections.append((f"Instance matching: {ev.method}", _html_table(list(ev.summary["matching"].values()), cols)))
+        sections.append((f"Instance matching: {ev.method}", html_table(list(ev.summary["matching"].values()), cols)))
     if curves:
         sections.append(("Training curves", _img(curves, "loss and validation scores per epoch")))
     if figures:
@@ -136,13 +137,13 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
     sections = [("Research use only", "<p><b>Research use only.</b> Not for diagnosis. Types come from an automatic "
                  "classifier trained on labels that were not expert-checked; review the gallery.</p>")]
     rows = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
-    sections.append(("Differential", _html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "%")))
+    sections.append(("Differential", html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "%")))
                      + f"<p>{d['total']} white cells in {len(d['images'])} images.</p>"))
     if d["nc_ratio"]:
         sections.append(("N:C ratio", _img(histogram_png(d["nc_ratio"], "nucleus / cytoplasm area"), "nucleus / cytoplasm area ratio per cell")))
     per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]
     cols = [("image", "image"), ("status", "status"), ("cells", "cells")] + [(f"n_{t}", t) for t in d["counts"]]
-    sections.append(("Per image", _html_table(per_image, cols)))
+    sections.append(("Per image", html_table(per_image, cols)))
     for t in d["counts"]:
         members = [c for c in d["cells"] if c["type"] == t][:per_type]
         figs = []

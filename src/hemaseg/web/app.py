@@ -184,22 +184,24 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
 
     @app.get("/cases/<int:case_id>/report.html")
     def report(case_id: int):
+        from ..report import html_page, html_table
+
         c = case_dict(case_id)
         d = c["differential"]
-        rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{n}</td><td>{d['percent'][t]:.1f}</td></tr>" for t, n in d["counts"].items())
-        changes = con().execute("SELECT r.*, c.number, i.name image FROM reclassifications r JOIN cells c ON c.id = r.cell_id "
-                                "JOIN images i ON i.id = c.image_id WHERE i.case_id = ? ORDER BY r.id", (case_id,)).fetchall()
-        log = "".join(f"<tr><td>{html.escape(r['image'])} #{r['number']}</td><td>{html.escape(str(r['old_type']))}</td>"
-                      f"<td>{html.escape(r['new_type'])}</td><td>{html.escape(r['who'])}</td><td>{r['at']}</td></tr>" for r in changes)
-        signed = (f"Signed off by {html.escape(c['signed_off_by'])} at {c['signed_off_at']}" if c["signed_off_at"]
+        counts = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
+        changes = [dict(r) for r in con().execute(
+            "SELECT i.name || ' #' || c.number cell, r.old_type, r.new_type, r.who, r.at FROM reclassifications r "
+            "JOIN cells c ON c.id = r.cell_id JOIN images i ON i.id = c.image_id WHERE i.case_id = ? ORDER BY r.id", (case_id,))]
+        signed = (f"Signed off by {html.escape(c['signed_off_by'])} at {c['signed_off_at']} (UTC)." if c["signed_off_at"]
                   else "<b>Not signed off.</b>")
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Differential - {html.escape(c['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:3px 8px}}</style></head>
-<body><h1>White-cell differential: {html.escape(c['name'])}</h1><p>{signed}</p>
-<p><b>Research use only.</b> Types come from an automatic classifier and the reviewers' corrections below.</p>
-<table><tr><th>type</th><th>cells</th><th>%</th></tr>{rows}</table><p>{d['total']} typed cells in {len(c['images'])} images.</p>
-<h2>Reclassifications</h2><table><tr><th>cell</th><th>from</th><th>to</th><th>who</th><th>when (UTC)</th></tr>{log}</table>
-</body></html>"""
+        page = html_page(f"White-cell differential: {c['name']}", [
+            ("Research use only", f"<p>{signed}</p><p><b>Research use only.</b> Types come from an automatic classifier "
+                                  "and the reviewers' corrections listed below.</p>"),
+            ("Differential", html_table(counts, (("type", "type"), ("count", "cells"), ("percent", "%")))
+             + f"<p>{d['total']} typed cells in {len(c['images'])} images.</p>"),
+            ("Reclassifications", html_table(changes, (("cell", "cell"), ("old_type", "from"), ("new_type", "to"),
+                                                        ("who", "who"), ("at", "when (UTC)")))),
+        ])
         return page, 200, {"Content-Disposition": f'attachment; filename="case{case_id}_differential.html"',
                            "Content-Type": "text/html; charset=utf-8"}
 
