@@ -136,7 +136,8 @@ def test_import_of_a_server_folder_stays_inside_the_import_root(tmp_path, segmen
     app = _app(tmp_path, segmenter, import_root=root)
     client = app.test_client()
     case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
-    for folder in ("../secret", str(tmp_path / "secret"), "slide 7/../../secret"):
+    (root / "link").symlink_to(tmp_path / "secret")  # a link inside the import folder that leads out of it
+    for folder in ("../secret", str(tmp_path / "secret"), "slide 7/../../secret", "link"):
         r = client.post(f"/api/cases/{case_id}/import", json={"folder": folder})
         assert r.status_code == 400 and "must lie under the import folder" in r.get_json()["error"], folder
     r = client.post(f"/api/cases/{case_id}/import", json={"folder": "nope"})
