@@ -66,6 +66,7 @@ def browser():
 
 
 def test_create_upload_reclassify_restart(tmp_path, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -78,7 +79,7 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
     server = _serve(data, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait = WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(base + "/")
         browser.find_element(By.ID, "who").send_keys("Dr Ada")
         browser.find_element(By.ID, "case-name").send_keys("slide 42")
@@ -93,12 +94,12 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thumb")) >= 4)
         browser.save_screenshot(str(shots / "case_gallery.png"))
 
-        def count(kind: str) -> int:
-            return int(browser.find_element(By.CSS_SELECTOR, f'#differential tr[data-type="{kind}"] .count').text)
+        def count(kind: str) -> int:  # read in the page: the table is re-rendered while it polls
+            return int(browser.execute_script(
+                "return document.querySelector(`#differential tr[data-type='${arguments[0]}'] .count`).textContent", kind))
 
-        thumb = browser.find_element(By.CSS_SELECTOR, ".thumb")
-        old = thumb.get_attribute("title").rsplit(": ", 1)[1]
-        thumb.click()
+        wait.until(lambda d: d.execute_script("return document.querySelectorAll('.thumb').length") >= 4)
+        old = browser.execute_script("const t = document.querySelector('.thumb'); t.click(); return t.title").rsplit(": ", 1)[1]
         select = Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-type"))))
         new = next(o.get_attribute("value") for o in select.options if o.get_attribute("value") not in (old, "unidentified"))
         before_old, before_new = count(old), count(new)
