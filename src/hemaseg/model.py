@@ -21,6 +21,7 @@ A checkpoint (``*.pt``) is a plain dict of tensors and JSON-able values, loaded 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -342,11 +343,18 @@ def data_diameters(path: str | Path) -> dict[str, float]:
     return {Path(k).name: float(v) for k, v in read_checkpoint(path).get("data_diameters", {}).items()}
 
 
+@functools.lru_cache(maxsize=4)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, computed once per (path, size, modification time): a changed file is hashed again."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def default_model() -> Path:
     """The model shipped inside the package (:data:`BUNDLED_MODEL`, described in ``models/MODEL_CARD.md``)."""
     if not BUNDLED_MODEL.is_file():
         raise CheckpointError(f"{BUNDLED_MODEL}: the bundled model is missing from this installation; pass --model")
-    digest = hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()
+    stat = BUNDLED_MODEL.stat()
+    digest = _file_sha256(BUNDLED_MODEL, stat.st_size, stat.st_mtime_ns)
     if digest != BUNDLED_SHA256:
         raise CheckpointError(f"{BUNDLED_MODEL}: SHA-256 {digest[:16]}... is not the bundled model's ({BUNDLED_SHA256[:16]}...): "
                               "the file was altered or corrupted; reinstall hemaseg or pass --model")

@@ -22,6 +22,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from ..data.formats import IMAGE_EXTENSIONS
+from ..data.io import atomic_write
 from . import db
 from .worker import MAX_PIXELS, Segmenter, Worker
 
@@ -137,8 +138,6 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
 
     def add_images(case_id: int, named: list[tuple[str, bytes]]) -> list[int]:
         """Store and queue images, all or none: each is checked before any is added."""
-        from ..data.io import atomic_write
-
         for name, payload in named:
             check_image(name, payload)
         folder = data / "cases" / str(case_id)
@@ -292,8 +291,6 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
     def image_file(image_id: int):
         cached = data / "results" / "view" / f"{image_id}.png"
         if not cached.is_file():
-            from ..data.io import atomic_write
-
             payload = png(image_rgb(image_id))
             atomic_write(cached, lambda tmp: tmp.write_bytes(payload))
         return send_file(cached, mimetype="image/png", max_age=3600)
