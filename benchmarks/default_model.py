@@ -3,16 +3,18 @@ Zheng et al. 2018 WBC data (dataset1 and dataset2 reported apart), segmentation 
 original recipe on the same images in the same process, and peak memory.
 
     .venv/bin/python benchmarks/default_model.py --zheng ../shared/data/wbc-zheng2018 --work runs/default
-    .venv/bin/python benchmarks/default_model.py --model runs/default/run/best.pt   # skip training
+    .venv/bin/python benchmarks/default_model.py --model runs/default/outline/best.pt   # skip training
 
 1. Trains with ``hemaseg train --data dataset1 --data dataset2 --data WORK/synthetic-white`` plus
-   ``--extra`` options (default: the bundled model's recipe, BUNDLED_RECIPE below), in a child process
-   timed by wall clock; each dataset is split on its own with seed 0 (80/20). ``synthetic-white`` is
+   ``--extra`` options (default: the bundled model's recipe, BUNDLED_RECIPE below), then its outline
+   head alone from that run's best.pt (``--outline-extra``, OUTLINE_STAGE), in child processes timed
+   together by wall clock; each dataset is split on its own with seed 0 (80/20). ``synthetic-white`` is
    ``--synthetic`` smears of 256x256 px painted by hemaseg.data.synthetic at dataset1's scale, only
    their white cells annotated (as ``cell``, Zheng's name), written first (not timed).
 2. Scores the best epoch on each dataset's held-out images (``split.json`` val list) at native
    resolution, each dataset at its measured cell diameter: whole-cell mean IoU and Dice (the union
-   of cells per image, the recipe's score), F1 at IoU 0.5, nucleus Dice.
+   of cells per image, the recipe's score), F1 at IoU 0.5, nucleus Dice; a model with an outline head
+   also without it (Mask R-CNN's own masks), to show what the head adds.
 3. Times segmentation per image (model call to sparse cells, after one warm-up image) on the same
    held-out images for the trained default and the original recipe's configuration
    (maskrcnn_resnet50_fpn, 800 px short side, random weights: 100 detections at a 0.05 score floor,
@@ -43,7 +45,10 @@ from hemaseg.model import ModelConfig, build_model, data_diameters, read_checkpo
 from hemaseg.predict import ModelMethod, PredictConfig, SegmentConfig, predict_cells
 
 DATASETS = ("dataset1", "dataset2")
-BUNDLED_RECIPE = ["--diameter", "80", "--mask-roi", "28", "--mask-channels", "64", "--fields", "0.25", "--epochs", "10"]
+BUNDLED_RECIPE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--repeat", "0.6", "--repeat", "3", "--repeat", "1",
+                  "--epochs", "10"]
+# second stage: the outline head alone, every training crop once per epoch, from the first stage's best.pt
+OUTLINE_STAGE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--outline-only", "--epochs", "10"]
 SYNTH_WHITE = SynthConfig.wbc_field(256, 256, white=(1, 2))
 
 
@@ -62,13 +67,16 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def score_held_out(model_path: Path, zheng: Path, name: str, diameters: dict[str, float]):
+def score_held_out(model_path: Path, zheng: Path, name: str, diameters: dict[str, float], outline: bool = True):
     """Score a trained model on one Zheng dataset's held-out images (its run folder's ``split.json`` val
-    list) at native resolution, at the dataset's measured diameter: (row of the report, the method, the refs)."""
+    list) at native resolution, at the dataset's measured diameter: (row of the report, the method, the refs).
+    ``outline=False`` leaves a model's outline head unused (Mask R-CNN's own masks), for comparison."""
     source = open_dataset(zheng / name)
     held_out = select_refs(source.refs, source.root, model_path.parent / "split.json", "val")
     cfg = SegmentConfig(diameter=diameters.get(name))
     method = ModelMethod.from_checkpoint(model_path, cfg)
+    if not outline:
+        method.model.outline = None
     s = evaluate_method(method, source, held_out, cfg, progress=False).summary
     row = {"data": name, "held-out images": s["images"], "mean IoU": s["mean_iou"], "Dice": s["mean_dice"],
            "F1@0.5": s["f1_50"], "nucleus Dice": s.get("nucleus_dice", float("nan"))}
@@ -81,6 +89,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/default"))
     ap.add_argument("--model", type=Path, help="a trained best.pt (its run folder's split.json is used): no training")
     ap.add_argument("--extra", default=" ".join(BUNDLED_RECIPE), help="options added to `hemaseg train`")
+    ap.add_argument("--outline-extra", default=" ".join(OUTLINE_STAGE),
+                    help="options of a second `hemaseg train` from the first's best.pt ('' : no second stage)")
     ap.add_argument("--synthetic", type=int, default=40, help="synthetic white-cell smears added to training (0: none)")
     ap.add_argument("--timing-images", type=int, default=10, help="held-out images per dataset timed")
     args = ap.parse_args()
@@ -95,29 +105,40 @@ def main() -> None:
             synth = args.work / "synthetic-white"
             write_dataset(synth, args.synthetic, SYNTH_WHITE, seed=0, annotate={"white_cell": "cell"})
             data.append(synth)
-        cmd = [str(Path(sys.executable).with_name("hemaseg")), "train", *(x for d in data for x in ("--data", str(d))),
-               "--out", str(run), "--no-progress", *args.extra.split()]
-        print("$ " + " ".join(cmd), flush=True)
+        base = [str(Path(sys.executable).with_name("hemaseg")), "train", *(x for d in data for x in ("--data", str(d))),
+                "--no-progress"]
+        stages = [base + ["--out", str(run), *args.extra.split()]]
+        model_path = run / "best.pt"
+        if args.outline_extra:
+            stages.append(base + ["--out", str(args.work / "outline"), "--weights", str(model_path), *args.outline_extra.split()])
+            model_path = args.work / "outline" / "best.pt"
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        for cmd in stages:
+            print("$ " + " ".join(cmd), flush=True)
+            ts = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            print(f"stage done in {(time.perf_counter() - ts) / 60:.1f} min", flush=True)
         train_min = (time.perf_counter() - t0) / 60
         train_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
-        model_path = run / "best.pt"
     else:
         model_path, train_min = args.model, None
     ckpt = read_checkpoint(model_path)
     diameters = data_diameters(model_path)
     rows, timing = [], []
     recipe = build_model(ModelConfig.recipe()).eval()
+    outlined = bool(ckpt["config"].get("outline"))
     for name in DATASETS:
         row, method, held_out = score_held_out(model_path, args.zheng, name, diameters)
         rows.append(row)
+        if outlined:  # the same model with Mask R-CNN's own masks: what the outline head adds
+            plain = score_held_out(model_path, args.zheng, name, diameters, outline=False)[0]
+            rows.append({**plain, "data": f"{name}, without the outline head"})
         images = [image_to_tensor(read_image(r.image)) for r in held_out[: args.timing_images]]
         default_s = _time(method, images)
         recipe_s = _time(lambda im: predict_cells(recipe, [im], PredictConfig(score_threshold=0.05)), images)
         timing.append({"data": f"{name} ({tuple(images[0].shape[1:])} px)", "default s/image": default_s,
                        "recipe s/image": recipe_s, "speed-up": recipe_s / default_s})
-        print(json.dumps(rows[-1]), json.dumps(timing[-1]), flush=True)
+        print(json.dumps(row), json.dumps(timing[-1]), flush=True)
 
     print(f"\nmodel {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), best epoch {ckpt.get('epoch')}"
           + (f", training {train_min:.1f} min wall, peak RSS {train_rss:.2f} GB" if train_min is not None else "")

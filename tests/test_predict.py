@@ -5,20 +5,78 @@ from hemaseg.model import ModelConfig, build_model
 from hemaseg.predict import PredictConfig, area_caps, predict, predict_cells
 
 
-def test_sparse_masks_equal_torchvision_pasted_masks():
+def _disc(h, w, cy, cx, r):
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def _roundtrip(truth: np.ndarray, m: int, resized: tuple[int, int] | None = None):
+    """A true mask cut by RoIAlign in its box (as torchvision makes mask targets), optionally in the image
+    resized to ``resized``, and put back by hemaseg.predict._sparse: the mask a perfect model would give."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
+    from hemaseg.data.contract import masks_to_boxes
+    from hemaseg.predict import _sparse
+
+    t = torch.from_numpy(truth[None].astype(np.uint8))
+    if resized is not None:
+        t = (torch.nn.functional.interpolate(t[None].float(), size=resized, mode="bilinear")[0] >= 0.5).byte()
+    box = masks_to_boxes(t)
+    probs = project_masks_on_boxes(t, box, torch.zeros(1, dtype=torch.int64), m)[:, None]
+    det = {"masks": probs, "boxes": box, "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}
+    return _sparse(det, tuple(t.shape[1:]), truth.shape, PredictConfig()).union()
+
+
+def _iou_and_shift(a: np.ndarray, b: np.ndarray):
+    ya, xa = np.nonzero(a)
+    yb, xb = np.nonzero(b)
+    return (a & b).sum() / (a | b).sum(), (xa.mean() - xb.mean(), ya.mean() - yb.mean())
+
+
+def test_true_masks_come_back_in_place_through_the_mask_grid():
+    truth = _disc(120, 120, 57.3, 61.8, 36.5)  # a dataset1-sized cell
+    iou, (dx, dy) = _iou_and_shift(_roundtrip(truth, 56), truth)
+    assert iou > 0.995 and abs(dx) < 0.1 and abs(dy) < 0.1
+    iou28, _ = _iou_and_shift(_roundtrip(truth, 28), truth)
+    assert 0.985 < iou28 < iou
+    # the model saw the image at half size: the mask goes back to the input's pixels, still in place
+    iou_half, (dx, dy) = _iou_and_shift(_roundtrip(truth, 56, resized=(60, 60)), truth)
+    assert iou_half > 0.97 and abs(dx) < 0.2 and abs(dy) < 0.2
+
+
+def test_torchvisions_paste_shifts_the_same_masks_up_and_left():
+    """What the mask grid replaced: torchvision's paste_masks_in_image on the same RoIAlign targets."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
+
+    from hemaseg.data.contract import masks_to_boxes
+
+    truth = _disc(120, 120, 57.3, 61.8, 36.5)
+    t = torch.from_numpy(truth[None].astype(np.uint8))
+    box = masks_to_boxes(t)
+    probs = project_masks_on_boxes(t, box, torch.zeros(1, dtype=torch.int64), 56)[:, None]
+    theirs = paste_masks_in_image(probs, box, (120, 120))[0, 0].numpy() >= 0.5
+    iou, (dx, dy) = _iou_and_shift(theirs, truth)
+    assert iou < 0.98 and dx < -0.3 and dy < -0.3
+    assert _iou_and_shift(_roundtrip(truth, 56), truth)[0] > iou + 0.015
+
+
+def test_sparse_masks_match_torchvision_detections():
     torch.manual_seed(0)
     model = build_model(ModelConfig(classes=("a", "b"), scale=1.3, detections_per_image=60)).eval()
     images = [torch.rand(3, 90, 120), torch.rand(3, 64, 64)]
     cfg = PredictConfig(score_threshold=0.0)
     with torch.inference_mode(), area_caps(model, 90 * 120 * 1.3**2):
-        reference = model(images)  # torchvision's own postprocess: full-size pasted masks
+        reference = model(images)  # torchvision's own postprocess: the same detections, full-size pasted masks
     cells = predict_cells(model, images, cfg)
     for ref, c, im in zip(reference, cells, images):
         assert len(ref["scores"]) > 5  # random weights: plenty of detections to compare
         masks = (ref["masks"][:, 0] >= 0.5).numpy()
         nonempty = masks.reshape(len(masks), -1).any(1)
-        assert np.array_equal(c.dense(), masks[nonempty].astype(np.uint8))
-        assert np.allclose(c.scores, ref["scores"][nonempty].numpy()) and c.labels.tolist() == ref["labels"][nonempty].tolist()
+        # the same detections in the same order (a few tiny masks are empty in one paste, not the other);
+        # where the masks go is tested above on true masks (random weights give masks near 0.5 everywhere)
+        assert abs(len(c) - nonempty.sum()) <= 0.1 * len(c)
+        index = [int(np.flatnonzero(ref["scores"].numpy() == s)[0]) for s in c.scores]
+        assert index == sorted(index) and c.labels.tolist() == ref["labels"][index].tolist()
         assert (c.height, c.width) == tuple(im.shape[1:])
     dense = predict(model, images[:1], cfg)[0]
     assert dense["masks"].dtype == torch.uint8 and dense["masks"].shape[1:] == (90, 120)
@@ -39,21 +97,18 @@ def test_caps_follow_the_image_area_with_a_floor_and_are_restored():
     assert model.rpn._pre_nms_top_n["testing"] == 1000
 
 
-def test_a_finer_mask_head_gives_finer_masks_through_the_same_paste():
+def test_a_finer_mask_head_gives_finer_masks():
     torch.manual_seed(0)
     model = build_model(ModelConfig(mask_roi=28, mask_channels=32, detections_per_image=20)).eval()
     assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
     images = [torch.rand(3, 80, 96)]
-    with torch.inference_mode(), area_caps(model, 80 * 96):
-        reference = model(images)
+    with torch.inference_mode():
         features = model.backbone(model.transform(images)[0].tensors)
         boxes = [torch.tensor([[10.0, 10.0, 60.0, 50.0]])]
         logits = model.roi_heads.mask_predictor(model.roi_heads.mask_head(
             model.roi_heads.mask_roi_pool(features, boxes, [(80, 96)])))
     assert logits.shape[-2:] == (56, 56)
-    cells = predict_cells(model, images, PredictConfig(score_threshold=0.0))[0]
-    masks = (reference[0]["masks"][:, 0] >= 0.5).numpy()
-    assert np.array_equal(cells.dense(), masks[masks.reshape(len(masks), -1).any(1)].astype(np.uint8))
+    assert len(predict_cells(model, images, PredictConfig(score_threshold=0.0))[0]) > 0
 
 
 def test_segment_diameter_resizes_to_the_models_cell_size(tmp_path):

@@ -144,3 +144,50 @@ def test_training_at_a_diameter_resizes_each_dataset_and_the_model_keeps_it(smea
     assert read_checkpoint(tmp_path / "run" / "best.pt")["data_diameters"] == {str(smears): pytest.approx(measured, abs=0.05)}
     with pytest.raises(ValueError, match="diameter must be > 0"):
         _cfg(smears, tmp_path / "bad", diameter=-1.0)
+
+
+def test_repeat_factors_set_each_datasets_share_of_an_epoch_and_an_outline_head_trains(tmp_path, monkeypatch):
+    import json
+
+    import hemaseg.train as train_module
+    from conftest import semantic_pair
+
+    from hemaseg.model import ModelConfig
+    from hemaseg.outline import MaskRCNNWithOutline
+
+    for i in range(5):
+        semantic_pair(tmp_path / "data" / "d1", f"{i:03d}", h=40, w=40, cells=((5, 5, 25, 25),))
+        semantic_pair(tmp_path / "data" / "d2", f"{i:03d}", h=48, w=48, cells=((10, 10, 30, 34),))
+    data = (str(tmp_path / "data" / "d1"), str(tmp_path / "data" / "d2"))
+    orders = []
+
+    def spy(sizes, factors, generator):
+        orders.append(train_module.repeat_indices.__wrapped__(sizes, factors, generator))
+        return orders[-1]
+
+    spy.__wrapped__ = train_module.repeat_indices
+    monkeypatch.setattr(train_module, "repeat_indices", spy)
+    cfg = _cfg(data, tmp_path / "run", epochs=2, repeat=(0.5, 2), model=ModelConfig(outline=4))
+    result = train(cfg, progress=False, log=lambda s: None)
+    epochs = orders[1:]  # the first call only sizes the epoch
+    assert len(epochs) == 2 and epochs[0] != epochs[1]
+    for order in epochs:  # 4 training images each: d1 -> 2 of its 4 once, d2 -> all 4 twice
+        assert len(order) == 10 and sum(i < 4 for i in order) == 2 and len({i for i in order if i < 4}) == 2
+        assert sorted(i for i in order if i >= 4) == [4, 4, 5, 5, 6, 6, 7, 7]
+    assert result.history[-1]["loss_outline"] > 0
+    assert isinstance(load_model(tmp_path / "run" / "best.pt")[0], MaskRCNNWithOutline)
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["train"])
+    assert saved.repeat == (0.5, 2.0) and saved.model.outline == 4
+    # a second stage trains the outline head alone: the Mask R-CNN's weights stay bit for bit
+    first = read_checkpoint(tmp_path / "run" / "best.pt")["model"]
+    train(_cfg(data, tmp_path / "stage2", epochs=1, model=ModelConfig(outline=4), outline_only=True,
+               weights=str(tmp_path / "run" / "best.pt")), progress=False, log=lambda s: None)
+    second = read_checkpoint(tmp_path / "stage2" / "last.pt")["model"]
+    changed = {k for k in first if not torch.equal(first[k].float(), second[k].float())}
+    assert changed and all(k.startswith("outline.") for k in changed)
+    with pytest.raises(ValueError, match="needs --outline and --weights"):
+        _cfg(data, tmp_path / "x", outline_only=True, model=ModelConfig(outline=4))
+    with pytest.raises(ValueError, match="one factor > 0 per dataset"):
+        _cfg(data, tmp_path / "x", repeat=(1.0,))
+    with pytest.raises(ValueError, match="one factor > 0 per dataset"):
+        _cfg(data, tmp_path / "x", repeat=(1.0, 0.0))

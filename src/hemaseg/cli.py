@@ -74,6 +74,12 @@ def train(
                                              "many px (datasets of different magnification meet at one cell size)."),
     mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
     mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128)."),
+    outline_only: bool = typer.Option(False, "--outline-only", help="Train only the outline head of the --weights model "
+                                      "(same --outline and options); its Mask R-CNN stays as it is and is not run."),
+    repeat: Optional[list[float]] = typer.Option(None, help="Times each training sample of a dataset is seen per epoch, "
+                                                 "one per --data in order (e.g. 0.5: half of them, 3: each three times)."),
+    outline: int = typer.Option(0, help="Width of a full-resolution U-Net trained with the model that redraws the "
+                                "cells' outlines (hemaseg.outline; the bundled model: 16); 0: Mask R-CNN's own masks."),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
                                  "cells pasted among painted red cells (for crops that annotate white cells only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -87,12 +93,13 @@ def train(
     try:
         aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi,
-                            mask_channels=mask_channels)
+                            mask_channels=mask_channels, outline=outline)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
             warmup_steps=warmup, seed=seed, patience=patience, workers=workers, device=device, amp=amp,
             weights=str(weights) if weights else None, nuclei=nuclei, diameter=diameter, model=model, augment=aug,
+            repeat=tuple(repeat) if repeat else None, outline_only=outline_only,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
     except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError, DivergedError) as err:

@@ -49,7 +49,7 @@ ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
-BUNDLED_SHA256 = "7a5cca07ecbf3f7c8f58c5bca70ecd19746f1ccf4bc50783d3eba5a187c94284"  # of the file: checked before use
+BUNDLED_SHA256 = "8fd9cd785f0c144f474ecf99e1e41df6e2348838fb0b1ba87c13d4496e2b961d"  # of the file: checked before use
 BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "wbc_types.json"  # its white-cell type classifier (hemaseg fit-classifier)
 CHECKPOINT_VERSION = 1
 
@@ -91,6 +91,7 @@ class ModelConfig:
     mask_roi: int = 14  # RoIAlign size of the mask head; its masks are twice that (torchvision: 14 -> 28x28)
     mask_channels: int | None = None  # width of the mask head's 4 convolutions; None: the FPN width
     diameter: float | None = None  # cell diameter (px) the model was trained at; see hemaseg.train, SegmentConfig.diameter
+    outline: int = 0  # width of the full-resolution outline U-Net trained with the model (hemaseg.outline); 0: none
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -110,6 +111,8 @@ class ModelConfig:
         if not 7 <= self.mask_roi <= 64:
             raise ValueError(f"mask_roi must be in 7..64, got {self.mask_roi}")
         check_diameter(self.diameter)
+        if self.outline < 0 or (self.outline and self.arch == "unet"):
+            raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
 
     @property
     def channels(self) -> int:
@@ -155,7 +158,8 @@ class ScaleTransform(GeneralizedRCNNTransform):
         if abs(s - 1.0) < 1e-6:
             return image, target
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        # antialiased when shrinking, as hemaseg.data.transforms.resize_pair shrinks the training data
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=s < 1)[0]
         if target is not None:
             target = dict(target)
             target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
@@ -215,8 +219,15 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
         trunk, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=in_channels, out_channels=c, extra_blocks=LastLevelMaxPool(),
     )
-    model = MaskRCNN(
-        backbone, num_classes=None,
+    extra = {}
+    if cfg.outline:
+        from .nuclei import NUCLEUS_CLASS
+        from .outline import MaskRCNNWithOutline
+
+        skip = cfg.classes.index(NUCLEUS_CLASS) + 1 if NUCLEUS_CLASS in cfg.classes else None
+        extra = {"outline": cfg.outline, "skip_label": skip}
+    model = (MaskRCNNWithOutline if cfg.outline else MaskRCNN)(
+        backbone, num_classes=None, **extra,
         box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_roi, sampling_ratio=2),
         mask_head=MaskRCNNHeads(c, [cfg.mask_channels or c] * 4, 1),

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from .data.dataset import CellDataset, cell_diameter, collate, split_record, split_refs
+from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, split_record, split_refs
 from .data.fields import ANNOTATES_RED
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, remove_stale_temps, write_json, write_text
@@ -77,6 +77,8 @@ class TrainConfig:
     weights: str | None = None  # start from the weights of this hemaseg checkpoint
     nuclei: str = "auto"
     diameter: float | None = None  # bring every dataset's median cell diameter to this many px
+    repeat: tuple[float, ...] | None = None  # per dataset of ``data``: times each training sample is seen per epoch
+    outline_only: bool = False  # train only the outline head; the rest keeps the ``weights`` it starts from
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -86,6 +88,12 @@ class TrainConfig:
             if not self.data:
                 raise ValueError("data: no dataset given")
         check_diameter(self.diameter)
+        if self.repeat is not None:
+            object.__setattr__(self, "repeat", tuple(float(r) for r in self.repeat))
+            if len(self.repeat) != len(self.data_paths) or not all(r > 0 and math.isfinite(r) for r in self.repeat):
+                raise ValueError(f"repeat: one factor > 0 per dataset ({len(self.data_paths)}), got {list(self.repeat)}")
+        if self.outline_only and not (self.model.outline and self.weights):
+            raise ValueError("outline_only trains the outline head of a trained model: it needs --outline and --weights")
         if self.nuclei not in ("auto", "off"):
             raise ValueError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
         if self.schedule not in SCHEDULES:
@@ -248,6 +256,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
     train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
                                           resize=resize[id(s)]) for s, refs in train_parts])
+    repeat = list(cfg.repeat) if cfg.repeat is not None else None  # train_parts follow cfg.data's order
+    if repeat is not None:
+        log("samples per epoch: " + ", ".join(f"{s.root} x{r:g}" for (s, _), r in zip(train_parts, repeat)))
     val_loader = None
     if val_parts:
         val_ds = ConcatDataset([CellDataset(s, refs, classes, resize=resize[id(s)]) for s, refs in val_parts])
@@ -256,13 +267,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg, download=state is None)  # a resumed run brings its own weights
     if cfg.weights and state is None:
-        skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights, allow_head_mismatch=True)
+        skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights,
+                               allow_head_mismatch=not cfg.outline_only)
         log(f"started from {cfg.weights}" + (f" (new class heads: {len(skipped)} tensors re-initialised)" if skipped else ""))
+    if cfg.outline_only:  # the Mask R-CNN is frozen and not even run in training: only the head's steps are paid
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("outline."))
+        model.outline_only = True
+        log("training the outline head only")
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     world = group.world if group is not None else 1
-    steps_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / cfg.batch_size)
+    sizes = [len(r) for _, r in train_parts]
+    epoch_len = len(train_ds) if repeat is None else len(repeat_indices(sizes, repeat, torch.Generator()))
+    steps_per_epoch = math.ceil(math.ceil(epoch_len / world) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
 
@@ -290,7 +309,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs + 1):
         gen = _seed_epoch(cfg.seed + (7919 * group.rank if group is not None else 0), epoch)
-        if group is None:
+        if repeat is not None:  # the same epoch order in every process, each taking its share
+            order = repeat_indices(sizes, repeat, torch.Generator().manual_seed(cfg.seed * 7_919 + epoch))
+            if group is not None:
+                order = order[group.rank::group.world]
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=cfg.workers)
+        elif group is None:
             loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                 collate_fn=collate, num_workers=cfg.workers)
         else:

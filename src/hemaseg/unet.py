@@ -19,20 +19,42 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _norm(kind: str, c: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if kind == "batch" else nn.GroupNorm(max(1, c // 4), c)
+
+
+def _block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+def foreground_loss(logits: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy and soft Dice loss of foreground ``logits`` against ``truth`` (0/1), over the
+    pixels where ``valid`` is 1 (all ``Float[B, H, W]``).
+
+    >>> t = torch.zeros(1, 2, 2); t[0, 0] = 1
+    >>> [round(float(v), 3) for v in foreground_loss(20 * (2 * t - 1), t, torch.ones_like(t))]
+    [0.0, 0.0]
+    """
+    bce = (F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * valid).sum() / valid.sum()
+    prob = torch.sigmoid(logits) * valid
+    dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
+    return bce, dice
 
 
 class UNet(nn.Module):
-    """A 4-level U-Net (Ronneberger et al. 2015) with BatchNorm; ``width`` channels at full resolution."""
+    """A 4-level U-Net (Ronneberger et al. 2015); ``width`` channels at full resolution. ``norm``: "batch"
+    (BatchNorm) or "group" (GroupNorm of 4 channels a group: each image normalised on its own, the same
+    in training and inference whatever else is in the batch)."""
 
-    def __init__(self, width: int = 16, levels: int = 4):
+    def __init__(self, width: int = 16, levels: int = 4, norm: str = "batch"):
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         chans = [width * 2**i for i in range(levels)]
-        self.down = nn.ModuleList([_block(3 if i == 0 else chans[i - 1], c) for i, c in enumerate(chans)])
+        self.down = nn.ModuleList([_block(3 if i == 0 else chans[i - 1], c, norm) for i, c in enumerate(chans)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(levels - 1, 0, -1)])
-        self.merge = nn.ModuleList([_block(chans[i - 1] * 2, chans[i - 1]) for i in range(levels - 1, 0, -1)])
+        self.merge = nn.ModuleList([_block(chans[i - 1] * 2, chans[i - 1], norm) for i in range(levels - 1, 0, -1)])
         self.head = nn.Conv2d(chans[0], 1, 1)
         self.multiple = 2 ** (levels - 1)
 
@@ -76,9 +98,7 @@ class UNetSegmenter(nn.Module):
                 valid[i, :h, :w] = 1
                 if len(t["masks"]):
                     truth[i, :h, :w] = t["masks"].amax(dim=0).float()
-            bce = (F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * valid).sum() / valid.sum()
-            prob = torch.sigmoid(logits) * valid
-            dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
+            bce, dice = foreground_loss(logits, truth, valid)
             return {"loss_bce": bce, "loss_dice": dice}
         return [self._instances(torch.sigmoid(logits[i, : im.shape[1], : im.shape[2]])) for i, im in enumerate(images)]
 

@@ -84,6 +84,30 @@ class CellDataset(Dataset):
         return image, target
 
 
+def repeat_indices(sizes: list[int], factors: list[float], generator: torch.Generator) -> list[int]:
+    """One epoch's sample indices into the concatenation of datasets of ``sizes``, dataset ``i`` seen
+    ``factors[i]`` times per sample on average (detectron2's repeat factors): every sample ``floor(f)``
+    times, plus ``round(frac(f) * size)`` of its samples drawn without replacement once more; shuffled.
+    The epoch's length is fixed by ``sizes`` and ``factors``; which samples fill the fractions changes
+    with ``generator``.
+
+    >>> idx = repeat_indices([4, 2], [0.5, 2.0], torch.Generator().manual_seed(0))
+    >>> len(idx), sorted(i for i in idx if i >= 4), len(set(i for i in idx if i < 4))
+    (6, [4, 4, 5, 5], 2)
+    """
+    if len(sizes) != len(factors):
+        raise ValueError(f"{len(factors)} repeat factors for {len(sizes)} datasets")
+    out, start = [], 0
+    for n, f in zip(sizes, factors):
+        if not f > 0:
+            raise ValueError(f"repeat factors must be > 0, got {f}")
+        whole, extra = int(f), round((f - int(f)) * n)
+        out += list(range(start, start + n)) * whole
+        out += (start + torch.randperm(n, generator=generator)[:extra]).tolist()
+        start += n
+    return [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
+
+
 def cell_diameter(source: DatasetSource, refs: list[SampleRef], classes: tuple[str, ...] | None = None,
                   skip: tuple[str, ...] = ()) -> float | None:
     """Median equivalent diameter (px, the diameter of the disk of the same area) of the annotated cells
