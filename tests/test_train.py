@@ -169,7 +169,7 @@ def test_repeat_factors_set_each_datasets_share_of_an_epoch_and_an_outline_head_
     monkeypatch.setattr(train_module, "repeat_indices", spy)
     cfg = _cfg(data, tmp_path / "run", epochs=2, repeat=(0.5, 2), model=ModelConfig(outline=4))
     result = train(cfg, progress=False, log=lambda s: None)
-    epochs = orders[1:]  # the first call only sizes the epoch
+    epochs = orders
     assert len(epochs) == 2 and epochs[0] != epochs[1]
     for order in epochs:  # 4 training images each: d1 -> 2 of its 4 once, d2 -> all 4 twice
         assert len(order) == 10 and sum(i < 4 for i in order) == 2 and len({i for i in order if i < 4}) == 2

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
-from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, split_record, split_refs
+from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, repeat_length, split_record, split_refs
 from .data.fields import ANNOTATES_RED
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, remove_stale_temps, write_json, write_text
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     world = group.world if group is not None else 1
     sizes = [len(r) for _, r in train_parts]
-    epoch_len = len(train_ds) if repeat is None else len(repeat_indices(sizes, repeat, torch.Generator()))
+    epoch_len = len(train_ds) if repeat is None else repeat_length(sizes, repeat)
     steps_per_epoch = math.ceil(math.ceil(epoch_len / world) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
@@ -311,8 +311,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         gen = _seed_epoch(cfg.seed + (7919 * group.rank if group is not None else 0), epoch)
         if repeat is not None:  # the same epoch order in every process, each taking its share
             order = repeat_indices(sizes, repeat, torch.Generator().manual_seed(cfg.seed * 7_919 + epoch))
-            if group is not None:
-                order = order[group.rank::group.world]
+            if group is not None:  # padded to a multiple of the processes (as DistributedSampler): equal shares
+                order = (order + order[: -len(order) % group.world])[group.rank::group.world]
             loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=cfg.workers)
         elif group is None:
             loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,

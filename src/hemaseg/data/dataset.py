@@ -95,17 +95,30 @@ def repeat_indices(sizes: list[int], factors: list[float], generator: torch.Gene
     >>> len(idx), sorted(i for i in idx if i >= 4), len(set(i for i in idx if i < 4))
     (6, [4, 4, 5, 5], 2)
     """
-    if len(sizes) != len(factors):
-        raise ValueError(f"{len(factors)} repeat factors for {len(sizes)} datasets")
     out, start = [], 0
-    for n, f in zip(sizes, factors):
-        if not f > 0:
-            raise ValueError(f"repeat factors must be > 0, got {f}")
-        whole, extra = int(f), round((f - int(f)) * n)
+    for n, (whole, extra) in zip(sizes, _repeat_counts(sizes, factors)):
         out += list(range(start, start + n)) * whole
         out += (start + torch.randperm(n, generator=generator)[:extra]).tolist()
         start += n
     return [out[i] for i in torch.randperm(len(out), generator=generator).tolist()]
+
+
+def _repeat_counts(sizes: list[int], factors: list[float]) -> list[tuple[int, int]]:
+    """Per dataset: (times every sample is taken, samples taken once more)."""
+    if len(sizes) != len(factors):
+        raise ValueError(f"{len(factors)} repeat factors for {len(sizes)} datasets")
+    if not all(f > 0 for f in factors):
+        raise ValueError(f"repeat factors must be > 0, got {list(factors)}")
+    return [(int(f), round((f - int(f)) * n)) for n, f in zip(sizes, factors)]
+
+
+def repeat_length(sizes: list[int], factors: list[float]) -> int:
+    """The length of every epoch of :func:`repeat_indices`.
+
+    >>> repeat_length([4, 2], [0.5, 2.0])
+    6
+    """
+    return sum(whole * n + extra for n, (whole, extra) in zip(sizes, _repeat_counts(sizes, factors)))
 
 
 def cell_diameter(source: DatasetSource, refs: list[SampleRef], classes: tuple[str, ...] | None = None,
