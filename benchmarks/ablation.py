@@ -6,7 +6,10 @@
 
 Each ``--run NAME=OPTIONS`` is one ``hemaseg train`` on dataset1 + dataset2 (``--datasets``; each split
 with seed 0, 80/20, as ``default_model.py``) + ``--synthetic`` painted white-cell smears; the pseudo-option
-``--no-synthetic`` in OPTIONS leaves the smears out. ``--parallel K`` trains K runs at once (on a GPU
+``--no-synthetic`` in OPTIONS leaves the smears out. ``NAME=STAGE1 || STAGE2`` trains a second stage after
+the first, from its best.pt (``--weights``, out ``NAME/outline``: e.g. the outline head alone,
+``default_model.OUTLINE_STAGE``); the run's wall time is both stages' and its scores are the second's.
+``--parallel K`` trains K runs at once (on a GPU
 machine; on a 2-core CPU keep 1), each with ``cores / K`` threads. A run still training at
 ``--deadline`` seconds is stopped and its best epoch so far is scored (the table says so). Every
 finished or stopped run is scored on each dataset's held-out images at native resolution, at its
@@ -32,15 +35,19 @@ from hemaseg.data.synthetic import write_dataset
 from hemaseg.model import data_diameters, read_checkpoint
 
 
-def _command(name: str, options: str, data: list[Path], synth: Path | None, work: Path) -> list[str]:
-    opts = options.split()
+def _command(name: str, options: str, data: list[Path], synth: Path | None, work: Path, stage: int = 1) -> list[str]:
+    opts = options.split("||")[stage - 1].split()
+    out = work / name
+    if stage == 2:
+        opts += ["--weights", str(out / "best.pt")]
+        out = out / "outline"
     paths = list(data)
     if "--no-synthetic" in opts:
         opts.remove("--no-synthetic")
     elif synth is not None:
         paths.append(synth)
     return [sys.executable, "-m", "hemaseg", "train", *(x for d in paths for x in ("--data", str(d))),
-            "--out", str(work / name), "--no-progress", *opts]
+            "--out", str(out), "--no-progress", *opts]
 
 
 def main() -> None:
@@ -65,20 +72,24 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 2) // args.parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     pending = list(runs)
-    live: dict[str, tuple[subprocess.Popen, float]] = {}
+    live: dict[str, tuple[subprocess.Popen, float, int]] = {}  # name -> (process, start, stage)
     wall: dict[str, float] = {}
     stopped: set[str] = set()
     t_start = time.perf_counter()
+    data = [args.zheng / d for d in args.datasets]
+
+    def start(name: str, stage: int, t0: float) -> None:
+        cmd = _command(name, runs[name], data, synth, args.work, stage)
+        print("$ " + " ".join(cmd), flush=True)
+        log = open(args.work / f"{name}.log", "a" if stage == 2 else "w")  # noqa: SIM115 - closed with the process
+        live[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), t0, stage)
+
     while pending or live:
         while pending and len(live) < args.parallel:
-            name = pending.pop(0)
-            cmd = _command(name, runs[name], [args.zheng / d for d in args.datasets], synth, args.work)
-            print("$ " + " ".join(cmd), flush=True)
-            log = open(args.work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            live[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.perf_counter())
+            start(pending.pop(0), 1, time.perf_counter())
         time.sleep(2)
         late = args.deadline is not None and time.perf_counter() - t_start > args.deadline
-        for name, (proc, t0) in list(live.items()):
+        for name, (proc, t0, stage) in list(live.items()):
             if late and proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -86,7 +97,9 @@ def main() -> None:
             if proc.poll() is not None:
                 wall[name] = time.perf_counter() - t0
                 del live[name]
-                print(f"{name}: exit {proc.returncode} after {wall[name] / 60:.1f} min", flush=True)
+                print(f"{name}: stage {stage} exit {proc.returncode} after {wall[name] / 60:.1f} min", flush=True)
+                if stage == 1 and "||" in runs[name] and proc.returncode == 0 and not late:
+                    start(name, 2, t0)
         if late:
             stopped.update(pending)
             pending.clear()
@@ -94,11 +107,11 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     rows, epochs = [], {}
     for name in runs:
-        best = args.work / name / "best.pt"
+        best = args.work / name / ("outline/best.pt" if "||" in runs[name] else "best.pt")
         if not best.is_file():
             print(f"{name}: no best.pt (see {args.work / name}.log)", flush=True)
             continue
-        metrics = args.work / name / "metrics.csv"
+        metrics = best.parent / "metrics.csv"
         epochs[name] = list(csv.DictReader(metrics.open())) if metrics.is_file() else []
         diameters = data_diameters(best)
         row = {"run": name, "train min": wall.get(name, float("nan")) / 60,

@@ -13,10 +13,12 @@ original recipe on the same images in the same process, and peak memory.
    their white cells annotated (as ``cell``, Zheng's name), written first (not timed).
 2. Scores the best epoch on each dataset's held-out images (``split.json`` val list) at native
    resolution, each dataset at its measured cell diameter: whole-cell mean IoU and Dice (the union
-   of cells per image, the recipe's score), F1 at IoU 0.5, nucleus Dice; a model with an outline head
-   also without it (Mask R-CNN's own masks), to show what the head adds.
+   of cells per image, the recipe's score), F1 at IoU 0.5, nucleus Dice (and the same for the run's last.pt
+   when it is not the best epoch: the held-out images chose that epoch); a model with an outline head
+   also without it (Mask R-CNN's own masks), to show what the head adds; and in float32 (``--no-amp``).
 3. Times segmentation per image (model call to sparse cells, after one warm-up image) on the same
-   held-out images for the trained default and the original recipe's configuration
+   held-out images for the trained default (as `hemaseg segment` runs it, and in float32: ``--no-amp``)
+   and the original recipe's configuration (float32)
    (maskrcnn_resnet50_fpn, 800 px short side, random weights: 100 detections at a 0.05 score floor,
    which is what a random model returns and what the recipe computed and pasted).
 4. Peak resident memory of the training child process and of this process (the timing).
@@ -47,8 +49,10 @@ from hemaseg.predict import ModelMethod, PredictConfig, SegmentConfig, predict_c
 DATASETS = ("dataset1", "dataset2")
 BUNDLED_RECIPE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--repeat", "0.6", "--repeat", "3", "--repeat", "1",
                   "--epochs", "10"]
-# second stage: the outline head alone, every training crop once per epoch, from the first stage's best.pt
-OUTLINE_STAGE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--outline-only", "--epochs", "10"]
+# second stage: the outline head alone from the first stage's best.pt, every training crop once per epoch and
+# dataset2's three times (docs/benchmarks.md: its outlines needed more passes than dataset1's)
+OUTLINE_STAGE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--outline-only", "--repeat", "1", "--repeat", "3",
+                 "--repeat", "1", "--epochs", "10"]
 SYNTH_WHITE = SynthConfig.wbc_field(256, 256, white=(1, 2))
 
 
@@ -67,13 +71,15 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def score_held_out(model_path: Path, zheng: Path, name: str, diameters: dict[str, float], outline: bool = True):
+def score_held_out(model_path: Path, zheng: Path, name: str, diameters: dict[str, float], outline: bool = True,
+                   amp: bool = True):
     """Score a trained model on one Zheng dataset's held-out images (its run folder's ``split.json`` val
     list) at native resolution, at the dataset's measured diameter: (row of the report, the method, the refs).
-    ``outline=False`` leaves a model's outline head unused (Mask R-CNN's own masks), for comparison."""
+    ``outline=False`` leaves a model's outline head unused (Mask R-CNN's own masks), ``amp=False`` runs
+    it in float32 (no bfloat16 on a CPU with AMX), for comparison."""
     source = open_dataset(zheng / name)
     held_out = select_refs(source.refs, source.root, model_path.parent / "split.json", "val")
-    cfg = SegmentConfig(diameter=diameters.get(name))
+    cfg = SegmentConfig(diameter=diameters.get(name), amp=amp)
     method = ModelMethod.from_checkpoint(model_path, cfg)
     if not outline:
         method.model.outline = None
@@ -125,6 +131,7 @@ def main() -> None:
     ckpt = read_checkpoint(model_path)
     diameters = data_diameters(model_path)
     rows, timing = [], []
+    torch.manual_seed(0)  # the same random recipe model in every run
     recipe = build_model(ModelConfig.recipe()).eval()
     outlined = bool(ckpt["config"].get("outline"))
     for name in DATASETS:
@@ -133,12 +140,21 @@ def main() -> None:
         if outlined:  # the same model with Mask R-CNN's own masks: what the outline head adds
             plain = score_held_out(model_path, args.zheng, name, diameters, outline=False)[0]
             rows.append({**plain, "data": f"{name}, without the outline head"})
+        fp32, fp32_method, _ = score_held_out(model_path, args.zheng, name, diameters, amp=False)
+        rows.append({**fp32, "data": f"{name}, float32 (--no-amp)"})
         images = [image_to_tensor(read_image(r.image)) for r in held_out[: args.timing_images]]
         default_s = _time(method, images)
-        recipe_s = _time(lambda im: predict_cells(recipe, [im], PredictConfig(score_threshold=0.05)), images)
+        recipe_s = _time(lambda im: predict_cells(recipe, [im], PredictConfig(score_threshold=0.05, amp=False)), images)
+        fp32_s = _time(fp32_method, images)
         timing.append({"data": f"{name} ({tuple(images[0].shape[1:])} px)", "default s/image": default_s,
-                       "recipe s/image": recipe_s, "speed-up": recipe_s / default_s})
+                       "recipe s/image": recipe_s, "speed-up": recipe_s / default_s, "default --no-amp s/image": fp32_s,
+                       "amp speed-up": fp32_s / default_s})
         print(json.dumps(row), json.dumps(timing[-1]), flush=True)
+    last = model_path.with_name("last.pt")
+    if model_path.name == "best.pt" and last.is_file() and read_checkpoint(last).get("epoch") != ckpt.get("epoch"):
+        for name in DATASETS:  # the held-out images chose the best epoch: the last one is the figure without that choice
+            row = score_held_out(last, args.zheng, name, diameters)[0]
+            rows.append({**row, "data": f"{name}, last epoch ({read_checkpoint(last).get('epoch')}, not selected)"})
 
     print(f"\nmodel {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), best epoch {ckpt.get('epoch')}"
           + (f", training {train_min:.1f} min wall, peak RSS {train_rss:.2f} GB" if train_min is not None else "")

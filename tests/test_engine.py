@@ -71,3 +71,49 @@ def test_evaluate_leaves_nucleus_instances_out_of_the_cell_scores():
     answer["labels"] = torch.tensor([1, 2, 2])
     plain = evaluate(Oracle([dict(answer)]), loader)  # without nucleus_label the nucleus counts as a cell
     assert plain["f1_50"] < 1.0 and "nucleus_dice" not in plain
+
+
+class _Recorder(nn.Module):
+    """A linear model whose loss records the dtype its forward pass computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.dtypes = []
+
+    def forward(self, images, targets=None):
+        y = self.lin(torch.stack([im.flatten()[:4] for im in images]))
+        self.dtypes.append(y.dtype)
+        return {"loss_a": (y.float() - 1).pow(2).mean()}
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_train_one_epoch_runs_the_forward_pass_in_the_asked_precision(autocast):
+    model = _Recorder()
+    before = model.lin.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = ([torch.rand(3, 4, 4)], [make_target(np.zeros((0, 4, 4), np.uint8), [])])
+    train_one_epoch(model, opt, [batch], torch.device("cpu"), autocast=autocast, progress=False)
+    assert model.dtypes == [autocast or torch.float32]
+    assert model.lin.weight.dtype == torch.float32 and not torch.equal(model.lin.weight, before)  # float32 master weights, updated
+
+
+def test_training_precision_by_device_and_cpu(monkeypatch):
+    import hemaseg.engine as engine
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.training_precision(cuda, amp=True) == torch.float16
+    assert engine.training_precision(cuda, amp=False) is None
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.training_precision(cpu, amp=True) == torch.bfloat16
+    assert engine.training_precision(cpu, amp=False) is None
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # emulated bfloat16 would be slower
+    assert engine.training_precision(cpu, amp=True) is None
+
+
+def test_native_bf16_read_from_the_cpu_flags():
+    from hemaseg.engine import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert not cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert not cpu_has_native_bf16("")  # no flags line (not Linux x86): float32

@@ -64,7 +64,7 @@ def test_sparse_masks_match_torchvision_detections():
     torch.manual_seed(0)
     model = build_model(ModelConfig(classes=("a", "b"), scale=1.3, detections_per_image=60)).eval()
     images = [torch.rand(3, 90, 120), torch.rand(3, 64, 64)]
-    cfg = PredictConfig(score_threshold=0.0)
+    cfg = PredictConfig(score_threshold=0.0, amp=False)  # float32, as torchvision's own forward
     with torch.inference_mode(), area_caps(model, 90 * 120 * 1.3**2):
         reference = model(images)  # torchvision's own postprocess: the same detections, full-size pasted masks
     cells = predict_cells(model, images, cfg)
@@ -126,3 +126,25 @@ def test_segment_diameter_resizes_to_the_models_cell_size(tmp_path):
         ModelMethod.from_checkpoint(plain, SegmentConfig(diameter=160))
     with pytest.raises(ValueError, match="diameter must be > 0"):
         SegmentConfig(diameter=0)
+
+
+def test_amp_runs_the_convolutions_in_bfloat16_and_finds_the_same_cells(monkeypatch):
+    import hemaseg.predict as predict_module
+    from hemaseg.data.contract import image_to_tensor
+    from hemaseg.data.synthetic import SynthConfig, generate
+    from hemaseg.tiling import iou_matrix_cells
+    from hemaseg.model import default_model, load_model
+
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)  # the same path on any CPU
+    model, _ = load_model(default_model())
+    seen = []
+    model.backbone.body.register_forward_hook(lambda m, i, out: seen.append(next(iter(out.values())).dtype))
+    model.outline.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype))
+    image = image_to_tensor(generate(np.random.default_rng(3), SynthConfig.wbc_field(256, 256, white=(2, 2))).image)
+    fp32 = predict_module.predict_cells(model, [image], predict_module.PredictConfig(amp=False))[0]
+    assert seen == [torch.float32, torch.float32]
+    bf16 = predict_module.predict_cells(model, [image], predict_module.PredictConfig(amp=True))[0]
+    assert seen[2:] == [torch.bfloat16, torch.bfloat16]
+    assert len(fp32) == len(bf16) >= 2 and bf16.boxes.dtype == fp32.boxes.dtype
+    iou = iou_matrix_cells(fp32, bf16)
+    assert iou.max(axis=1).min() > 0.97  # every cell found again, outline within about a pixel

@@ -91,7 +91,7 @@ class CocoAccumulator:
                 continue
             with contextlib.redirect_stdout(io.StringIO()):
                 gt = COCO()
-                gt.dataset = {"images": self.images, "annotations": self.gts, "categories": [{"id": 1, "name": "cell"}]}
+                gt.dataset = {"info": {}, "images": self.images, "annotations": self.gts, "categories": [{"id": 1, "name": "cell"}]}
                 gt.createIndex()
                 dt = gt.loadRes([dict(d) for d in self.dts])
                 ev = COCOeval(gt, dt, iou_type)

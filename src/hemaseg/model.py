@@ -82,8 +82,8 @@ class ModelConfig:
     fpn_channels: int | None = None  # FPN and head width; None: 128 for resnet18_fpn, 256 (fixed) for resnet50_fpn
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     rpn_batch_size: int = 128  # anchors sampled per image for the RPN loss (torchvision: 256)
-    roi_batch_size: int = 128  # RoIs sampled per image for the heads' loss (torchvision: 512)
-    rpn_post_nms_train: int = 1000
+    roi_batch_size: int = 64  # RoIs sampled per image for the heads' loss (torchvision: 512); a few cells per image
+    rpn_post_nms_train: int = 300  # proposals kept per image in training (torchvision: 2000)
     rpn_post_nms_test: int = 1000  # at inference this and detections_per_image hold per 1024x1024 px, at least 100 (hemaseg.predict.area_caps)
     detections_per_image: int = 1000
     box_score_threshold: float = 0.05

@@ -98,11 +98,14 @@ class MaskRCNNWithOutline(MaskRCNN):
 
 
 def foreground_maps(model: MaskRCNNWithOutline, tensors: torch.Tensor, resized: list[tuple[int, int]],
-                    sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+                    sizes: list[tuple[int, int]], bf16: bool = False) -> list[np.ndarray]:
     """The outline head's foreground (``HxW bool``, probability >= 0.5) of each image of a batch, brought
-    back from its ``resized`` size to its input ``size`` (bilinear on the probabilities)."""
+    back from its ``resized`` size to its input ``size`` (bilinear on the probabilities). ``bf16``: the
+    U-Net's convolutions in bfloat16 (CPU autocast), the probabilities in float32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits_all = model.outline(tensors, resized)
     out = []
-    for logits, (rh, rw), (h, w) in zip(model.outline(tensors, resized), resized, sizes):
+    for logits, (rh, rw), (h, w) in zip(logits_all, resized, sizes):
         p = torch.sigmoid(logits.float())
         if (rh, rw) != (h, w):
             p = F.interpolate(p[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]

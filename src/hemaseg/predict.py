@@ -21,10 +21,30 @@ from .tiling import Cells, mask_extent, segment_tiled
 @dataclass(frozen=True)
 class PredictConfig:
     """Which detections become cells: ``score >= score_threshold`` and mask pixels with
-    probability ``>= mask_threshold``."""
+    probability ``>= mask_threshold``. ``amp``: on a CPU that computes bfloat16 natively
+    (:func:`cpu_has_native_bf16`), run the convolutions of the backbone and of the outline head in
+    bfloat16 (the heads, boxes and masks stay float32)."""
 
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
+    amp: bool = True
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16: the ``amx_bf16`` or
+    ``avx512_bf16`` flag of ``/proc/cpuinfo``, or of the ``cpuinfo`` text given). Elsewhere bfloat16 is
+    emulated and slower than float32.
+
+    >>> cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f"), cpu_has_native_bf16("flags\t: avx512f amx_bf16 amx_tile")
+    (False, True)
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 @torch.inference_mode()
@@ -46,17 +66,20 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
         heads.score_thresh = max(floor, cfg.score_threshold)
     device = next(model.parameters()).device
     sizes = [tuple(im.shape[-2:]) for im in images]
+    bf16 = cfg.amp and device.type == "cpu" and cpu_has_native_bf16()
     try:
         if isinstance(model, GeneralizedRCNN):
             batch, _ = model.transform([im.to(device) for im in images])
             with area_caps(model, max(h * w for h, w in batch.image_sizes)):
-                features = model.backbone(batch.tensors)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    features = model.backbone(batch.tensors)
+                features = type(features)((k, v.float()) for k, v in features.items())
                 proposals, _ = model.rpn(batch, features)
                 detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
             cells = [_sparse(d, resized, size, cfg) for d, resized, size in zip(detections, batch.image_sizes, sizes)]
             if getattr(model, "outline", None) is None:
                 return cells
-            maps = foreground_maps(model, batch.tensors, batch.image_sizes, sizes)
+            maps = foreground_maps(model, batch.tensors, batch.image_sizes, sizes, bf16=bf16)
             return [refine_outlines(c, fg, OUTLINE_RADIUS * size[1] / resized[1], model.outline_skip_label)
                     for c, fg, resized, size in zip(cells, maps, batch.image_sizes, sizes)]
         outputs = model([im.to(device) for im in images])
@@ -190,6 +213,7 @@ class SegmentConfig:
     overlap: int = 256  # px shared by neighbouring tiles: more than the largest cell
     exports: tuple[str, ...] = ()  # also write: imagej (ROI zip), qupath (GeoJSON), tiff (label TIFF for napari)
     diameter: float | None = None  # px: typical white-cell diameter in the images; resized to the model's (ModelConfig.diameter)
+    amp: bool = True  # bfloat16 convolutions on a CPU that computes them natively (PredictConfig.amp)
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
@@ -231,7 +255,7 @@ class ModelMethod(Method):
         self.classes = tuple(c for c in classes if c != NUCLEUS_CLASS)
         if self.nucleus_label is not None and self.nucleus_label != len(classes):
             raise ValueError(f"the '{NUCLEUS_CLASS}' class must be the model's last class, got {classes}")
-        self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold)
+        self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold, cfg.amp)
 
     @classmethod
     def from_checkpoint(cls, path, cfg: SegmentConfig = SegmentConfig(), device: str = "cpu") -> ModelMethod:
