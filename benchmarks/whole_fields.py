@@ -2,7 +2,7 @@
 outline held-out white cells placed in whole fields, and what it costs them on the held-out crops.
 
     .venv/bin/python benchmarks/whole_fields.py --zheng ../shared/data/wbc-zheng2018 \
-        --split RUN/split.json --model crops=RUN_A/best.pt --model fields=RUN_B/best.pt [--work runs/fields]
+        --split RUN/split.json --model crops=RUN_A/best.pt --model fields=RUN_B/best.pt [--work runs/fields] [--float32-too]
 
 The test fields are built from the *held-out* cells of ``split.json`` only (its ``val`` list), each at its
 dataset's own scale: 640x480 fields for dataset1 (white cells ~75 px wide), 1280x960 for dataset2
@@ -65,19 +65,20 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/fields"))
     ap.add_argument("--n", type=int, default=12, help="fields per dataset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--float32-too", action="store_true", help="also score each model in float32 (segment --no-amp)")
     args = ap.parse_args()
 
     models = dict(m.split("=", 1) for m in args.model)
     rows = []
 
     def score(label, src, refs, key):
-        for model_name, path in models.items():
+        for (model_name, path), amp in ((m, a) for m in models.items() for a in ((True, False) if args.float32_too else (True,))):
             # a model trained at a cell diameter sees each set at its dataset's measured diameter
-            cfg = SegmentConfig(diameter=data_diameters(path).get(key))
+            cfg = SegmentConfig(diameter=data_diameters(path).get(key), amp=amp)
             method = ModelMethod.from_checkpoint(path, cfg)
             s = evaluate_method(method, src, refs, cfg, progress=False).summary
             m = s["matching"]["0.50"]
-            row = {"model": model_name, "data": label, "images": s["images"],
+            row = {"model": model_name + ("" if amp else " (float32)"), "data": label, "images": s["images"],
                    "true cells": m["tp"] + m["fn"], "F1@0.5": s["f1_50"], "precision": s["precision_50"],
                    "recall": s["recall_50"], "matched IoU": m["mean_matched_iou"], "image IoU": s["mean_iou"],
                    "nucleus Dice": s.get("nucleus_dice", float("nan")), "s/image": s["seconds_per_image"]}

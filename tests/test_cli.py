@@ -15,11 +15,15 @@ def test_synth_then_train_from_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 4
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1",
-                            "--batch-size", "2", "--val-fraction", "0.25", "--no-progress", "--scale", "1.5"])
+                            "--batch-size", "2", "--val-fraction", "0.25", "--no-progress", "--scale", "1.5",
+                            "--roi-batch-size", "32", "--train-proposals", "200", "--no-amp"])
     assert r.exit_code == 0, r.output
     assert "best epoch 1" in r.output and str(tmp_path / "run" / "best.pt") in r.output
+    assert "mixed precision" not in r.output  # --no-amp: float32 even on a CPU with AMX
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["scale"] == 1.5 and config["model"]["arch"] == "resnet18_fpn"
+    assert config["model"]["roi_batch_size"] == 32 and config["model"]["rpn_post_nms_train"] == 200
+    assert config["train"]["amp"] is False
     assert config["train"]["epochs"] == 1
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train"]) == 3 and len(split["val"]) == 1

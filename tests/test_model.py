@@ -21,6 +21,16 @@ def test_config_json_round_trip():
         ModelConfig(arch="resnet999")
     with pytest.raises(ValueError, match="COCO weights exist only"):
         ModelConfig(pretrained="coco")
+    with pytest.raises(ValueError, match="roi_batch_size must be >= 1, got 0"):
+        ModelConfig(roi_batch_size=0)
+
+
+def test_the_training_sampling_options_reach_the_model():
+    from hemaseg.model import build_model
+
+    model = build_model(ModelConfig(roi_batch_size=32, rpn_post_nms_train=150))
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    assert model.rpn._post_nms_top_n["training"] == 150 and model.rpn._pre_nms_top_n["training"] == 2000
 
 
 def test_default_model_keeps_a_crop_at_native_size_and_the_recipe_blows_it_up():

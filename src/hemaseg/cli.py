@@ -74,6 +74,8 @@ def train(
                                              "many px (datasets of different magnification meet at one cell size)."),
     mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
     mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128)."),
+    roi_batch_size: int = typer.Option(64, help="RoIs sampled per image for the box and mask losses (torchvision: 512)."),
+    train_proposals: int = typer.Option(300, help="Region proposals kept per image in training (torchvision: 2000)."),
     outline_only: bool = typer.Option(False, "--outline-only", help="Train only the outline head of the --weights model "
                                       "(same --outline and options); its Mask R-CNN stays as it is and is not run."),
     repeat: Optional[list[float]] = typer.Option(None, help="Times each training sample of a dataset is seen per epoch, "
@@ -93,7 +95,8 @@ def train(
     try:
         aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi,
-                            mask_channels=mask_channels, outline=outline)
+                            mask_channels=mask_channels, outline=outline, roi_batch_size=roi_batch_size,
+                            rpn_post_nms_train=train_proposals)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,

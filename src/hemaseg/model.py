@@ -110,6 +110,9 @@ class ModelConfig:
             raise ValueError(f"scale must be > 0, got {self.scale}")
         if not 7 <= self.mask_roi <= 64:
             raise ValueError(f"mask_roi must be in 7..64, got {self.mask_roi}")
+        for name in ("rpn_batch_size", "roi_batch_size", "rpn_post_nms_train", "rpn_post_nms_test"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_diameter(self.diameter)
         if self.outline < 0 or (self.outline and self.arch == "unet"):
             raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
