@@ -151,10 +151,11 @@ def main() -> None:
                        "amp speed-up": fp32_s / default_s})
         print(json.dumps(row), json.dumps(timing[-1]), flush=True)
     last = model_path.with_name("last.pt")
-    if model_path.name == "best.pt" and last.is_file() and read_checkpoint(last).get("epoch") != ckpt.get("epoch"):
+    last_epoch = read_checkpoint(last).get("epoch") if model_path.name == "best.pt" and last.is_file() else None
+    if last_epoch not in (None, ckpt.get("epoch")):
         for name in DATASETS:  # the held-out images chose the best epoch: the last one is the figure without that choice
             row = score_held_out(last, args.zheng, name, diameters)[0]
-            rows.append({**row, "data": f"{name}, last epoch ({read_checkpoint(last).get('epoch')}, not selected)"})
+            rows.append({**row, "data": f"{name}, last epoch ({last_epoch}, not selected)"})
 
     print(f"\nmodel {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), best epoch {ckpt.get('epoch')}"
           + (f", training {train_min:.1f} min wall, peak RSS {train_rss:.2f} GB" if train_min is not None else "")

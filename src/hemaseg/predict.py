@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,18 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     >>> cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f"), cpu_has_native_bf16("flags\t: avx512f amx_bf16 amx_tile")
     (False, True)
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
     return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``, read once per process ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 @torch.inference_mode()

@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         model.outline_only = True
         log("training the outline head only")
     model.to(device)
-    if device.type == "cpu":  # x1.04 per training step on this CPU, as at inference (docs/benchmarks.md)
+    if device.type == "cpu":  # x1.03 per training step on this CPU with bfloat16, as at inference (benchmarks/train_precision.py)
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
