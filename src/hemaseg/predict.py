@@ -79,7 +79,8 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
             with area_caps(model, max(h * w for h, w in batch.image_sizes)):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     features = model.backbone(batch.tensors)
-                features = type(features)((k, v.float()) for k, v in features.items())
+                if bf16:  # the RPN and the heads run in float32
+                    features = type(features)((k, v.float()) for k, v in features.items())
                 proposals, _ = model.rpn(batch, features)
                 detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
             cells = [_sparse(d, resized, size, cfg) for d, resized, size in zip(detections, batch.image_sizes, sizes)]
