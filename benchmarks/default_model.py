@@ -50,9 +50,11 @@ DATASETS = ("dataset1", "dataset2")
 BUNDLED_RECIPE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--repeat", "0.6", "--repeat", "3", "--repeat", "1",
                   "--epochs", "10"]
 # second stage: the outline head alone from the first stage's best.pt, every training crop once per epoch and
-# dataset2's five times (docs/benchmarks.md: its outlines needed more passes than dataset1's)
-OUTLINE_STAGE = ["--diameter", "80", "--fields", "0.25", "--outline", "16", "--outline-only", "--repeat", "1", "--repeat", "5",
-                 "--repeat", "1", "--epochs", "8"]
+# dataset2's five times (its outlines needed more passes than dataset1's), a tenth of them in whole fields whose
+# cells keep 10 px of their own crop (a paste's seam 3 px from the outline taught the head the seam:
+# docs/benchmarks.md)
+OUTLINE_STAGE = ["--diameter", "80", "--fields", "0.1", "--field-rim", "10", "--outline", "16", "--outline-only",
+                 "--repeat", "1", "--repeat", "5", "--repeat", "1", "--epochs", "10"]
 SYNTH_WHITE = SynthConfig.wbc_field(256, 256, white=(1, 2))
 
 

@@ -41,11 +41,12 @@ TEST_FIELDS = FieldConfig(cells=(4, 8), coverage=(0.25, 0.5), overhang=0.3)
 SYNTH_FIELDS = SynthConfig.wbc_field(480, 640)
 
 
-def write_fields(source, refs, out: Path, n: int, size: tuple[int, int], seed: int) -> Path:
-    """``n`` fields of ``size`` from the cells of ``refs``; field k uses the colours of a crop drawn for it."""
+def write_fields(source, refs, out: Path, n: int, size: tuple[int, int], seed: int, rim: int = 3) -> Path:
+    """``n`` fields of ``size`` from the cells of ``refs``, each cut with ``rim`` px of its own crop
+    around it (hemaseg.data.fields.cut_cells); field k uses the colours of a crop drawn for it."""
     ds = CellDataset(source, refs)
     pairs = [ds[i] for i in range(len(ds))]
-    cutouts = [cut_cells(image, target) for image, target in pairs]
+    cutouts = [cut_cells(image, target, rim=rim) for image, target in pairs]
     for k in range(n):
         rng = np.random.default_rng([seed, k])
         chosen = rng.choice(len(pairs), size=int(rng.integers(TEST_FIELDS.cells[0], TEST_FIELDS.cells[1] + 1)), replace=False)
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/fields"))
     ap.add_argument("--n", type=int, default=12, help="fields per dataset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rim", type=int, default=3, help="px of its own crop kept around each pasted cell, fading out "
+                    "(training's fields keep 3; a wider rim puts the paste's seam farther from the true outline)")
     ap.add_argument("--float32-too", action="store_true", help="also score each model in float32 (segment --no-amp)")
     args = ap.parse_args()
 
@@ -90,7 +93,7 @@ def main() -> None:
         held_out = select_refs(source.refs, source.root, args.split, "val")
         out = args.work / f"fields-{name}"
         if not (out / "images").is_dir():
-            write_fields(source, held_out, out, args.n, SIZES[name], args.seed)
+            write_fields(source, held_out, out, args.n, SIZES[name], args.seed, args.rim)
         fields = open_dataset(out)
         score(f"{name} fields", fields, fields.refs, name)
         score(f"{name} crops", source, held_out, name)

@@ -126,3 +126,35 @@ def test_training_with_fields_skips_data_that_annotates_red_cells(white_crops, t
     assert np.isfinite(result.history[0]["loss"])
     saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())["train"])
     assert saved.augment.fields == 0.5
+
+
+def test_fields_keep_the_configured_rim_of_the_cells_own_crop(tmp_path):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    image = (rng.uniform(0, 1, (64, 64, 3)) * 255).astype(np.uint8)  # a crop of pure noise: its own pixels show
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:44, 20:44] = 1
+    write_sample(tmp_path / "crops", "crop", image, labels, ["white_cell"])
+    src = open_dataset(tmp_path / "crops")
+
+    def roughness_at(rim: int, d: float) -> float:
+        """Mean |pixel - its 3x3 median| on the ring ``d`` px outside the pasted cell."""
+        ds = CellDataset(src, classes=("white_cell",), fields=1.0, field_config=FieldConfig(cells=(1, 1), overhang=0.0, rim=rim))
+        torch.manual_seed(1)
+        field, target = ds[0]
+        dist = ndi.distance_transform_edt(~target["masks"][0].numpy().astype(bool))
+        ring = (dist > d - 0.5) & (dist <= d + 0.5)
+        f = field.numpy()
+        return float(np.mean([np.abs(c - ndi.median_filter(c, 3))[ring].mean() for c in f]))
+
+    painted = roughness_at(3, 10)  # beyond any rim: the painted field's own texture (~0.03)
+    assert roughness_at(3, 4) < 1.3 * painted  # 4 px out, a 3 px rim has faded out ...
+    assert roughness_at(8, 4) > 2.5 * painted  # ... an 8 px one is halfway: half the crop's noise (~0.11)
+    assert roughness_at(8, 10) < 1.3 * painted
+    with pytest.raises(ValueError, match="rim must be >= 1"):
+        FieldConfig(rim=0)
+    from hemaseg.data.transforms import AugmentConfig
+
+    with pytest.raises(ValueError, match="field_rim must be >= 1"):
+        AugmentConfig(field_rim=0)

@@ -50,6 +50,27 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     assert skipped and all("predictor" in k for k in skipped)
 
 
+def test_a_fresh_outline_head_is_started_anew_and_the_rest_loaded():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig()).state_dict()
+    four = build_model(ModelConfig(outline=4)).state_dict()
+    deeper = build_model(ModelConfig(outline=4, outline_levels=5))
+    own_head = {k: v.clone() for k, v in deeper.state_dict().items() if k.startswith("outline.")}
+    for source in (plain, four):  # no head, or a head of another depth: the whole head is the model's own
+        new = load_weights(deeper, source, source="stage1.pt", fresh="outline.")
+        assert sorted(new) == sorted(own_head)
+        state = deeper.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in own_head.items())
+        assert all(torch.equal(state[k], v) for k, v in source.items() if not k.startswith("outline."))
+    with pytest.raises(CheckpointError, match="stage1.pt.*missing"):  # only with fresh= may a head be absent
+        load_weights(deeper, plain, source="stage1.pt")
+    same = build_model(ModelConfig(outline=4))
+    assert load_weights(same, four, source="stage1.pt", fresh="outline.") == []  # same head: loaded as it is
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in four.items())
+    with pytest.raises(ValueError, match="outline_levels must be in 2..6"):
+        ModelConfig(outline=4, outline_levels=1)
+
+
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)

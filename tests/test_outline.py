@@ -141,4 +141,7 @@ def test_a_model_with_an_outline_saves_loads_and_predicts(tmp_path):
     model.transform.scale = 0.5  # the model sees it at half size: maps and cells come back at the input's size
     c = predict_cells(model, images, PredictConfig(score_threshold=0.0))[0]
     assert (c.height, c.width) == (48, 64)
-    assert ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != "outline"}).outline == 0
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("outline", "outline_levels")}
+    assert ModelConfig.from_dict(old).outline == 0 and ModelConfig.from_dict(old).outline_levels == 4
+    deeper = build_model(ModelConfig(outline=4, outline_levels=5))
+    assert deeper.outline.net.multiple == 16 and len(deeper.outline.net.down) == 5

@@ -185,6 +185,11 @@ def test_repeat_factors_set_each_datasets_share_of_an_epoch_and_an_outline_head_
     second = read_checkpoint(tmp_path / "stage2" / "last.pt")["model"]
     changed = {k for k in first if not torch.equal(first[k].float(), second[k].float())}
     assert changed and all(k.startswith("outline.") for k in changed)
+    notes = []  # a head of another depth is trained anew from the same first stage
+    train(_cfg(data, tmp_path / "stage2b", epochs=1, model=ModelConfig(outline=4, outline_levels=3), outline_only=True,
+               weights=str(tmp_path / "run" / "best.pt")), progress=False, log=notes.append)
+    assert any("a new outline head" in n for n in notes)
+    assert load_model(tmp_path / "stage2b" / "best.pt")[1].outline_levels == 3
     with pytest.raises(ValueError, match="needs --outline and --weights"):
         _cfg(data, tmp_path / "x", outline_only=True, model=ModelConfig(outline=4))
     with pytest.raises(ValueError, match="one factor > 0 per dataset"):

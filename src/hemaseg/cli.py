@@ -77,13 +77,17 @@ def train(
     roi_batch_size: int = typer.Option(64, help="RoIs sampled per image for the box and mask losses (torchvision: 512)."),
     train_proposals: int = typer.Option(300, help="Region proposals kept per image in training (torchvision: 2000)."),
     outline_only: bool = typer.Option(False, "--outline-only", help="Train only the outline head of the --weights model "
-                                      "(same --outline and options); its Mask R-CNN stays as it is and is not run."),
+                                      "(same --outline and options); its Mask R-CNN stays as it is and is not run. A model "
+                                      "without such a head (or another width or depth) gets a new one."),
     repeat: Optional[list[float]] = typer.Option(None, help="Times each training sample of a dataset is seen per epoch, "
                                                  "one per --data in order (e.g. 0.5: half of them, 3: each three times)."),
     outline: int = typer.Option(0, help="Width of a full-resolution U-Net trained with the model that redraws the "
                                 "cells' outlines (hemaseg.outline; the bundled model: 16); 0: Mask R-CNN's own masks."),
+    outline_levels: int = typer.Option(4, help="Depth of that U-Net (2-6 levels, each halving the resolution)."),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
                                  "cells pasted among painted red cells (for crops that annotate white cells only)."),
+    field_rim: int = typer.Option(3, help="Pixels (at the training scale) of its own crop kept around each cell pasted "
+                                  "into a field, fading out: the paste's seam lies that far from the true outline."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
@@ -93,9 +97,9 @@ def train(
     from .train import train as run_train
 
     try:
-        aug = AugmentConfig(fields=fields) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
+        aug = AugmentConfig(fields=fields, field_rim=field_rim) if augment else AugmentConfig(flip=False, rot90=False, scale=(1.0, 1.0), color=0, hue=0, stain=0)
         model = ModelConfig(arch=arch, scale=scale, min_size=min_size, pretrained=pretrained, mask_roi=mask_roi,
-                            mask_channels=mask_channels, outline=outline, roi_batch_size=roi_batch_size,
+                            mask_channels=mask_channels, outline=outline, outline_levels=outline_levels, roi_batch_size=roi_batch_size,
                             rpn_post_nms_train=train_proposals)
         cfg = TrainConfig(
             data=tuple(str(d) for d in data) if len(data) > 1 else str(data[0]), out=str(out), val=str(val) if val else None, val_fraction=val_fraction, format=format,

@@ -92,6 +92,7 @@ class ModelConfig:
     mask_channels: int | None = None  # width of the mask head's 4 convolutions; None: the FPN width
     diameter: float | None = None  # cell diameter (px) the model was trained at; see hemaseg.train, SegmentConfig.diameter
     outline: int = 0  # width of the full-resolution outline U-Net trained with the model (hemaseg.outline); 0: none
+    outline_levels: int = 4  # its depth: the coarsest level sees 2**(levels-1) times fewer pixels each way
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -116,6 +117,8 @@ class ModelConfig:
         check_diameter(self.diameter)
         if self.outline < 0 or (self.outline and self.arch == "unet"):
             raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
+        if not 2 <= self.outline_levels <= 6:
+            raise ValueError(f"outline_levels must be in 2..6, got {self.outline_levels}")
 
     @property
     def channels(self) -> int:
@@ -228,7 +231,7 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
         from .outline import MaskRCNNWithOutline
 
         skip = cfg.classes.index(NUCLEUS_CLASS) + 1 if NUCLEUS_CLASS in cfg.classes else None
-        extra = {"outline": cfg.outline, "skip_label": skip}
+        extra = {"outline": cfg.outline, "outline_levels": cfg.outline_levels, "skip_label": skip}
     model = (MaskRCNNWithOutline if cfg.outline else MaskRCNN)(
         backbone, num_classes=None, **extra,
         box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),
@@ -387,13 +390,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.to(device).eval(), cfg
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, allow_head_mismatch: bool = False) -> list[str]:
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, allow_head_mismatch: bool = False,
+                 fresh: str | None = None) -> list[str]:
     """Load ``state`` into ``model``. With ``allow_head_mismatch`` (fine-tuning to other classes),
     tensors whose shape differs are skipped and their names returned; otherwise any mismatch is an
-    error naming ``source``."""
+    error naming ``source``. Tensors named ``fresh...`` (a prefix: ``"outline."``, a head trained anew)
+    may differ, be missing from ``state`` or be extra in it: the model keeps its own, their names
+    returned."""
     own = model.state_dict()
+    new = [k for k in own if fresh and k.startswith(fresh) and (k not in state or state[k].shape != own[k].shape)]
+    if new:  # the whole part is trained anew: none of the old tensors are kept
+        new = [k for k in own if k.startswith(fresh)]
+        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+    elif fresh:
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(fresh)}
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and k not in new]
     unexpected = [k for k in state if k not in own]
     if (skipped and not allow_head_mismatch) or missing or unexpected:
         raise CheckpointError(
@@ -401,4 +413,4 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
             f"(shape mismatches: {skipped[:3]}, missing: {missing[:3]}, unexpected: {unexpected[:3]})"
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
-    return skipped
+    return skipped + new

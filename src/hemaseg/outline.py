@@ -42,9 +42,9 @@ class OutlineHead(nn.Module):
     batch - a 112 px crop padded to a 283 px field - the statistics learned from the padding did not hold
     at inference, and the head called the background of dataset1's crops foreground.)"""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, levels: int = 4):
         super().__init__()
-        self.net = UNet(width, norm="group")
+        self.net = UNet(width, levels, norm="group")
 
     def forward(self, tensors: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
         k = self.net.multiple
@@ -76,9 +76,9 @@ class MaskRCNNWithOutline(MaskRCNN):
     the loss dict), or alone (``outline_only``: the Mask R-CNN is not run). Inference goes through
     :func:`hemaseg.predict.predict_cells`, which uses both."""
 
-    def __init__(self, backbone, *, outline: int, skip_label: int | None = None, **kwargs):
+    def __init__(self, backbone, *, outline: int, outline_levels: int = 4, skip_label: int | None = None, **kwargs):
         super().__init__(backbone, **kwargs)
-        self.outline = OutlineHead(outline)
+        self.outline = OutlineHead(outline, outline_levels)
         self.outline_skip_label = skip_label
         self.outline_only = False  # training computes the outline head's losses only (hemaseg train --outline-only)
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, repeat_length, split_record, split_refs
-from .data.fields import ANNOTATES_RED
+from .data.fields import ANNOTATES_RED, FieldConfig
 from .data.formats import DatasetSource, open_dataset
 from .data.io import csv_text, remove_stale_temps, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
@@ -254,8 +254,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             resize[id(s)] = cfg.diameter / d
             diameters[str(s.root)] = round(d, 2)
             log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
+    field_cfg = FieldConfig(rim=cfg.augment.field_rim)
     train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
-                                          resize=resize[id(s)]) for s, refs in train_parts])
+                                          field_config=field_cfg, resize=resize[id(s)]) for s, refs in train_parts])
     repeat = list(cfg.repeat) if cfg.repeat is not None else None  # train_parts follow cfg.data's order
     if repeat is not None:
         log("samples per epoch: " + ", ".join(f"{s.root} x{r:g}" for (s, _), r in zip(train_parts, repeat)))
@@ -268,8 +269,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     model = build_model(mcfg, download=state is None)  # a resumed run brings its own weights
     if cfg.weights and state is None:
         skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights,
-                               allow_head_mismatch=not cfg.outline_only)
-        log(f"started from {cfg.weights}" + (f" (new class heads: {len(skipped)} tensors re-initialised)" if skipped else ""))
+                               allow_head_mismatch=not cfg.outline_only, fresh="outline." if cfg.outline_only else None)
+        what = "a new outline head" if cfg.outline_only else "new class heads"
+        log(f"started from {cfg.weights}" + (f" ({what}: {len(skipped)} tensors initialised)" if skipped else ""))
     if cfg.outline_only:  # the Mask R-CNN is frozen and not even run in training: only the head's steps are paid
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("outline."))

@@ -66,7 +66,8 @@ class CellDataset(Dataset):
         image, target = self._load(index)
         lo, hi = self.field_config.cells
         others = rng.integers(0, len(self), size=max(0, int(rng.integers(lo, hi + 1)) - 1))
-        cutouts = cut_cells(image, target) + [c for j in others for c in cut_cells(*self._load(int(j)))]
+        rim = self.field_config.rim
+        cutouts = cut_cells(image, target, rim) + [c for j in others for c in cut_cells(*self._load(int(j)), rim)]
         if not cutouts:  # an image without cells stays as it is
             return image, target
         return compose_field(rng, cutouts, crop_tones(image, target), self.field_config)

@@ -135,7 +135,8 @@ def red_field(rng: np.random.Generator, height: int, width: int, red_radius: tup
 class FieldConfig:
     """How :func:`compose_field` builds a field: its side as a multiple of the cells' median diameter,
     how many cells it holds, how much of it red cells cover, and how far a cell may hang over the edge
-    (a fraction of its box)."""
+    (a fraction of its box); and the ``rim`` of their own crop the cells are cut with (:func:`cut_cells`,
+    by :class:`hemaseg.data.dataset.CellDataset`)."""
 
     side: tuple[float, float] = (2.5, 3.5)
     max_side: int = 512
@@ -143,6 +144,11 @@ class FieldConfig:
     coverage: tuple[float, float] = (0.15, 0.45)
     red_ratio: tuple[float, float] = (0.4, 0.55)  # red-cell diameter / white-cell diameter
     overhang: float = 0.35
+    rim: int = 3  # px of its own crop kept around each cell, fading out (cut_cells)
+
+    def __post_init__(self):
+        if self.rim < 1:
+            raise ValueError(f"rim must be >= 1 px, got {self.rim}")
 
 
 def compose_field(rng: np.random.Generator, cutouts: list[Cutout], tones: tuple[np.ndarray, np.ndarray],

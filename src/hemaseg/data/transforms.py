@@ -162,7 +162,8 @@ class AugmentConfig:
     """What the training pipeline augments. ``scale=(1, 1)`` and strengths of 0 turn a step off.
 
     ``fields`` is the share of training samples turned into whole smear fields (:mod:`.fields`) before
-    the other steps, for datasets that annotate white cells only (the training loop skips the others).
+    the other steps, for datasets that annotate white cells only (the training loop skips the others);
+    each cell keeps ``field_rim`` px of its own crop around it, fading into the painted field.
     """
 
     flip: bool = True
@@ -172,6 +173,13 @@ class AugmentConfig:
     hue: float = 0.02
     stain: float = 0.05
     fields: float = 0.0
+    field_rim: int = 3  # px (at the training scale) of its own crop kept around each pasted cell
+
+    def __post_init__(self):
+        if not 0 <= self.fields <= 1:
+            raise ValueError(f"fields must be a share in [0, 1], got {self.fields}")
+        if self.field_rim < 1:
+            raise ValueError(f"field_rim must be >= 1 px, got {self.field_rim}")
 
 
 def build_train_transforms(cfg: AugmentConfig) -> Compose:
