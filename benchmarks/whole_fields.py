@@ -2,13 +2,16 @@
 outline held-out white cells placed in whole fields, and what it costs them on the held-out crops.
 
     .venv/bin/python benchmarks/whole_fields.py --zheng ../shared/data/wbc-zheng2018 \
-        --split RUN/split.json --model crops=RUN_A/best.pt --model fields=RUN_B/best.pt [--work runs/fields] [--float32-too]
+        --split RUN/split.json --model crops=RUN_A/best.pt --model fields=RUN_B/best.pt [--work runs/fields] [--float32-too] [--rim 20]
 
 The test fields are built from the *held-out* cells of ``split.json`` only (its ``val`` list), each at its
 dataset's own scale: 640x480 fields for dataset1 (white cells ~75 px wide), 1280x960 for dataset2
 (~146 px: the same field of view at about twice the magnification), 4 to 8 white cells per field, cut
-out of their crops with their nuclei and pasted among painted red cells (25-50% cover) and platelets in
-the colours of their own crop (hemaseg.data.fields). A third set is fully synthetic: 640x480 smears painted by hemaseg.data.synthetic at dataset1's scale
+out of their crops with their nuclei and ``--rim`` px of their crop (default 3, as the training's fields;
+the paste's seam lies that far outside the true outline, and a head trained on such fields can learn it:
+20 puts it about 10 px out at both datasets' model scale) and pasted among painted red cells (25-50%
+cover) and platelets in the colours of their own crop (hemaseg.data.fields). A work folder keeps the fields
+it was given (``fields.json``): another ``--rim``, ``--n`` or ``--seed`` needs another ``--work``. A third set is fully synthetic: 640x480 smears painted by hemaseg.data.synthetic at dataset1's scale
 (white cells 68-88 px, red cells 34-42 px, 1-3 white cells among 60-90 red cells and platelets), only the
 white cells annotated (SYNTH_FIELDS; a white-cell appearance no model here trained on unless said).
 The fields are written in hemaseg's instance
@@ -92,8 +95,14 @@ def main() -> None:
         source = open_dataset(args.zheng / name)
         held_out = select_refs(source.refs, source.root, args.split, "val")
         out = args.work / f"fields-{name}"
+        made = {"n": args.n, "seed": args.seed, "rim": args.rim}
         if not (out / "images").is_dir():
             write_fields(source, held_out, out, args.n, SIZES[name], args.seed, args.rim)
+            (out / "fields.json").write_text(json.dumps(made))
+        else:  # folders written before the rim was an option: 12 fields, seed 0, rim 3
+            found = json.loads((out / "fields.json").read_text()) if (out / "fields.json").exists() else {"n": 12, "seed": 0, "rim": 3}
+            if found != made:
+                raise SystemExit(f"{out}: its fields were made with {found}, not {made}: use another --work")
         fields = open_dataset(out)
         score(f"{name} fields", fields, fields.refs, name)
         score(f"{name} crops", source, held_out, name)

@@ -49,7 +49,7 @@ ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
-BUNDLED_SHA256 = "4e72865e67e606b187b56b5e5e65e99068176c92b97bce5e114b1b80e4b93ec8"  # of the file: checked before use
+BUNDLED_SHA256 = "353e9be9e92e7803cb72b26f3539a5a8e5880d678d30aab4bf7d25c2de540426"  # of the file: checked before use
 BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "wbc_types.json"  # its white-cell type classifier (hemaseg fit-classifier)
 CHECKPOINT_VERSION = 1
 
