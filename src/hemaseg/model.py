@@ -398,12 +398,14 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     may differ, be missing from ``state`` or be extra in it: the model keeps its own, their names
     returned."""
     own = model.state_dict()
-    new = [k for k in own if fresh and k.startswith(fresh) and (k not in state or state[k].shape != own[k].shape)]
-    if new:  # the whole part is trained anew: none of the old tensors are kept
-        new = [k for k in own if k.startswith(fresh)]
-        state = {k: v for k, v in state.items() if not k.startswith(fresh)}
-    elif fresh:
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(fresh)}
+    new: list[str] = []
+    if fresh:
+        part = [k for k in own if k.startswith(fresh)]
+        if any(k not in state or state[k].shape != own[k].shape for k in part):  # another shape, or none: all anew
+            new = part
+            state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+        else:  # the same part: loaded; a part the model lacks is dropped
+            state = {k: v for k, v in state.items() if k in own or not k.startswith(fresh)}
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state and k not in new]
     unexpected = [k for k in state if k not in own]
