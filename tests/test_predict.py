@@ -148,3 +148,28 @@ def test_amp_runs_the_convolutions_in_bfloat16_and_finds_the_same_cells(monkeypa
     assert len(fp32) == len(bf16) >= 2 and bf16.boxes.dtype == fp32.boxes.dtype
     iou = iou_matrix_cells(fp32, bf16)
     assert iou.max(axis=1).min() > 0.97  # every cell found again, outline within about a pixel
+
+
+def test_run_methods_batches_images_of_one_size_and_finds_the_same_cells():
+    from hemaseg.data.synthetic import SynthConfig, generate
+    from hemaseg.model import default_model
+    from hemaseg.predict import ModelMethod, SegmentConfig, run_method, run_methods
+
+    cfg = SegmentConfig(batch=2, tile=400, overlap=60)
+    method = ModelMethod.from_checkpoint(default_model(), cfg)
+    calls = []
+    many = method.many
+    method.many = lambda images: calls.append([tuple(im.shape[1:]) for im in images]) or many(images)
+    rng = np.random.default_rng(5)
+    smear = lambda h, w: generate(rng, SynthConfig.wbc_field(h, w, white=(1, 1))).image  # noqa: E731  HWC uint8
+    images = [smear(160, 160), smear(120, 176), smear(160, 160), smear(160, 160), smear(520, 480)]  # the last: 4 tiles
+    together = run_methods(method, images, cfg)
+    assert calls[:3] == [[(160, 160)] * 2, [(160, 160)], [(120, 176)]]  # by size, 2 at a time; then the tiles alone
+    assert len(calls) == 3 + 4 and all(len(c) == 1 for c in calls[3:])
+    alone = [run_method(method, im, cfg) for im in images]
+    assert sum(len(c) for c in alone) >= 5
+    calls.clear()  # no more pixels in one call than a tile holds: two 160x160 images fill a 240x240 tile ...
+    run_methods(method, images[:4], SegmentConfig(batch=4, tile=240, overlap=60))
+    assert calls == [[(160, 160)] * 2, [(160, 160)], [(120, 176)]]  # ... the third comes alone
+    for a, b in zip(together, alone):  # batching changes nothing: the same label images, the same scores
+        assert np.array_equal(a.label_image(), b.label_image()) and np.allclose(a.scores, b.scores, atol=1e-4)

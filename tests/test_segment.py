@@ -198,3 +198,29 @@ def test_a_large_image_is_tiled_into_the_same_cells_and_files(tmp_path):
     coco = COCO(str(tmp_path / "tiled" / "predictions_coco.json"))
     for ann in coco.loadAnns(coco.getAnnIds())[:50]:
         assert np.array_equal(coco.annToMask(ann) > 0, tiled == ann["cell_id"]), ann["cell_id"]
+
+
+class SquaresFailingOnWhite(Squares):
+    """Squares, but a white image makes it fail - and with it any batch it is in."""
+
+    def __call__(self, image):
+        if float(image.mean()) > 0.99:
+            raise RuntimeError("white image")
+        return super().__call__(image)
+
+
+def test_a_batch_spoilt_by_one_image_fails_only_that_image(tmp_path):
+    files = [save_png(tmp_path / "in" / f"{k}.png", np.full((40, 40, 3), 255 if k == 1 else 100, np.uint8)) for k in range(3)]
+    seen = []
+    method = SquaresFailingOnWhite()
+    method.many = lambda images: seen.append(len(images)) or Method.many(method, images)
+    summary = segment_files(files, method, tmp_path / "out", SegmentConfig(batch=4), progress=False, log=lambda s: None)
+    assert seen == [3]  # the three 40x40 images went in one call ...
+    assert [r["status"] for r in summary.rows] == ["ok", "failed", "ok"]  # ... which failed, and each went alone
+    assert summary.failed == [(str(files[1]), "RuntimeError: white image")]
+    assert (tmp_path / "out" / "2_labels.png").is_file() and not (tmp_path / "out" / "1_labels.png").exists()
+    # the batch is not a setting of the results: a folder done with one batch size is kept with another
+    again = segment_files(files, Squares(), tmp_path / "out", SegmentConfig(batch=1), progress=False, log=lambda s: None)
+    assert [r["status"] for r in again.rows] == ["ok", "ok", "ok"]
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        SegmentConfig(batch=0)

@@ -155,6 +155,8 @@ def segment(
                                    "(default: keep them, so a stopped batch resumes; other settings are refused)."),
     amp: bool = typer.Option(True, help="bfloat16 convolutions on a CPU with AMX or AVX512-BF16 (x1.1-1.2, the same "
                              "cells to within a pixel here); --no-amp: float32."),
+    batch: int = typer.Option(4, help="Images of one size (up to --tile) segmented together: the same cells, "
+                              "faster on many small images."),
     progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON.
@@ -168,7 +170,7 @@ def segment(
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
                             pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
-                            diameter=diameter, amp=amp)
+                            diameter=diameter, amp=amp, batch=batch)
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")

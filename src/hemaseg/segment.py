@@ -32,7 +32,7 @@ from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
-from .predict import Method, SegmentConfig, run_method
+from .predict import Method, SegmentConfig, run_method, run_methods
 from .tiling import Cells, crop_image
 from .viz import overlay_cells
 
@@ -92,8 +92,10 @@ class ResultsMismatch(ValueError):
 
 
 def _settings(method: Method, cfg: SegmentConfig, classifier: LinearClassifier | None) -> dict:
-    """What decides an image's results, to tell whether results already in the folder can be kept."""
-    return json.loads(json.dumps({"method": method.name, "model": method.source, "config": dataclasses.asdict(cfg),
+    """What decides an image's results, to tell whether results already in the folder can be kept (not
+    ``cfg.batch``: the same cells whatever the batch)."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "batch"}
+    return json.loads(json.dumps({"method": method.name, "model": method.source, "config": config,
                                   "classifier": None if classifier is None else list(classifier.classes)}))
 
 
@@ -146,23 +148,15 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
     settings = _settings(method, cfg, classifier)
     reused = 0
-    for index in tqdm(mine, desc=f"segment ({method.name})", disable=not progress):
+
+    def failed(index: int, err: Exception) -> None:  # one bad file must not abort the batch
+        path = files[index]
+        summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
+        summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0, "_index": index})
+        log(f"failed: {path}: {err}")
+
+    def write(index: int, raw, cells: Cells) -> None:
         path, name, image_id = files[index], names_all[index], index + 1
-        done = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, settings)
-        if done is not None:
-            summary.rows.append({**done["row"], "_index": index})
-            coco_images.append({**done["coco_image"], "id": image_id})
-            coco_anns.extend({**a, "image_id": image_id} for a in done["annotations"])
-            reused += 1
-            continue
-        try:
-            raw = read_image(path)
-            cells = run_method(method, raw, cfg)
-        except Exception as err:  # one bad file must not abort the batch
-            summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
-            summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0, "_index": index})
-            log(f"failed: {path}: {err}")
-            continue
         names = [classes[i - 1] for i in cells.labels.tolist()]
         cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if with_nuclei else None
         if keep_cells:
@@ -202,6 +196,40 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         write_json(out / f"{name}_result.json", {"image": str(path), "settings": settings,
                                                   "row": {k: v for k, v in row.items() if k != "_index"},
                                                   "coco_image": image_info, "annotations": anns})
+
+    bar = tqdm(total=len(mine), desc=f"segment ({method.name})", disable=not progress)
+    order = list(mine)
+    for start in range(0, len(order), cfg.batch):  # cfg.batch images read, then segmented together (run_methods)
+        todo = []
+        for index in order[start : start + cfg.batch]:
+            path, name, image_id = files[index], names_all[index], index + 1
+            done = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, settings)
+            if done is not None:
+                summary.rows.append({**done["row"], "_index": index})
+                coco_images.append({**done["coco_image"], "id": image_id})
+                coco_anns.extend({**a, "image_id": image_id} for a in done["annotations"])
+                reused += 1
+                continue
+            try:
+                todo.append((index, read_image(path)))
+            except Exception as err:
+                failed(index, err)
+        try:
+            found = run_methods(method, [raw for _, raw in todo], cfg)
+        except Exception:  # one image spoilt the batch: each on its own, to tell which
+            found = []
+            for _, raw in todo:
+                try:
+                    found.append(run_method(method, raw, cfg))
+                except Exception as err:
+                    found.append(err)
+        for (index, raw), cells in zip(todo, found):
+            if isinstance(cells, Exception):
+                failed(index, cells)
+            else:
+                write(index, raw, cells)
+        bar.update(len(order[start : start + cfg.batch]))
+    bar.close()
     if reused:
         log(f"{reused} image(s) already segmented in {out} with these settings: kept (--overwrite to redo them)")
     if group is not None:  # process 0 gathers every process's share

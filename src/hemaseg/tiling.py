@@ -326,8 +326,13 @@ def segment_tiled(method: Callable[[torch.Tensor], dict], image, tile: int = 102
     h, w = image_size(image)
     cells = Cells(h, w)
     for crop, core in tiles(h, w, tile, overlap):
-        found = method(crop_image(image, crop))
-        part = found.moved(crop[:2], h, w) if isinstance(found, Cells) else Cells.from_result(found, h, w, offset=crop[:2])
-        part = dedupe_cells(part.select(in_core(part.boxes, core)), iou_threshold)
-        cells = merge_cells(cells, part, iou_threshold)
+        cells = merge_cells(cells, tile_cells(method(crop_image(image, crop)), crop, core, h, w, iou_threshold), iou_threshold)
     return cells
+
+
+def tile_cells(found, crop, core, height: int, width: int, iou_threshold: float = 0.5) -> Cells:
+    """What a method ``found`` in the ``XYXY`` tile ``crop`` (:class:`Cells` or a dense result, in the
+    tile's coordinates) as cells of the ``height x width`` image: those whose box centre lies in the
+    tile's ``core``, a model's double detections dropped (:func:`dedupe_cells`)."""
+    part = found.moved(crop[:2], height, width) if isinstance(found, Cells) else Cells.from_result(found, height, width, offset=crop[:2])
+    return dedupe_cells(part.select(in_core(part.boxes, core)), iou_threshold)
