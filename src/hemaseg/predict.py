@@ -16,7 +16,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from .data.contract import masks_to_boxes
 from .model import check_diameter
 from .outline import OUTLINE_RADIUS, foreground_maps, refine_outlines
-from .tiling import Cells, crop_image, image_size, mask_extent, merge_cells, segment_tiled, tile_cells, tiles
+from .tiling import Cells, crop_image, image_size, mask_extent, segment_tiled, tile_cells, tiles
 
 
 @dataclass(frozen=True)
@@ -366,5 +366,5 @@ def run_methods(method: Method, images: list, cfg: SegmentConfig) -> list[Cells]
         for s in range(0, len(idx), step):
             part = idx[s : s + step]
             for i, found in zip(part, method.many([crop_image(images[i], crop) for i in part])):
-                out[i] = filter_cells(merge_cells(Cells(h, w), tile_cells(found, crop, core, h, w)), cfg)
+                out[i] = filter_cells(tile_cells(found, crop, core, h, w), cfg)  # segment_tiled's one tile
     return [c if c is not None else run_method(method, im, cfg) for c, im in zip(out, images)]
