@@ -117,15 +117,26 @@ def test_segment_diameter_resizes_to_the_models_cell_size(tmp_path):
     from hemaseg.model import save_checkpoint
     from hemaseg.predict import ModelMethod, SegmentConfig
 
+    from hemaseg.predict import image_scale
+
     cfg = ModelConfig(diameter=80.0)
     path = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
-    assert ModelMethod.from_checkpoint(path, SegmentConfig(diameter=160)).model.transform.scale == 0.5
-    assert ModelMethod.from_checkpoint(path, SegmentConfig()).model.transform.scale == 1.0
+    image = np.zeros((32, 32, 3), np.uint8)
+    for seg, want in ((SegmentConfig(diameter=160), 0.5), (SegmentConfig(), 1.0)):
+        method = ModelMethod.from_checkpoint(path, seg)
+        factor = image_scale(method, image, seg).resize
+        assert factor == want
+        with method.zoomed(factor):  # the model resizes inside, for the block only
+            assert method.model.transform.scale == want
+        assert method.model.transform.scale == 1.0
     plain = save_checkpoint(tmp_path / "plain.pt", build_model(ModelConfig()), ModelConfig())
     with pytest.raises(ValueError, match="not trained at a cell diameter"):
         ModelMethod.from_checkpoint(plain, SegmentConfig(diameter=160))
     with pytest.raises(ValueError, match="diameter must be > 0"):
         SegmentConfig(diameter=0)
+    for bad in (-0.1, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="pixel size must be > 0 um/px"):
+            SegmentConfig(pixel_size=bad)
 
 
 def test_amp_runs_the_convolutions_in_bfloat16_and_finds_the_same_cells(monkeypatch):

@@ -146,6 +146,34 @@ def test_training_at_a_diameter_resizes_each_dataset_and_the_model_keeps_it(smea
         _cfg(smears, tmp_path / "bad", diameter=-1.0)
 
 
+def test_training_at_a_pixel_size_brings_each_dataset_to_it_and_the_model_keeps_it(smears, tmp_path):
+    from hemaseg.data.dataset import cell_diameter
+    from hemaseg.train import dataset_scales, prepare_data
+
+    half = write_dataset(tmp_path / "half", 6, SynthConfig(height=56, width=56, red_radius=(4.0, 5.5),
+                                                           white_radius=(7.5, 10.5), platelet_radius=(1.0, 1.6)), seed=2)
+    cfg = _cfg((str(smears), str(half)), tmp_path / "run", epochs=1, pixel_size=0.2, data_pixel_size=(0.1, 0.2))
+    train_parts, val_parts = prepare_data(cfg)
+    classes = tuple(sorted({c for s, _ in train_parts for c in s.classes}))
+    resize, diameters, model_diameter = dataset_scales(cfg, train_parts, val_parts, classes, lambda s: None)
+    assert [resize[id(s)] for s, _ in train_parts] == [0.5, 1.0]  # 0.1 um/px shrunk to 0.2; 0.2 kept
+    native = [cell_diameter(s, r, classes) for s, r in train_parts]
+    assert model_diameter == pytest.approx(float(np.median([native[0] * 0.5, native[1]])), abs=0.01)
+    result = train(cfg, progress=False, log=lambda s: None)
+    _, mcfg = load_model(result.out / "best.pt")
+    assert mcfg.pixel_size == 0.2 and mcfg.diameter == pytest.approx(model_diameter)
+    # without --data-pixel-size each dataset's pixel size is read off its images by the bundled scale model
+    lines = []
+    resize, _, _ = dataset_scales(_cfg(smears, tmp_path / "est", pixel_size=0.2), *prepare_data(_cfg(smears, tmp_path / "est")),
+                                  classes, lines.append)
+    estimated = float(lines[0].split(" um/px (estimated)")[0].split(": ")[-1])
+    assert estimated == pytest.approx(7.5 / 19.0, rel=0.15)  # painted red cells of radius 8-11 px: 7.5 um over ~19 px
+    with pytest.raises(ValueError, match="not both"):
+        _cfg(smears, tmp_path / "bad", pixel_size=0.2, diameter=30.0)
+    with pytest.raises(ValueError, match="one value > 0 um/px per dataset"):
+        _cfg((str(smears), str(half)), tmp_path / "bad", pixel_size=0.2, data_pixel_size=(0.1,))
+
+
 def test_repeat_factors_set_each_datasets_share_of_an_epoch_and_an_outline_head_trains(tmp_path, monkeypatch):
     import json
 

@@ -18,6 +18,8 @@ from .distributed import from_launcher, launched
 from .data.io import DataError, csv_text, write_text
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
+DEMO_FIELDS = Path(__file__).parent / "demo_data" / "bccd"  # real fields shipped for the demo (MIT), held out of training
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hemaseg: find and outline every blood cell in smear images (Mask R-CNN).")
 
@@ -34,7 +36,14 @@ Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 Tile = Annotated[int, typer.Option(help="Images larger than this (px) are segmented in overlapping tiles.")]
 Overlap = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles; more than the largest cell.")]
 Diameter = Annotated[Optional[float], typer.Option(help="Typical white-cell diameter in your images (px): images are "
-                                                        "resized to the diameter the model was trained at (as Cellpose's --diameter).")]
+                                                        "resized to the diameter the model was trained at (as Cellpose's --diameter); "
+                                                        "overrides the scale estimate.", rich_help_panel="Scale")]
+PixelSize = Annotated[Optional[float], typer.Option(help="Micrometres per pixel of your images: brings them to the model's "
+                                                         "scale and adds measurements in um (else each image's scale is "
+                                                         "estimated).", rich_help_panel="Scale")]
+AutoScale = Annotated[bool, typer.Option("--auto-scale/--no-auto-scale", help="Estimate each image's pixel size from its "
+                                         "cells and bring it to the model's (models trained with --pixel-size).",
+                                         rich_help_panel="Scale")]
 
 
 def _fail(err: Exception) -> None:
@@ -72,6 +81,10 @@ def train(
     augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter."),
     diameter: Optional[float] = typer.Option(None, help="Resize each dataset so its median cell diameter becomes this "
                                              "many px (datasets of different magnification meet at one cell size)."),
+    pixel_size: Optional[float] = typer.Option(None, help="Instead of --diameter: bring every dataset to this many um "
+                                               "per px; the model then meets new images at their estimated scale."),
+    data_pixel_size: Optional[list[float]] = typer.Option(None, help="With --pixel-size: um per px of each --data, in "
+                                                          "order (else estimated by the bundled scale model)."),
     mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
     mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128)."),
     roi_batch_size: int = typer.Option(64, help="RoIs sampled per image for the box and mask losses (torchvision: 512)."),
@@ -106,6 +119,7 @@ def train(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
             warmup_steps=warmup, seed=seed, patience=patience, workers=workers, device=device, amp=amp,
             weights=str(weights) if weights else None, nuclei=nuclei, diameter=diameter, model=model, augment=aug,
+            pixel_size=pixel_size, data_pixel_size=tuple(data_pixel_size) if data_pixel_size else None,
             repeat=tuple(repeat) if repeat else None, outline_only=outline_only,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
@@ -144,7 +158,7 @@ def segment(
     score_threshold: ScoreThreshold = 0.5,
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
-    pixel_size: Optional[float] = typer.Option(None, help="Micrometres per pixel: adds areas and lengths in um."),
+    pixel_size: PixelSize = None, auto_scale: AutoScale = True,
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential "
                                               "report; with the bundled model, the bundled classifier unless --no-types."),
     types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier."),
@@ -170,7 +184,7 @@ def segment(
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
                             pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
-                            diameter=diameter, amp=amp, batch=batch)
+                            diameter=diameter, amp=amp, batch=batch, auto_scale=auto_scale)
         files = list_images(inputs)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
@@ -199,6 +213,12 @@ def segment(
     n_ok = sum(r["status"] == "ok" for r in summary.rows)
     typer.echo(f"segmented {n_ok}/{len(summary.rows)} images, {sum(r['cells'] for r in summary.rows)} cells -> {out}"
                f" (summary.csv, predictions_coco.json)")
+    estimated = [r for r in summary.rows if r.get("scale") == "estimated"]
+    if estimated:
+        sizes = [r["pixel_size_um"] for r in estimated]
+        doubtful = sum(not r["scale_trusted"] for r in estimated)
+        typer.echo(f"scale estimated for {len(estimated)} images: {min(sizes):.4f}-{max(sizes):.4f} um/px"
+                   + (f"; {doubtful} not trusted (lengths in px only there; give --pixel-size or --diameter)" if doubtful else ""))
     if summary.failed:
         typer.echo(f"{len(summary.failed)} image(s) failed, listed in {out / 'summary.csv'}", err=True)
         raise typer.Exit(code=1)
@@ -270,12 +290,13 @@ def evaluate(
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
-    diameter: Diameter = None, progress: Progress = True,
+    diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
 ) -> None:
     """Score a model (or a classical baseline) against ground truth: IoU, Dice, matching, COCO AP, figures."""
     table, failed = _evaluate_command([method], data, out, model, None, split, subset, run, format,
                               dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile, overlap=overlap,
-                                   diameter=diameter), f"Evaluation of {method} on {data}", progress)
+                                   diameter=diameter, pixel_size=pixel_size, auto_scale=auto_scale),
+                              f"Evaluation of {method} on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (report.html, summary.json, per_image.csv, figures/)")
     _exit_if_failed(failed, out / "failed.csv")
 
@@ -289,12 +310,13 @@ def compare(
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
-    diameter: Diameter = None, progress: Progress = True,
+    diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
     table, failed = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
                               subset, run, format, dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile,
-                                                        overlap=overlap, diameter=diameter), f"Comparison on {data}", progress)
+                                                        overlap=overlap, diameter=diameter, pixel_size=pixel_size,
+                                                        auto_scale=auto_scale), f"Comparison on {data}", progress)
     typer.echo(table + f"\nwritten to {out} (compare.md, compare.csv, report.html)")
     _exit_if_failed(failed, out / "METHOD" / "failed.csv")
 
@@ -333,6 +355,28 @@ def fit_classifier(
                + (f"too few cells to learn or score: {', '.join(cv['few'])} (fewer than {cv['folds']})\n" if cv["few"] else "")
                + f"threshold {threshold}: {cv['unidentified']} unidentified, accuracy on the rest {cv['accuracy_identified']:.3f}\n"
                f"classifier -> {out}")
+
+
+@app.command("fit-scale")
+def fit_scale_command(
+    data: list[Path] = typer.Option(..., "--data", help="A folder of smear images of one magnification; repeatable."),
+    pixel_size: list[float] = typer.Option(..., "--pixel-size", help="Micrometres per pixel of each --data, in order."),
+    out: Path = typer.Option(..., "--out", help="The scale model to write (.pt), for segment/train."),
+    steps: int = typer.Option(3000, help="Training steps (32 views each)."),
+    val_fraction: float = typer.Option(0.2, help="Share of each folder held out and scored."),
+    seed: int = typer.Option(0, help="Seed of the split and of the training."),
+    synthetic: int = typer.Option(120, help="Painted smears added to the training (0: none)."),
+    progress: Progress = True,
+) -> None:
+    """Train the scale estimator: each image's um per pixel, read off its cells (hemaseg.scale)."""
+    from .scale import ScaleTrainConfig, fit_scale
+
+    try:
+        report = fit_scale(data, pixel_size, out, val_fraction=val_fraction, seed=seed, synthetic=synthetic,
+                           tcfg=ScaleTrainConfig(steps=steps, seed=seed), log=typer.echo, progress=progress)
+    except (DataError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"trained in {report['trained_minutes']:.1f} min -> {out}")
 
 
 @app.command()
@@ -381,32 +425,35 @@ def demo(
     from .segment import segment_files
 
     t0 = time.perf_counter()
-    for sub in ("fields", "segment", "run"):
+    for sub in ("fields", "segment", "segment-real", "run"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)  # the demo's own output from an earlier demo
     try:
         cfg = SegmentConfig(diameter=diameter)
         method = ModelMethod.from_checkpoint(default_model(), cfg)
-        truth = None
+        jobs = [(images, None, out / "segment", "your images")]
         if not images:
             truth = write_dataset(out / "fields", fields, SynthConfig.wbc_field(480, 640), seed=2024, annotate={"white_cell": "cell"})
             typer.echo(f"painted {fields} synthetic smear fields (640x480, white cells outlined in the truth) in {truth}")
-            images = [truth / "images"]
-        files = list_images(images)
-        if not files:
-            raise DataError(f"no images found in {', '.join(map(str, images))}")
-        summary = segment_files(files, method, out / "segment", cfg, progress=sys.stderr.isatty(), log=typer.echo,
-                                keep_cells=truth is not None)
+            jobs = [([truth / "images"], truth, out / "segment", "painted fields"),
+                    ([DEMO_FIELDS], DEMO_FIELDS, out / "segment-real", "real BCCD fields (MIT; see their README)")]
+        for inputs, truth, where, what in jobs:
+            files = list_images(inputs)
+            if not files:
+                raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+            summary = segment_files(files, method, where, cfg, progress=sys.stderr.isatty(), log=typer.echo,
+                                    keep_cells=truth is not None)
+            found = sum(r.get("cells", 0) for r in summary.rows)
+            typer.echo(f"\n{what}: {found} white cells in {len(files)} images -> {where} "
+                       f"(NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
+            if truth is not None:
+                source = open_dataset(truth)
+                s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
+                typer.echo(f"against the truth: F1@0.5 {s['f1_50']:.3f}, mean IoU {s['mean_iou']:.3f}, "
+                           f"nucleus Dice {s.get('nucleus_dice', float('nan')):.3f}\n")
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
-    found = sum(r.get("cells", 0) for r in summary.rows)
-    typer.echo(f"\nbundled model {default_model()}: {found} cells in {len(files)} images "
-               f"-> {out / 'segment'} (NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
-    if truth is not None:
-        source = open_dataset(truth)
-        s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
-        typer.echo(f"against the painted truth: F1@0.5 {s['f1_50']:.3f}, mean IoU {s['mean_iou']:.3f}, "
-                   f"nucleus Dice {s.get('nucleus_dice', float('nan')):.3f}")
+    typer.echo(f"bundled model {default_model()}")
     if train:
         from .train import TrainConfig
         from .train import train as run_train

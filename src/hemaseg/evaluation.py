@@ -27,7 +27,7 @@ from .data.formats import DataError, DatasetSource, SampleRef, load_sample, read
 from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, matched_ious, semantic_iou
 from .nuclei import cell_nuclei
-from .predict import Method, SegmentConfig, run_method
+from .predict import Method, SegmentConfig, segment_image
 from .segment import encode_rle_in_box
 from .tiling import Cells, iou_matrix_cells
 from .viz import overlay, side_by_side
@@ -145,7 +145,7 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         try:
             image, truth = load_truth(source, refs[i])
             t0 = time.perf_counter()
-            cells = run_method(method, image, cfg) if predictions is None else predictions[str(refs[i].image)]
+            cells, scale = segment_image(method, image, cfg) if predictions is None else (predictions[str(refs[i].image)], None)
             seconds = time.perf_counter() - t0
         except (DataError, OSError, ValueError) as err:  # one bad image or annotation must not abort the scoring
             ev.failed.append((str(refs[i].image), f"{err.__class__.__name__}: {err}"))
@@ -154,10 +154,13 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         counter.add(iou)
         coco.add(truth, cells)
         t, p = truth.union(), cells.union()
-        tp = len(matched_ious(iou, 0.5))
+        matched = matched_ious(iou, 0.5)
+        tp = len(matched)
         row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(truth),
                "n_pred": len(cells), "tp_50": tp, "f1_50": 2 * tp / (len(truth) + len(cells)) if len(truth) + len(cells) else 1.0,
-               "seconds": seconds}
+               "matched_iou_sum_50": float(matched.sum()), "seconds": seconds}
+        if scale is not None and scale.source != "none":
+            row.update({"scale": scale.source, "pixel_size_um": scale.pixel_size, "scale_trusted": scale.confident})
         if cfg.nuclei != "off" and truth.nuclei is not None and any(n.any() for n in truth.nuclei):
             names = [method.classes[k - 1] for k in cells.labels.tolist()]
             if cells.nuclei is None:

@@ -153,3 +153,20 @@ def match_dataset(pairs: Iterable[tuple[object, object]], thresh: float = 0.5) -
     for true, pred in pairs:
         counter.add(iou_matrix(true, pred))
     return counter.result(thresh)
+
+
+def bootstrap_interval(n: int, statistic, rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(index)`` over ``n`` images: ``rounds`` resamples of the
+    image indices with replacement (``statistic`` gets an ``int`` index array and returns a number, e.g. a
+    pooled F1 over those images). ``(nan, nan)`` without images.
+
+    >>> lo, hi = bootstrap_interval(50, lambda i: float(np.mean(np.arange(50)[i] >= 25)))
+    >>> 0.3 < lo < 0.5 < hi < 0.7
+    True
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(rounds)], np.float64)
+    a = (1 - level) / 2
+    return float(np.nanpercentile(values, 100 * a)), float(np.nanpercentile(values, 100 * (1 - a)))

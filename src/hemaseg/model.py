@@ -49,7 +49,7 @@ ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
-BUNDLED_SHA256 = "353e9be9e92e7803cb72b26f3539a5a8e5880d678d30aab4bf7d25c2de540426"  # of the file: checked before use
+BUNDLED_SHA256 = "dc3a7331249765b50ae8eb7eeb25f8f9f227522474f3e8027d52826972622684"  # of the file: checked before use
 BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "wbc_types.json"  # its white-cell type classifier (hemaseg fit-classifier)
 CHECKPOINT_VERSION = 1
 
@@ -91,6 +91,7 @@ class ModelConfig:
     mask_roi: int = 14  # RoIAlign size of the mask head; its masks are twice that (torchvision: 14 -> 28x28)
     mask_channels: int | None = None  # width of the mask head's 4 convolutions; None: the FPN width
     diameter: float | None = None  # cell diameter (px) the model was trained at; see hemaseg.train, SegmentConfig.diameter
+    pixel_size: float | None = None  # um per px the model was trained at (hemaseg.train --pixel-size); new images are brought to it
     outline: int = 0  # width of the full-resolution outline U-Net trained with the model (hemaseg.outline); 0: none
     outline_levels: int = 4  # its depth: the coarsest level sees 2**(levels-1) times fewer pixels each way
 
@@ -115,6 +116,8 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_diameter(self.diameter)
+        if self.pixel_size is not None and not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
+            raise ValueError(f"pixel_size must be > 0 um/px, got {self.pixel_size}")
         if self.outline < 0 or (self.outline and self.arch == "unet"):
             raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
         if not 2 <= self.outline_levels <= 6:

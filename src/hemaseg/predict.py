@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import dataclasses
+import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +17,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from .data.contract import masks_to_boxes
 from .model import check_diameter
+from .scale import ScaleEstimate, ScaleNet, estimate_scale
 from .outline import OUTLINE_RADIUS, foreground_maps, refine_outlines
 from .tiling import Cells, crop_image, image_size, mask_extent, segment_tiled, tile_cells, tiles
 
@@ -216,12 +219,13 @@ class SegmentConfig:
     drop_border: bool = False  # drop cells touching the image border
     pixel_size: float | None = None  # um per pixel: adds um columns
     nuclei: str = "auto"  # white-cell nuclei: auto (learned if the model has them, else split), split, off
-    tile: int = 1024  # px: larger images are segmented in overlapping tiles (hemaseg.tiling)
-    overlap: int = 256  # px shared by neighbouring tiles: more than the largest cell
+    tile: int = 1024  # px at the model's scale: larger images are segmented in overlapping tiles (hemaseg.tiling)
+    overlap: int = 256  # px at the model's scale shared by neighbouring tiles: more than the largest cell
     exports: tuple[str, ...] = ()  # also write: imagej (ROI zip), qupath (GeoJSON), tiff (label TIFF for napari)
     diameter: float | None = None  # px: typical white-cell diameter in the images; resized to the model's (ModelConfig.diameter)
     amp: bool = True  # bfloat16 convolutions on a CPU that computes them natively (PredictConfig.amp)
     batch: int = 4  # images of one size per model call, at most a tile's pixels: the same cells, faster (run_methods)
+    auto_scale: bool = True  # estimate each image's pixel size (hemaseg.scale) and bring it to the model's (image_scale)
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
@@ -230,6 +234,8 @@ class SegmentConfig:
         if unknown:
             raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
         check_diameter(self.diameter)
+        if self.pixel_size is not None and not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
+            raise ValueError(f"pixel size must be > 0 um/px, got {self.pixel_size}")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
         if self.batch < 1:
@@ -244,9 +250,17 @@ class Method:
     name: str = "method"
     classes: tuple[str, ...] = ("cell",)
     source: str | None = None  # the model file it was loaded from, if any
+    pixel_size: float | None = None  # um/px the method works at (a model trained at one); None: any
+    diameter: float | None = None  # white-cell diameter (px) at that scale, for --diameter
+    scale_net: ScaleNet | None = None  # reads each image's pixel size (hemaseg.scale)
 
     def __call__(self, image: torch.Tensor) -> dict:
         raise NotImplementedError
+
+    def zoomed(self, factor: float):
+        """Within the block, the method sees images resized by ``factor`` (a model resizes inside, so that
+        its outlines come back at the input's own pixels); methods without a scale ignore it."""
+        return nullcontext()
 
     def many(self, images: list[torch.Tensor]) -> list:
         """The method on each of ``images`` (contract tensors); a model runs them as one batch."""
@@ -280,14 +294,33 @@ class ModelMethod(Method):
             model = model.to(memory_format=torch.channels_last)
         if cfg.diameter is not None:
             if mcfg.diameter is None:
-                raise ValueError(f"{path}: the model was not trained at a cell diameter (hemaseg train --diameter), "
-                                 f"so --diameter cannot be used with it; use a model trained with one")
+                raise ValueError(f"{path}: the model was not trained at a cell diameter (hemaseg train --diameter or "
+                                 f"--pixel-size), so --diameter cannot be used with it; use a model trained with one")
             if not hasattr(getattr(model, "transform", None), "scale"):
                 raise ValueError(f"{path}: this model resizes to a fixed size (min_size), --diameter does not apply")
-            model.transform.scale = mcfg.scale * mcfg.diameter / cfg.diameter
         method = cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
         method.source = str(Path(path).resolve())
+        method.diameter = mcfg.diameter
+        if hasattr(getattr(model, "transform", None), "scale"):  # (a min_size model resizes to a fixed size)
+            method.pixel_size = mcfg.pixel_size
+            if mcfg.pixel_size is not None and cfg.auto_scale and cfg.diameter is None and cfg.pixel_size is None:
+                from .scale import bundled_scale_net
+
+                method.scale_net = bundled_scale_net()
         return method
+
+    @contextmanager
+    def zoomed(self, factor: float):
+        transform = getattr(self.model, "transform", None)
+        if factor == 1.0 or not hasattr(transform, "scale"):
+            yield
+            return
+        base = transform.scale
+        transform.scale = base * factor
+        try:
+            yield
+        finally:
+            transform.scale = base
 
     def __call__(self, image: torch.Tensor) -> Cells:
         return self.many([image])[0]
@@ -343,28 +376,76 @@ def filter_cells(cells: Cells, cfg: SegmentConfig) -> Cells:
     return cells.select(idx[np.argsort(-cells.scores[idx], kind="stable")])
 
 
-def run_method(method: Method, image, cfg: SegmentConfig) -> Cells:
-    """``method`` on an image of any size (``CHW`` tensor or ``HWC`` array; tiled beyond ``cfg.tile``),
-    filtered (:func:`filter_cells`): the reported cells, sparse."""
-    return filter_cells(segment_tiled(method, image, cfg.tile, cfg.overlap), cfg)
+def image_scale(method: Method, image, cfg: SegmentConfig) -> ScaleEstimate:
+    """The scale at which ``method`` sees ``image`` (``HWC`` array or ``CHW`` tensor), first that applies:
+
+    1. ``cfg.diameter`` (the user's white-cell diameter, px): resized to the model's white-cell diameter;
+    2. ``cfg.pixel_size`` (the user's um per px): resized to the model's pixel size;
+    3. the image's own estimate (:func:`hemaseg.scale.estimate_scale`) when the method has a scale model
+       and ``cfg.auto_scale``; an image with nothing to measure from is used as it is;
+    4. otherwise the image is used as it is.
+
+    The result's ``resize`` is what :func:`run_method` is to resize the image by.
+
+    >>> m = Method(); m.pixel_size, m.diameter = 0.16, 80.0
+    >>> image_scale(m, None, SegmentConfig(pixel_size=0.08)).resize, image_scale(m, None, SegmentConfig(diameter=160)).resize
+    (0.5, 0.5)
+    """
+    if cfg.diameter is not None and method.diameter is not None:
+        resize = method.diameter / cfg.diameter
+        px = None if method.pixel_size is None else method.pixel_size * resize
+        return ScaleEstimate(px, "diameter", False, note=f"from --diameter {cfg.diameter:g}", resize=resize)
+    if cfg.pixel_size is not None:
+        scale = ScaleEstimate(cfg.pixel_size, "pixel-size")
+    elif method.scale_net is not None and method.pixel_size is not None and cfg.auto_scale:
+        scale = estimate_scale(method.scale_net, image)
+    else:
+        return ScaleEstimate(None, "none", False, note="no scale model or scale estimate off")
+    return dataclasses.replace(scale, resize=scale.factor(method.pixel_size))
 
 
-def run_methods(method: Method, images: list, cfg: SegmentConfig) -> list[Cells]:
-    """:func:`run_method` on each of ``images``, the same cells; images of one size that fit in one tile
-    go through ``method.many`` up to ``cfg.batch`` at a time, and no more pixels at once than one tile
-    holds (memory as for one tile), larger ones tile by tile (``segment_files`` with 4: x1.34 per
-    120x120 crop, x1.23 per 300x300 crop: benchmarks/segment_batch.py)."""
+def segment_image(method: Method, image, cfg: SegmentConfig) -> tuple[Cells, ScaleEstimate]:
+    """``method`` on one image of any size at its own scale (:func:`image_scale`, :func:`run_method`)."""
+    scale = image_scale(method, image, cfg)
+    return run_method(method, image, cfg, scale.resize), scale
+
+
+def run_method(method: Method, image, cfg: SegmentConfig, factor: float = 1.0) -> Cells:
+    """``method`` on an image of any size (``CHW`` tensor or ``HWC`` array; tiled beyond ``cfg.tile`` px
+    at the method's scale), seen resized by ``factor`` (:meth:`Method.zoomed`), filtered
+    (:func:`filter_cells`): the reported cells, sparse, in the image's own pixels."""
+    tile, overlap = _tiling(cfg, factor)
+    with method.zoomed(factor):
+        return filter_cells(segment_tiled(method, image, tile, overlap), cfg)
+
+
+def _tiling(cfg: SegmentConfig, factor: float) -> tuple[int, int]:
+    """``cfg.tile`` and ``cfg.overlap`` are pixels at the method's scale: in the image's pixels, divided by ``factor``."""
+    tile = max(64, round(cfg.tile / factor))
+    return tile, min(round(cfg.overlap / factor), tile - 1)
+
+
+def run_methods(method: Method, images: list, cfg: SegmentConfig, factors: list[float] | None = None) -> list[Cells]:
+    """:func:`run_method` on each of ``images`` (each resized by its ``factors[i]``, default 1), the same
+    cells; images of one size and factor that fit in one tile go through ``method.many`` up to
+    ``cfg.batch`` at a time, and no more pixels at once than one tile holds (memory as for one tile),
+    larger ones tile by tile (``segment_files`` with 4: x1.34 per 120x120 crop, x1.23 per 300x300 crop:
+    benchmarks/segment_batch.py)."""
+    factors = list(factors) if factors is not None else [1.0] * len(images)
     out: list[Cells | None] = [None] * len(images)
-    alike: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
+    alike: dict[tuple[int, int, float], list[int]] = {}
+    for i, (im, f) in enumerate(zip(images, factors)):
         h, w = image_size(im)
-        if h <= cfg.tile and w <= cfg.tile:
-            alike.setdefault((h, w), []).append(i)
-    for (h, w), idx in alike.items():
-        ((crop, core),) = tiles(h, w, cfg.tile, cfg.overlap)
-        step = max(1, min(cfg.batch, cfg.tile * cfg.tile // (h * w)))
-        for s in range(0, len(idx), step):
-            part = idx[s : s + step]
-            for i, found in zip(part, method.many([crop_image(images[i], crop) for i in part])):
-                out[i] = filter_cells(tile_cells(found, crop, core, h, w), cfg)  # segment_tiled's one tile
-    return [c if c is not None else run_method(method, im, cfg) for c, im in zip(out, images)]
+        tile, _ = _tiling(cfg, f)
+        if h <= tile and w <= tile:
+            alike.setdefault((h, w, f), []).append(i)
+    for (h, w, f), idx in alike.items():
+        tile, overlap = _tiling(cfg, f)
+        ((crop, core),) = tiles(h, w, tile, overlap)
+        step = max(1, min(cfg.batch, tile * tile // (h * w)))
+        with method.zoomed(f):
+            for s in range(0, len(idx), step):
+                part = idx[s : s + step]
+                for i, found in zip(part, method.many([crop_image(images[i], crop) for i in part])):
+                    out[i] = filter_cells(tile_cells(found, crop, core, h, w), cfg)  # segment_tiled's one tile
+    return [c if c is not None else run_method(method, im, cfg, f) for c, im, f in zip(out, images, factors)]

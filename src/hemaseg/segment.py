@@ -32,7 +32,8 @@ from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
-from .predict import Method, SegmentConfig, run_method, run_methods
+from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
+from .scale import ScaleEstimate
 from .tiling import Cells, crop_image
 from .viz import overlay_cells
 
@@ -77,6 +78,34 @@ def encode_rle_in_box(mask: np.ndarray, box, height: int, width: int) -> dict:
     rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
+
+
+def scale_columns(scale: ScaleEstimate) -> dict:
+    """An image's scale as summary columns: how it was found (``estimated``, ``pixel-size``, ``diameter``,
+    ``none``), um per px, whether it is trusted, a normal red cell's diameter in px, the resize applied.
+
+    >>> scale_columns(ScaleEstimate(0.1, resize=0.625))
+    {'scale': 'estimated', 'pixel_size_um': 0.1, 'scale_trusted': True, 'red_cell_px': 75.0, 'resize': 0.625}
+    """
+    return {"scale": scale.source, "pixel_size_um": scale.pixel_size, "scale_trusted": scale.confident,
+            "red_cell_px": scale.red_cell_px, "resize": round(scale.resize, 4)}
+
+
+def measuring_scale(scale: ScaleEstimate, given: float | None = None) -> tuple[float | None, str]:
+    """The um per px for an image's measurements and how it is known: the user's ``--pixel-size``
+    ``given`` (``given``), a trusted estimate (``estimated``), or none (``None, ""``: measurements in px only).
+
+    >>> measuring_scale(ScaleEstimate(0.1)), measuring_scale(ScaleEstimate(0.1, confident=False)), measuring_scale(ScaleEstimate(None, "none"), 0.2)
+    ((0.1, 'estimated'), (None, ''), (0.2, 'given'))
+    """
+    if given is not None:
+        return given, "given"
+    if scale.source == "estimated" and scale.confident:
+        return scale.pixel_size, "estimated"
+    return None, ""
 
 
 def _unique_name(stem: str, taken: set[str]) -> str:
@@ -155,22 +184,26 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0, "_index": index})
         log(f"failed: {path}: {err}")
 
-    def write(index: int, raw, cells: Cells) -> None:
+    def write(index: int, raw, cells: Cells, scale: ScaleEstimate) -> None:
         path, name, image_id = files[index], names_all[index], index + 1
         names = [classes[i - 1] for i in cells.labels.tolist()]
+        pixel_size, um_scale = measuring_scale(scale, cfg.pixel_size)
         cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if with_nuclei else None
         if keep_cells:
             summary.cells[str(path)] = cells
         lab = cells.label_image()
         write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
         write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
-        rows = measure(cells, names, cfg.pixel_size, nuclei=with_nuclei)
+        rows = measure(cells, names, pixel_size, nuclei=with_nuclei)
+        for row in rows:
+            row["um_scale"] = um_scale
         if classifier is not None and with_nuclei:
             for row, box, m, n in zip(rows, cells.boxes, cells.masks, cells.nuclei):
                 if row["class"].lower() in NUCLEATED:
                     row["type"], conf = classifier.predict(cell_features(crop_image(raw, box), m, n)[None])[0]
                     row["type_confidence"] = round(conf, 4)
-        cell_columns = columns(cfg.pixel_size, nuclei=with_nuclei) + (["type", "type_confidence"] if classifier else [])
+        cell_columns = (columns(pixel_size, nuclei=with_nuclei) + (["um_scale"] if pixel_size else [])
+                        + (["type", "type_confidence"] if classifier else []))
         write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
         if "imagej" in cfg.exports:
             write_imagej_rois(out / f"{name}_rois.zip", cells, names)
@@ -178,7 +211,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
         if "tiff" in cfg.exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
             write_image(out / f"{name}_labels.tif", lab)
-        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows), "_index": index}
+        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale), "_index": index}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
         for t in types:
@@ -214,20 +247,24 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
                 todo.append((index, read_image(path)))
             except Exception as err:
                 failed(index, err)
+        scales = [image_scale(method, raw, cfg) for _, raw in todo]
+        for (index, _), sc in zip(todo, scales):
+            if sc.source != "none" or method.scale_net is not None:
+                log(f"{files[index].name}: scale {sc.describe()}" + (f", seen x{sc.resize:.3f}" if sc.resize != 1 else ""))
         try:
-            found = run_methods(method, [raw for _, raw in todo], cfg)
+            found = run_methods(method, [raw for _, raw in todo], cfg, [sc.resize for sc in scales])
         except Exception:  # one image spoilt the batch: each on its own, to tell which
             found = []
-            for _, raw in todo:
+            for (_, raw), sc in zip(todo, scales):
                 try:
-                    found.append(run_method(method, raw, cfg))
+                    found.append(run_method(method, raw, cfg, sc.resize))
                 except Exception as err:
                     found.append(err)
-        for (index, raw), cells in zip(todo, found):
+        for (index, raw), cells, sc in zip(todo, found, scales):
             if isinstance(cells, Exception):
                 failed(index, cells)
             else:
-                write(index, raw, cells)
+                write(index, raw, cells, sc)
         bar.update(len(order[start : start + cfg.batch]))
     bar.close()
     if reused:
@@ -247,7 +284,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     coco_anns.sort(key=lambda a: (a["image_id"], a["cell_id"]))
     for k, ann in enumerate(coco_anns, start=1):
         ann["id"] = k
-    header = ["image", "status", "error", "cells"] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
+    header = ["image", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
     write_text(out / "summary.csv", csv_text(summary.rows, header))
     write_json(out / "predictions_coco.json", {
         "info": {"description": f"hemaseg predictions ({method.name})"},

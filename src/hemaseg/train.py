@@ -77,6 +77,8 @@ class TrainConfig:
     weights: str | None = None  # start from the weights of this hemaseg checkpoint
     nuclei: str = "auto"
     diameter: float | None = None  # bring every dataset's median cell diameter to this many px
+    pixel_size: float | None = None  # bring every dataset to this many um per px (instead of diameter)
+    data_pixel_size: tuple[float, ...] | None = None  # um/px of each dataset of ``data`` (else estimated, hemaseg.scale)
     repeat: tuple[float, ...] | None = None  # per dataset of ``data``: times each training sample is seen per epoch
     outline_only: bool = False  # train only the outline head; the rest keeps the ``weights`` it starts from
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -88,6 +90,17 @@ class TrainConfig:
             if not self.data:
                 raise ValueError("data: no dataset given")
         check_diameter(self.diameter)
+        if self.pixel_size is not None:
+            if self.diameter is not None:
+                raise ValueError("give a training --pixel-size or a --diameter, not both")
+            if not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
+                raise ValueError(f"pixel_size must be > 0 um/px, got {self.pixel_size}")
+        if self.data_pixel_size is not None:
+            object.__setattr__(self, "data_pixel_size", tuple(float(v) for v in self.data_pixel_size))
+            if self.pixel_size is None:
+                raise ValueError("the datasets' pixel sizes (--data-pixel-size) need the run's --pixel-size")
+            if len(self.data_pixel_size) != len(self.data_paths) or not all(v > 0 and math.isfinite(v) for v in self.data_pixel_size):
+                raise ValueError(f"data_pixel_size: one value > 0 um/px per dataset ({len(self.data_paths)}), got {list(self.data_pixel_size)}")
         if self.repeat is not None:
             object.__setattr__(self, "repeat", tuple(float(r) for r in self.repeat))
             if len(self.repeat) != len(self.data_paths) or not all(r > 0 and math.isfinite(r) for r in self.repeat):
@@ -189,6 +202,59 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[Part], list[Part]]:
     return train_parts, val_parts
 
 
+def dataset_scales(cfg: TrainConfig, train_parts: list[Part], val_parts: list[Part], classes: tuple[str, ...],
+                   log: Callable[[str], None]) -> tuple[dict[int, float], dict[str, float], float | None]:
+    """How much each dataset is resized (by ``id`` of its source), its median cell diameter (px, by root),
+    and the white-cell diameter the model will work at (None without ``cfg.diameter``/``cfg.pixel_size``).
+
+    ``cfg.diameter``: every dataset's median cell diameter becomes it. ``cfg.pixel_size``: every dataset is
+    brought from its own pixel size (``cfg.data_pixel_size``, or the median estimate of the bundled scale
+    model over its images, logged) to that one; the model's diameter is then the median of the datasets'
+    diameters at that scale (for ``segment --diameter``)."""
+    resize = {id(s): 1.0 for s, _ in train_parts + val_parts}
+    diameters: dict[str, float] = {}  # dataset root -> its median cell diameter (px), as measured
+    if cfg.diameter is None and cfg.pixel_size is None:
+        return resize, diameters, None
+    trained = {id(s) for s, _ in train_parts}
+    given = {id(s): px for (s, _), px in zip(train_parts, cfg.data_pixel_size or ())}  # train_parts follow cfg.data
+    scaled = []
+    for s, refs in train_parts + [(s, r) for s, r in val_parts if id(s) not in trained]:  # a --val set: its own
+        d = cell_diameter(s, refs, classes, skip=(NUCLEUS_CLASS,))
+        if d is None and cfg.diameter is not None:
+            raise ValueError(f"{s.root}: no annotated cells to measure a diameter on")
+        if d is not None:
+            diameters[str(s.root)] = round(d, 2)
+        if cfg.diameter is not None:
+            resize[id(s)] = cfg.diameter / d
+            log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
+            continue
+        px, how = given.get(id(s)), "given"
+        if px is None:
+            px, how = dataset_pixel_size(s, refs), "estimated"
+        resize[id(s)] = px / cfg.pixel_size
+        if d is not None and id(s) in trained:
+            scaled.append(d * resize[id(s)])
+        log(f"{s.root}: {px:.4f} um/px ({how}) -> resized x{resize[id(s)]:.3f} to {cfg.pixel_size:g} um/px"
+            + (f"; median cell diameter {d:.1f} px -> {d * resize[id(s)]:.1f} px" if d is not None else ""))
+    model_diameter = cfg.diameter if cfg.diameter is not None else (round(float(np.median(scaled)), 2) if scaled else None)
+    return resize, diameters, model_diameter
+
+
+def dataset_pixel_size(source: DatasetSource, refs: list, limit: int = 40) -> float:
+    """The median pixel size (um/px) the bundled scale model reads off up to ``limit`` of ``refs``' images."""
+    from .data.io import read_image
+    from .scale import bundled_scale_net, estimate_scale
+
+    net = bundled_scale_net()
+    if net is None:
+        raise ValueError(f"{source.root}: give its pixel size (--data-pixel-size): this installation has no scale model to estimate it")
+    picked = sorted(refs, key=lambda r: str(r.image))[:: max(1, len(refs) // limit)][:limit]
+    values = [e.pixel_size for e in (estimate_scale(net, read_image(r.image)) for r in picked) if e.pixel_size]
+    if not values:
+        raise ValueError(f"{source.root}: no pixel size could be estimated from its images; give it with --data-pixel-size")
+    return float(np.median(values))
+
+
 def _has_nuclei(source: DatasetSource) -> bool:
     """Whether the dataset's targets carry ``nuclei`` (semantic masks; instance labels with nuclei/)."""
     return source.format == "semantic" or any(r.nuclei is not None for r in source.refs)
@@ -225,8 +291,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     if learn_nuclei or NUCLEUS_CLASS in names:  # the nucleus class is always last (see predict.ModelMethod)
         names = [c for c in names if c != NUCLEUS_CLASS] + [NUCLEUS_CLASS]
     classes = tuple(dict.fromkeys(names))
+    resize, diameters, model_diameter = dataset_scales(cfg, train_parts, val_parts, classes, log)
     # the semantic U-Net baseline knows one class, whatever the data's
-    mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes, diameter=cfg.diameter)
+    mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes, diameter=model_diameter,
+                               pixel_size=cfg.pixel_size)
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
         raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
@@ -243,17 +311,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         skipped = [str(s.root) for s, _ in train_parts if not fields[id(s)]]
         log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
             + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
-    resize = {id(s): 1.0 for s, _ in train_parts + val_parts}
-    diameters: dict[str, float] = {}  # dataset root -> its median cell diameter (px), as measured
-    if cfg.diameter is not None:
-        trained = {id(s) for s, _ in train_parts}
-        for s, refs in train_parts + [(s, r) for s, r in val_parts if id(s) not in trained]:  # a --val set: its own
-            d = cell_diameter(s, refs, classes, skip=(NUCLEUS_CLASS,))
-            if d is None:
-                raise ValueError(f"{s.root}: no annotated cells to measure a diameter on")
-            resize[id(s)] = cfg.diameter / d
-            diameters[str(s.root)] = round(d, 2)
-            log(f"{s.root}: median cell diameter {d:.1f} px -> resized x{resize[id(s)]:.3f} to {cfg.diameter:g} px")
     field_cfg = FieldConfig(rim=cfg.augment.field_rim)
     train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
                                           field_config=field_cfg, resize=resize[id(s)]) for s, refs in train_parts])

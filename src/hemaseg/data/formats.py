@@ -169,6 +169,8 @@ def _find_dirs(root: Path) -> tuple[Path, Path] | None:
     subdirs = [d for d in root.iterdir() if d.is_dir()]
     img = [d for d in subdirs if d.name.lower().startswith(IMAGE_DIR_PREFIXES)]
     msk = [d for d in subdirs if d.name.lower().startswith(MASK_DIR_PREFIXES)]
+    if not img:  # images beside their masks; a folder of other files (BCCD's annotations/ of VOC XML) is no mask folder
+        msk = [d for d in msk if any(_is_image(p) for p in d.iterdir())]
     if len(img) == 1 and len(msk) == 1:
         return img[0], msk[0]
     if img or msk:

@@ -223,14 +223,15 @@ def generate(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Synt
     return SynthSample(image, labels.astype(np.uint16), classes, nuclei.astype(np.uint16))
 
 
-def write_sample(root: str | Path, name: str, image: np.ndarray, labels: np.ndarray, class_names: list[str],
+def write_sample(root: str | Path, name: str, image: np.ndarray | None, labels: np.ndarray, class_names: list[str],
                  nuclei: np.ndarray | None = None) -> None:
     """Write one annotated image in hemaseg's instance layout under ``root``: ``images/NAME.png`` (HWC
-    uint8), ``labels/NAME.png`` (HxW label image, 16-bit), ``labels/NAME.csv`` (``label,class``, one row
-    per label ``1..N`` named by ``class_names``) and, when given, ``nuclei/NAME.png`` (HxW, each nucleus
-    pixel holding its cell's label)."""
+    uint8; ``image=None``: the caller puts the image there), ``labels/NAME.png`` (HxW label image, 16-bit),
+    ``labels/NAME.csv`` (``label,class``, one row per label ``1..N`` named by ``class_names``) and, when
+    given, ``nuclei/NAME.png`` (HxW, each nucleus pixel holding its cell's label)."""
     root = Path(root)
-    write_image(root / "images" / f"{name}.png", image)
+    if image is not None:
+        write_image(root / "images" / f"{name}.png", image)
     write_image(root / "labels" / f"{name}.png", labels.astype(np.uint16))
     if nuclei is not None:
         write_image(root / "nuclei" / f"{name}.png", nuclei.astype(np.uint16))

@@ -179,7 +179,7 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
         row = con().execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             abort(404, f"no image {image_id}")
-        return render_template("image.html", image=row)
+        return render_template("image.html", image=row, scale=json.loads(row["scale"] or "{}"))
 
     @app.get("/cases/<int:case_id>/report.html")
     def report(case_id: int):

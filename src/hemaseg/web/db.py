@@ -61,6 +61,10 @@ MIGRATIONS = (
     );
     CREATE INDEX reclassifications_cell ON reclassifications(cell_id);
     """,
+    # 2: each image's scale as segment found it (hemaseg.segment.scale_columns, JSON)
+    """
+    ALTER TABLE images ADD COLUMN scale TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 

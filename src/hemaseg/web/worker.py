@@ -21,7 +21,7 @@ from PIL import Image
 from skimage.measure import approximate_polygon, find_contours
 
 from ..predict import Method, SegmentConfig
-from ..segment import segment_files
+from ..segment import SCALE_COLUMNS, segment_files
 from . import db
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ class Worker:
             con.execute("DELETE FROM cells WHERE image_id = ?", (image_id,))
             con.executemany("INSERT INTO cells (image_id, number, class, score, predicted_type, type_confidence, type, bbox, "
                             "outline, nucleus, measurements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-            con.execute("UPDATE images SET status = 'done', width = ?, height = ? WHERE id = ?", (w, h, image_id))
+            scale = {k: summary.rows[0].get(k) for k in SCALE_COLUMNS}
+            con.execute("UPDATE images SET status = 'done', width = ?, height = ?, scale = ? WHERE id = ?",
+                        (w, h, json.dumps(scale), image_id))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
