@@ -203,7 +203,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N held-out images of each source (a quick look)")
     ap.add_argument("--timing-images", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("runs/real_fields"))
+    ap.add_argument("--speed-only", action="store_true", help="only the speed table, for the model and the baseline (run it idle)")
     args = ap.parse_args()
+    if args.speed_only:
+        for path in [args.model or default_model()] + ([args.baseline] if args.baseline else []):
+            print(f"{path}:\n" + table(speed(ModelMethod.from_checkpoint(path, SegmentConfig()), args.data, args.timing_images)))
+        return
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
     models = [("model", args.model or default_model())] + ([("previous", args.baseline)] if args.baseline else [])
     sources = ("bccd", "pbc", "dataset1", "dataset2")
