@@ -101,13 +101,15 @@ def test_fit_classifier_command_writes_a_loadable_classifier_with_its_validation
 
     data = _crops(tmp_path / "crops")
     out = tmp_path / "wbc.json"
-    r = CliRunner().invoke(app, ["fit-classifier", "--data", str(data), "--labels", str(tmp_path / "crops.csv"), "--out", str(out)])
+    r = CliRunner().invoke(app, ["fit-classifier", "--kind", "linear", "--data", str(data), "--labels", str(tmp_path / "crops.csv"),
+                                 "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "10 cells, 5-fold cross-validation: accuracy 1.000" in r.output
     clf = LinearClassifier.load(out)
     assert clf.classes == ("neutrophil", "lymphocyte")
     assert json.loads(out.read_text())["validation"]["balanced_accuracy"] == 1.0
-    r = CliRunner().invoke(app, ["fit-classifier", "--data", str(data), "--data", str(data), "--labels", str(tmp_path / "crops.csv"), "--out", str(out)])
+    r = CliRunner().invoke(app, ["fit-classifier", "--kind", "linear", "--data", str(data), "--data", str(data),
+                                 "--labels", str(tmp_path / "crops.csv"), "--out", str(out)])
     assert r.exit_code == 2 and "1 --labels for 2 --data" in r.output
 
 

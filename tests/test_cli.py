@@ -117,6 +117,6 @@ def test_the_bundled_model_segments_without_model_and_the_demo_finds_the_painted
     r = runner.invoke(app, ["segment", str(field), "--out", str(tmp_path / "seg"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "seg" / "synth_0000_overlay.png").is_file()
-    assert "differential:" in r.output and (tmp_path / "seg" / "differential.html").is_file()  # bundled type classifier
+    assert "differential of" in r.output and (tmp_path / "seg" / "differential.html").is_file()  # bundled type classifier
     rows = (tmp_path / "seg" / "synth_0000_cells.csv").read_text().splitlines()
     assert len(rows) >= 2 and rows[1].split(",")[1] == "cell" and "type" in rows[0].split(",")

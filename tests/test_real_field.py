@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from hemaseg.celltypes import bundled_types
 from hemaseg.cli import DEMO_FIELDS, app
 from hemaseg.data.formats import open_dataset
 from hemaseg.evaluation import evaluate_method
@@ -25,7 +26,7 @@ def segmented(tmp_path_factory):
     method = ModelMethod.from_checkpoint(default_model(), cfg)
     source = open_dataset(DEMO_FIELDS)
     summary = segment_files([r.image for r in source.refs], method, out, cfg, progress=False, log=lambda s: None,
-                            keep_cells=True)
+                            keep_cells=True, classifier=bundled_types())
     ev = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells)
     return out, summary, ev
 
@@ -62,6 +63,23 @@ def test_measurements_come_in_um_marked_as_estimated(segmented):
     assert done["row"]["scale"] == "estimated"
 
 
+def test_the_bundled_classifier_gives_each_real_cell_the_experts_type_first(segmented):
+    """BCCD's types (demo_data/bccd/types.csv): 00003 a neutrophil, 00134 a lymphocyte, 00176 a monocyte
+    (the larger) and a lymphocyte. Segmented or band is the classifier's finer call of "neutrophil"."""
+    out, _, _ = segmented
+    top = {}
+    for stem in ("BloodImage_00003", "BloodImage_00134", "BloodImage_00176"):
+        with open(out / f"{stem}_cells.csv", newline="") as fh:
+            rows = sorted(csv.DictReader(fh), key=lambda r: -float(r["area_px"]))
+        for r in rows:
+            assert r["type"] in (r["top_type"], "unidentified") and r["second_type"] != r["top_type"]
+            assert 1 >= float(r["type_confidence"]) >= float(r["second_confidence"]) >= 0
+        top[stem] = [r["top_type"] for r in rows]
+    assert top["BloodImage_00003"] == ["segmented_neutrophil"]
+    assert top["BloodImage_00134"][0] == "lymphocyte"  # (a corner cell may come second)
+    assert top["BloodImage_00176"] == ["monocyte", "lymphocyte"]
+
+
 def test_the_demo_segments_the_real_fields_too(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--fields", "1"])
     assert r.exit_code == 0, r.output
@@ -69,3 +87,4 @@ def test_the_demo_segments_the_real_fields_too(tmp_path):
     assert float(real.split("F1@0.5 ")[1].split(",")[0]) >= 0.8, r.output
     assert (tmp_path / "demo" / "segment-real" / "BloodImage_00176_overlay.png").is_file()
     assert np.isfinite(float(real.split("mean IoU ")[1].split(",")[0]))
+    assert "types (research use only)" in real and "BloodImage_00003: segmented_neutrophil (experts: neutrophil) - as the experts" in real

@@ -138,6 +138,7 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
     Zheng et al.'s ``classes_*.csv``): a header row, then ``image,type`` rows where ``image`` is a file
     stem or a number (``1`` matches ``001.bmp``) and ``type`` a name or ``1..5`` (in the order of
     :data:`WBC_TYPES`). Keys are the stems as written, numbers without leading zeros (see :func:`type_of`).
+    A row with an empty type (unknown) is left out.
     """
     out = {}
     with open(path, encoding="utf-8-sig") as fh:
@@ -145,6 +146,8 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
             continue
+        if len(row) > 1 and row[0].strip() and not row[1].strip():
+            continue  # a known image whose type is unknown: left out, never guessed
         try:
             image, label = row[0].strip(), row[1].strip()
             if image.isdigit():
@@ -230,3 +233,13 @@ def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, t
             "few": [c for c in classes if (y == c).sum() < k],  # types with fewer cells than folds: unreliable figures
             "unidentified": int((~known).sum()), "threshold": threshold,
             "accuracy_identified": float((with_bin[known] == y[known]).mean()) if known.any() else 0.0}
+
+
+def load_classifier(path: str | Path):
+    """A white-cell type classifier from its file: a linear model's JSON (``.json``, this module) or a
+    cell-image CNN (:class:`hemaseg.celltypes.CellTypeClassifier`, any other file)."""
+    if Path(path).suffix.lower() == ".json":
+        return LinearClassifier.load(path)
+    from .celltypes import CellTypeClassifier
+
+    return CellTypeClassifier.load(path)

@@ -159,7 +159,7 @@ def segment(
     min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
     drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
     pixel_size: PixelSize = None, auto_scale: AutoScale = True,
-    classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (JSON): adds types and the differential "
+    classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (.pt, or a linear .json): adds types and the differential "
                                               "report; with the bundled model, the bundled classifier unless --no-types."),
     types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier."),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
@@ -194,9 +194,9 @@ def segment(
 
             classifier = BUNDLED_CLASSIFIER if BUNDLED_CLASSIFIER.is_file() else None  # the bundled model's companion
         if classifier is not None:
-            from .classify import LinearClassifier
+            from .classify import load_classifier
 
-            clf = LinearClassifier.load(classifier)
+            clf = load_classifier(classifier)
         group = from_launcher()  # under torchrun: each process segments a share of the files
         summary = segment_files(files, _method(method, model, cfg), out, cfg, progress=progress, log=typer.echo,
                                 classifier=clf, group=group, overwrite=overwrite)
@@ -206,8 +206,12 @@ def segment(
             from .report import write_differential
 
             d = write_differential(out)
-            typer.echo("differential: " + ", ".join(f"{t} {n} ({d['percent'][t]:.1f}%)" for t, n in d["counts"].items())
-                       + f" -> {out / 'differential.html'} (research use only)")
+            lab = d["lab"]
+            typer.echo(f"differential of {lab['white_cells']} white cells: "
+                       + ", ".join(f"{t} {n} ({lab['five_part_percent'][t]:.1f}%)" for t, n in lab["five_part"].items())
+                       + f", immature granulocytes {lab['immature_granulocyte_percent']:.1f}%, unidentified {lab['unidentified']}"
+                       f"; erythroblasts {lab['erythroblasts_per_100_wbc']:.1f}/100 white cells; platelets {lab['platelets']}"
+                       f" -> {out / 'differential.html'} (research use only)")
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
     n_ok = sum(r["status"] == "ok" for r in summary.rows)
@@ -323,17 +327,75 @@ def compare(
 
 @app.command("fit-classifier")
 def fit_classifier(
-    data: list[Path] = typer.Option(..., "--data", help="Annotated white-cell images (any supported format); repeatable."),
-    out: Path = typer.Option(..., "--out", help="The classifier to write (JSON), for `segment --classifier`."),
-    labels: list[Path] = typer.Option([], "--labels", help="Per --data, in order: a CSV of image,type (Zheng's "
-                                      "classes_*.csv works); omit when the annotations' classes are the types."),
-    nuclei: str = typer.Option("true", help="Nucleus of each training cell: true (annotated, else split) or split."),
-    threshold: float = typer.Option(0.5, help="Below this confidence a cell is reported as unidentified."),
-    folds: int = typer.Option(5, help="Stratified cross-validation folds."),
-    seed: int = typer.Option(0, help="Seed of the folds."),
+    data: list[Path] = typer.Option(..., "--data", help="A folder of labelled cell images (crops centred on the cell, or "
+                                    "images with a NAME.png mask beside them); repeatable.", rich_help_panel="Data"),
+    labels: list[Path] = typer.Option([], "--labels", help="Per --data, in order: a CSV of image,type (types of "
+                                      "hemaseg.celltypes.TYPES, or 'neutrophil' / 'immature_granulocyte' when a source "
+                                      "does not tell them apart; Zheng's classes_*.csv works).", rich_help_panel="Data"),
+    pixel_size: list[float] = typer.Option([], "--pixel-size", help="Per --data, in order: um per pixel (default: each "
+                                           "image's scale estimate).", rich_help_panel="Data"),
+    holdout: list[float] = typer.Option([0.2], "--holdout", help="Share of each --data's images held out and scored "
+                                        "(one value for all, or one per --data; 0: none).", rich_help_panel="Data"),
+    out: Path = typer.Option(..., "--out", help="The classifier to write (.pt; --kind linear: .json), for `segment "
+                             "--classifier`.", rich_help_panel="Output"),
+    kind: str = typer.Option("cnn", help="cnn: the cell-image CNN (hemaseg.celltypes); linear: the shape/colour linear "
+                             "model of before (5 types, --labels required).", rich_help_panel="Model"),
+    stain: str = typer.Option("reinhard", help="cnn: match each cell's colours to the training stain (reinhard) or not "
+                              "(none).", rich_help_panel="Model"),
+    views: int = typer.Option(8, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
+                              rich_help_panel="Model"),
+    epochs: int = typer.Option(12, help="cnn: training epochs (one draw per training cell each).", rich_help_panel="Training"),
+    target_accuracy: float = typer.Option(0.95, help="cnn: accuracy wanted of the typed cells; the unidentified "
+                                          "threshold is set to reach it on the calibration cells.", rich_help_panel="Training"),
+    seed: int = typer.Option(0, help="Seed of the splits and of the training.", rich_help_panel="Training"),
+    nuclei: str = typer.Option("true", help="linear: nucleus of each training cell: true (annotated, else split) or split.",
+                               rich_help_panel="Linear"),
+    threshold: float = typer.Option(0.5, help="linear: below this confidence a cell is reported as unidentified.",
+                                    rich_help_panel="Linear"),
+    folds: int = typer.Option(5, help="linear: stratified cross-validation folds.", rich_help_panel="Linear"),
     format: Format = "auto",
+    progress: Progress = True,
 ) -> None:
-    """Fit the white-cell type classifier on labelled cells; prints its cross-validation first."""
+    """Train the white-cell type classifier on labelled cells; prints its held-out scores."""
+    if kind == "linear":
+        return _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format)
+    from .celltypes import CropSet, TypeConfig, TypeSource, TypeTrainConfig, fit_celltypes, source_crops, type_scores
+
+    try:
+        if kind != "cnn":
+            raise ValueError(f"--kind must be cnn or linear, not {kind!r}")
+        for name, values in (("--labels", labels), ("--pixel-size", pixel_size)):
+            if values and len(values) != len(data):
+                raise ValueError(f"{len(values)} {name} for {len(data)} --data: give one per --data, in order")
+        if not labels:
+            raise ValueError("--labels: give a CSV of image,type per --data")
+        if len(holdout) not in (1, len(data)):
+            raise ValueError(f"{len(holdout)} --holdout for {len(data)} --data: give one for all, or one per --data")
+        sources = [TypeSource(d, lab, pixel_size[i] if pixel_size else None, holdout[i if len(holdout) > 1 else 0])
+                   for i, (d, lab) in enumerate(zip(data, labels))]
+        cfg = TypeConfig(stain=stain, views=views)
+        parts = [source_crops(s, cfg, seed, progress) for s in sources]
+        for s, (train, held) in zip(sources, parts):
+            typer.echo(f"{s.folder}: {len(train)} training cells, {len(held)} held out")
+        clf = fit_celltypes(CropSet.join([p[0] for p in parts]), cfg,
+                            TypeTrainConfig(epochs=epochs, seed=seed, target_accuracy=target_accuracy),
+                            log=typer.echo, progress=progress)
+        held_out = {}
+        for s, (_, held) in zip(sources, parts):
+            if len(held):
+                probs = clf.probabilities(held.crops)
+                held_out[str(s.folder)] = type_scores(held.labels, [clf.classes[i] for i in probs.argmax(1)])
+        clf.report["held_out"] = held_out
+        clf.save(out)
+    except (DataError, ValueError, OSError) as err:
+        _fail(err)
+    for folder, sc in held_out.items():
+        typer.echo(f"held out {folder}: {sc['cells']} cells, accuracy {sc['accuracy']:.3f}, balanced {sc['balanced_accuracy']:.3f} ("
+                   + ", ".join(f"{t} R {v['recall']:.2f}" for t, v in sc["per_type"].items()) + ")")
+    typer.echo(f"classifier -> {out} (unidentified under {clf.cfg.threshold}; research use only)")
+
+
+def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> None:
     import numpy as np
 
     from .classify import cross_validate, fit_linear, labelled_cells, read_type_labels
@@ -431,6 +493,10 @@ def demo(
     try:
         cfg = SegmentConfig(diameter=diameter)
         method = ModelMethod.from_checkpoint(default_model(), cfg)
+        from .classify import load_classifier
+        from .model import BUNDLED_CLASSIFIER
+
+        clf = load_classifier(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
         jobs = [(images, None, out / "segment", "your images")]
         if not images:
             truth = write_dataset(out / "fields", fields, SynthConfig.wbc_field(480, 640), seed=2024, annotate={"white_cell": "cell"})
@@ -442,10 +508,12 @@ def demo(
             if not files:
                 raise DataError(f"no images found in {', '.join(map(str, inputs))}")
             summary = segment_files(files, method, where, cfg, progress=sys.stderr.isatty(), log=typer.echo,
-                                    keep_cells=truth is not None)
+                                    keep_cells=truth is not None, classifier=clf)
             found = sum(r.get("cells", 0) for r in summary.rows)
             typer.echo(f"\n{what}: {found} white cells in {len(files)} images -> {where} "
                        f"(NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
+            if clf is not None:
+                _demo_types(where, truth)
             if truth is not None:
                 source = open_dataset(truth)
                 s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
@@ -467,6 +535,29 @@ def demo(
                    f"-> {result.out / 'best.pt'}")
     typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
     typer.echo("to review cells in the browser: .venv/bin/hemaseg serve, then open http://127.0.0.1:8765/")
+
+
+def _demo_types(results: Path, truth: Path | None) -> None:
+    """The demo's differential line and, where the images' expert types are known (``types.csv`` beside
+    them), each image's types against the experts'."""
+    from .classify import read_type_labels
+    from .report import write_differential
+
+    d = write_differential(results)
+    typer.echo("types (research use only): " + ", ".join(f"{t} {n}" for t, n in d["counts"].items() if n)
+               + f" -> {results / 'differential.html'}")
+    if truth is None or not (truth / "types.csv").is_file():
+        return
+    from .celltypes import to_level
+
+    experts = read_type_labels(truth / "types.csv")
+    for row in d["images"]:
+        stem = Path(row["image"]).stem
+        ours = sorted(c["type"] for c in d["cells"] if c["source"] == stem)
+        theirs = sorted(experts.get(stem, "").split("|"))
+        said = sorted(next((lab for lab in theirs if to_level(t, lab) == lab), t) for t in ours)  # at the experts' level
+        typer.echo(f"  {stem}: {', '.join(ours) or 'none'} (experts: {', '.join(theirs)})"
+                   + (" - as the experts" if said == theirs else ""))
 
 
 @app.command()

@@ -50,12 +50,28 @@ PRETRAINED = ("none", "imagenet", "coco")
 CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
 BUNDLED_SHA256 = "dc3a7331249765b50ae8eb7eeb25f8f9f227522474f3e8027d52826972622684"  # of the file: checked before use
-BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "wbc_types.json"  # its white-cell type classifier (hemaseg fit-classifier)
+BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "celltypes.pt"  # its white-cell type classifier (hemaseg fit-classifier)
 CHECKPOINT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A model file that cannot be used: names the file and the reason."""
+
+
+def load_marked(path: str | Path, marker: str, what: str, missing: str | None = None) -> dict[str, Any]:
+    """A model file's dict, loaded safely (``weights_only=True``: no code runs), refused with a
+    :class:`CheckpointError` naming the file unless it exists, loads and carries ``format == marker``.
+    ``what`` names the kind of file in the messages ("scale model"; ``missing``: when there is none)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such {missing or what} file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refusal, truncated zip, not a torch file at all
+        raise CheckpointError(f"{p}: not a readable {what} ({err.__class__.__name__}: {str(err)[:200]})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != marker:
+        raise CheckpointError(f"{p}: not a hemaseg {what} (no '{marker}' marker)")
+    return ckpt
 
 
 def check_diameter(value: float | None) -> None:
@@ -334,14 +350,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``; no code runs) and check its format.
     Weights stored in 8 bits (:func:`compress_checkpoint`) come back as float."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such model file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refusal, truncated zip, not a torch file at all
-        raise CheckpointError(f"{p}: not a readable hemaseg checkpoint ({err.__class__.__name__}: {str(err)[:300]})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p}: not a hemaseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    ckpt = load_marked(p, CHECKPOINT_FORMAT, "checkpoint", missing="model")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{p}: checkpoint version {ckpt.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
     if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("config"), dict):

@@ -73,9 +73,33 @@ def evaluation_sections(evals: Sequence[Evaluation], figures: dict[str, bytes], 
 
 
 # ------------------------------------------------------------------------------ differential
+def lab_counts(counts: dict[str, int]) -> dict:
+    """The differential as a lab reports it, from cells per type: white cells (all typed cells but
+    erythroblasts and platelets; unidentified ones included until reviewed), the five-part count
+    (neutrophils = segmented + band), immature granulocytes (promyelocytes, myelocytes, metamyelocytes)
+    in % of white cells, and erythroblasts per 100 white cells.
+
+    >>> d = lab_counts({"segmented_neutrophil": 5, "band_neutrophil": 1, "lymphocyte": 3, "myelocyte": 1,
+    ...                 "erythroblast": 2, "platelet": 4, "unidentified": 0})
+    >>> d["white_cells"], d["five_part"]["neutrophil"], d["immature_granulocyte_percent"], d["erythroblasts_per_100_wbc"]
+    (10, 6, 10.0, 20.0)
+    """
+    from .celltypes import FIVE_PART, GROUPS
+
+    white = sum(n for t, n in counts.items() if t not in ("erythroblast", "platelet"))
+    five = {t: sum(counts.get(x, 0) for x in (t, *GROUPS.get(t, ()))) for t in FIVE_PART}
+    ig = sum(counts.get(x, 0) for x in ("immature_granulocyte", *GROUPS["immature_granulocyte"]))
+    pct = lambda n: round(100 * n / white, 2) if white else 0.0  # noqa: E731
+    return {"white_cells": white, "five_part": five, "five_part_percent": {t: pct(n) for t, n in five.items()},
+            "immature_granulocytes": ig, "immature_granulocyte_percent": pct(ig),
+            "erythroblasts": counts.get("erythroblast", 0), "erythroblasts_per_100_wbc": pct(counts.get("erythroblast", 0)),
+            "platelets": counts.get("platelet", 0), "unidentified": counts.get(UNIDENTIFIED, 0)}
+
+
 def differential(results_dir: str | Path) -> dict:
-    """Read a ``segment`` output folder: counts and percentages per white-cell type, per-image rows,
-    every typed cell (with its image and bbox) and the N:C ratios."""
+    """Read a ``segment`` output folder: counts and percentages per type (of all typed cells), the lab's
+    differential (:func:`lab_counts`), per-image rows, every typed cell (with its image and bbox) and the
+    N:C ratios."""
     root = Path(results_dir)
     with open(root / "summary.csv", encoding="utf-8") as fh:
         images = list(csv.DictReader(fh))
@@ -88,10 +112,15 @@ def differential(results_dir: str | Path) -> dict:
                     cells.append(row)
     if not images or f"n_{UNIDENTIFIED}" not in images[0]:
         raise ValueError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
-    counts = {t: sum(c["type"] == t for c in cells) for t in (*WBC_TYPES, UNIDENTIFIED)}
+    from .celltypes import TYPES
+
+    known = [*TYPES, *WBC_TYPES, UNIDENTIFIED]
+    types = [t for t in dict.fromkeys(known) if f"n_{t}" in images[0]]
+    types += sorted({c["type"] for c in cells} - set(types))
+    counts = {t: sum(c["type"] == t for c in cells) for t in types}
     total = sum(counts.values())
     return {"counts": counts, "percent": {t: (100 * n / total if total else 0.0) for t, n in counts.items()},
-            "total": total, "images": images, "cells": cells,
+            "total": total, "lab": lab_counts(counts), "images": images, "cells": cells,
             "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
 
 
@@ -126,7 +155,7 @@ def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
     rows = [{"type": t, "count": n, "percent": round(d["percent"][t], 2)} for t, n in d["counts"].items()]
     write_text(root / "differential.csv", csv_text(rows, ["type", "count", "percent"]))
     write_json(root / "differential.json", {"counts": d["counts"], "percent": d["percent"], "total": d["total"],
-                                            "research_use_only": True})
+                                            "lab": d["lab"], "research_use_only": True})
     return d
 
 
@@ -135,10 +164,18 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
     d = differential(results_dir)
     sources = {Path(r["image"]).stem: r["image"] for r in d["images"]}
     sections = [("Research use only", "<p><b>Research use only.</b> Not for diagnosis. Types come from an automatic "
-                 "classifier trained on labels that were not expert-checked; review the gallery.</p>")]
+                 "classifier (its accuracy on other labs' images is in docs/benchmarks.md); review the gallery, "
+                 "unidentified cells first.</p>")]
+    lab = d["lab"]
+    five = [{"type": t, "count": n, "percent": f"{lab['five_part_percent'][t]:.1f}"} for t, n in lab["five_part"].items()]
+    five += [{"type": "immature granulocytes", "count": lab["immature_granulocytes"], "percent": f"{lab['immature_granulocyte_percent']:.1f}"},
+             {"type": "unidentified", "count": lab["unidentified"], "percent": ""}]
+    sections.append(("Differential", html_table(five, (("type", "type"), ("count", "cells"), ("percent", "% of white cells")))
+                     + f"<p>{lab['white_cells']} white cells in {len(d['images'])} images; erythroblasts "
+                     f"{lab['erythroblasts']} ({lab['erythroblasts_per_100_wbc']:.1f} per 100 white cells); platelets "
+                     f"(large ones and clumps found as cells) {lab['platelets']}.</p>"))
     rows = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
-    sections.append(("Differential", html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "%")))
-                     + f"<p>{d['total']} white cells in {len(d['images'])} images.</p>"))
+    sections.append(("Every type", html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "% of typed cells")))))
     if d["nc_ratio"]:
         sections.append(("N:C ratio", _img(histogram_png(d["nc_ratio"], "nucleus / cytoplasm area"), "nucleus / cytoplasm area ratio per cell")))
     per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]
@@ -150,7 +187,9 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
         for c in members:
             png = _crop(sources.get(c["source"], ""), c)
             if png is not None:
-                figs.append(_img(png, f"{c['source']} #{c['id']} ({float(c['type_confidence']):.2f})"))
+                second = f"; {c['second_type']} {float(c['second_confidence']):.2f}" if c.get("second_type") else ""
+                figs.append(_img(png, f"{c['source']} #{c['id']} ({c.get('top_type') or c['type']} "
+                                      f"{float(c['type_confidence']):.2f}{second})"))
         if figs:
             sections.append((f"Gallery: {t} ({d['counts'][t]})", "".join(figs)))
     return html_page("White-cell differential", sections), d

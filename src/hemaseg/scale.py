@@ -272,17 +272,10 @@ def save_scale_net(path: str | Path, net: ScaleNet, compress: bool = False, **ex
 
 def load_scale_net(path: str | Path) -> ScaleNet:
     """A scale model from its file, in eval mode (``weights_only=True``: no code runs)."""
-    from .model import CheckpointError
+    from .model import CheckpointError, load_marked
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such scale model file")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{p}: not a readable scale model ({err.__class__.__name__}: {str(err)[:200]})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != SCALE_FORMAT:
-        raise CheckpointError(f"{p}: not a hemaseg scale model (no '{SCALE_FORMAT}' marker)")
+    ckpt = load_marked(p, SCALE_FORMAT, "scale model")
     try:
         net = ScaleNet(ScaleConfig.from_dict(ckpt["config"]))
         state = ckpt["model"]

@@ -108,6 +108,46 @@ def measuring_scale(scale: ScaleEstimate, given: float | None = None) -> tuple[f
     return None, ""
 
 
+def typing_pixel_size(method: Method, scale: ScaleEstimate, cfg: SegmentConfig) -> float | None:
+    """The um per px at which an image's cells are typed: the scale the segmentation saw it at (the
+    model's pixel size over the resize: the estimate, --pixel-size, --diameter, or the model's own scale
+    when the image was used as it is); else the given or estimated pixel size; else None.
+
+    >>> m = Method(); m.pixel_size = 0.16
+    >>> typing_pixel_size(m, ScaleEstimate(0.08, resize=0.5), SegmentConfig())
+    0.08
+    """
+    if method.pixel_size is not None:
+        return method.pixel_size * scale.resize
+    return cfg.pixel_size or scale.pixel_size
+
+
+def type_columns(classifier) -> list[str]:
+    """The per-cell CSV's type columns: the call and its probability; a cell-image classifier also gives
+    the most probable type (even when the call is unidentified) and the second with its probability."""
+    if isinstance(classifier, LinearClassifier):
+        return ["type", "type_confidence"]
+    return ["type", "type_confidence", "top_type", "second_type", "second_confidence"]
+
+
+def type_rows(classifier, raw, cells: Cells, rows: list[dict], pixel_size: float | None) -> None:
+    """Add each nucleated cell's type columns (:func:`type_columns`) to its row of ``rows``."""
+    typed = [k for k, row in enumerate(rows) if row["class"].lower() in NUCLEATED]
+    if not typed:
+        return
+    if isinstance(classifier, LinearClassifier):
+        for k in typed:
+            rows[k]["type"], conf = classifier.predict(cell_features(crop_image(raw, cells.boxes[k]), cells.masks[k],
+                                                                     cells.nuclei[k])[None])[0]
+            rows[k]["type_confidence"] = round(conf, 4)
+        return
+    px = pixel_size if pixel_size is not None else classifier.cfg.pixel_size
+    calls = classifier.type_cells(image_to_rgb8(raw), np.asarray(cells.boxes)[typed], px)
+    for k, c in zip(typed, calls):
+        rows[k].update(type=c.type, type_confidence=c.confidence, top_type=c.top, second_type=c.second,
+                       second_confidence=c.second_confidence)
+
+
 def _unique_name(stem: str, taken: set[str]) -> str:
     name, k = stem, 2
     while name in taken:
@@ -120,12 +160,13 @@ class ResultsMismatch(ValueError):
     """The output folder holds an image's results made with other settings (and overwrite is off)."""
 
 
-def _settings(method: Method, cfg: SegmentConfig, classifier: LinearClassifier | None) -> dict:
+def _settings(method: Method, cfg: SegmentConfig, classifier) -> dict:
     """What decides an image's results, to tell whether results already in the folder can be kept (not
     ``cfg.batch``: the same cells whatever the batch)."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "batch"}
     return json.loads(json.dumps({"method": method.name, "model": method.source, "config": config,
-                                  "classifier": None if classifier is None else list(classifier.classes)}))
+                                  "classifier": None if classifier is None else [type(classifier).__name__, *classifier.classes,
+                                                                                  getattr(getattr(classifier, "cfg", None), "threshold", None)]}))
 
 
 def _done(path: Path, image: Path, settings: dict) -> dict | None:
@@ -151,12 +192,13 @@ def _done(path: Path, image: Path, settings: dict) -> dict | None:
 
 def segment_files(files: list[Path], method: Method, out: str | Path, cfg: SegmentConfig = SegmentConfig(),
                   progress: bool = True, log: Callable[[str], None] = print,
-                  classifier: LinearClassifier | None = None, group: Dist | None = None,
+                  classifier=None, group: Dist | None = None,
                   keep_cells: bool = False, overwrite: bool = False) -> SegmentSummary:
     """Segment ``files`` with ``method`` into ``out`` (see the module docstring for the files).
 
-    With a white-cell ``classifier`` (:mod:`hemaseg.classify`), nucleated cells also get a ``type`` (or
-    ``unidentified``) and its confidence, and the summary counts cells per type.
+    With a white-cell ``classifier`` (:class:`hemaseg.celltypes.CellTypeClassifier`, or a
+    :class:`hemaseg.classify.LinearClassifier`), nucleated cells also get a ``type`` (or ``unidentified``),
+    its probability and the runner-up (:func:`type_columns`), and the summary counts cells per type.
 
     With a process ``group`` (:mod:`hemaseg.distributed`, e.g. under ``torchrun``), process ``r`` of ``n``
     segments files ``r, r+n, ...``; process 0 gathers the rows and writes one summary and one COCO JSON,
@@ -198,12 +240,9 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         for row in rows:
             row["um_scale"] = um_scale
         if classifier is not None and with_nuclei:
-            for row, box, m, n in zip(rows, cells.boxes, cells.masks, cells.nuclei):
-                if row["class"].lower() in NUCLEATED:
-                    row["type"], conf = classifier.predict(cell_features(crop_image(raw, box), m, n)[None])[0]
-                    row["type_confidence"] = round(conf, 4)
+            type_rows(classifier, raw, cells, rows, typing_pixel_size(method, scale, cfg))
         cell_columns = (columns(pixel_size, nuclei=with_nuclei) + (["um_scale"] if pixel_size else [])
-                        + (["type", "type_confidence"] if classifier else []))
+                        + (type_columns(classifier) if classifier else []))
         write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
         if "imagej" in cfg.exports:
             write_imagej_rois(out / f"{name}_rois.zip", cells, names)

@@ -128,3 +128,56 @@ def training_curves_png(history: list[dict]) -> bytes:
     b.set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
     b.legend(loc="lower right")
     return _figure_png(fig)
+
+
+def confusion_png(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str], title: str = "") -> bytes:
+    """Confusion matrix (rows: truth, columns: prediction; extra predicted types appended), counts
+    and row shares, as PNG bytes."""
+    plt = _pyplot()
+    cols = list(labels) + sorted(set(predicted) - set(labels))
+    m = np.zeros((len(labels), len(cols)), int)
+    for t, p in zip(truth, predicted):
+        if t in labels:
+            m[list(labels).index(t), cols.index(p)] += 1
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(cols), 1.4 + 0.45 * len(labels)), dpi=100)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cols)), [c.replace("_", " ") for c in cols], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), [c.replace("_", " ") for c in labels], fontsize=7)
+    ax.set(xlabel="predicted", ylabel="truth", title=title)
+    ax.title.set_fontsize(8)
+    return _figure_png(fig)
+
+
+def reliability_png(tables: dict[str, dict]) -> bytes:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence (the diagonal is a
+    calibrated classifier), one line per ``{name: hemaseg.celltypes.reliability(...)}`` with its ECE."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    for name, r in tables.items():
+        if r and r.get("bins"):
+            ax.plot([b["confidence"] for b in r["bins"]], [b["accuracy"] for b in r["bins"]], marker="o",
+                    label=f"{name} (ECE {r['ece']:.3f})")
+    ax.set(xlabel="confidence (best type's probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=7)
+    return _figure_png(fig)
+
+
+def coverage_png(curves: dict[str, list[dict]], threshold: float | None = None) -> bytes:
+    """Accuracy of the typed cells against the share typed, as the unidentified threshold rises."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3.2), dpi=100)
+    for name, curve in curves.items():
+        pts = [c for c in curve if c["coverage"] > 0]
+        ax.plot([c["coverage"] for c in pts], [c["accuracy"] for c in pts], marker=".", label=name)
+        if threshold is not None:
+            at = min(pts, key=lambda c: abs(c["threshold"] - threshold))
+            ax.scatter([at["coverage"]], [at["accuracy"]], color="red", zorder=3)
+    ax.set(xlabel="share of cells typed (rest unidentified)", ylabel="accuracy of typed cells")
+    ax.legend(loc="lower left", fontsize=7)
+    return _figure_png(fig)

@@ -33,12 +33,12 @@ MAX_NAME = 200
 
 def default_segmenter() -> Segmenter:
     """The bundled model and its white-cell type classifier, as ``hemaseg segment`` uses them."""
-    from ..classify import LinearClassifier
+    from ..classify import load_classifier
     from ..model import BUNDLED_CLASSIFIER, default_model
     from ..predict import ModelMethod, SegmentConfig
 
     cfg = SegmentConfig()
-    clf = LinearClassifier.load(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
+    clf = load_classifier(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
     return Segmenter(ModelMethod.from_checkpoint(default_model(), cfg), cfg, clf)
 
 
@@ -306,6 +306,9 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
     def case_cells(case_id: int):
         case_row(case_id)
         rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.type, c.predicted_type, c.type_confidence, "
+                             "json_extract(c.measurements, '$.top_type') top_type, "
+                             "json_extract(c.measurements, '$.second_type') second_type, "
+                             "json_extract(c.measurements, '$.second_confidence') second_confidence, "
                              "i.name image FROM cells c JOIN images i ON i.id = c.image_id WHERE i.case_id = ? "
                              "ORDER BY c.image_id, c.number", (case_id,)).fetchall()
         return jsonify([dict(r) for r in rows])

@@ -75,7 +75,9 @@ const hemaseg = (() => {
           await showCell(cellId, onChange);
         } catch (e) { showError(e.message); select.value = seen; }
       });
-      children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})` }),
+      const m = c.measurements || {};
+      const second = m.second_type ? `; next ${m.second_type} (${Number(m.second_confidence).toFixed(2)})` : "";
+      children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})${second}` }),
         el("label", { text: "type " }, select));
       if (c.history.length) {
         children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
@@ -107,13 +109,19 @@ const hemaseg = (() => {
       if (!p.pending && polling) { clearInterval(polling); polling = null; await gallery(); }
       return c;
     }
+    // the classifier's two most probable types, e.g. "monocyte 0.62, lymphocyte 0.30"
+    function topTwo(c) {
+      if (!c.predicted_type) return "";
+      const first = `${c.top_type || c.predicted_type} ${(c.type_confidence ?? 0).toFixed(2)}`;
+      return c.second_type ? `${first}, ${c.second_type} ${Number(c.second_confidence).toFixed(2)}` : first;
+    }
     async function gallery() {
       const cells = (await api(`/api/cases/${caseId}/cells`)).filter((c) => c.type !== null);
       const types = window.hemasegTypes.length ? window.hemasegTypes : [...new Set(cells.map((c) => c.type))];
       $("#gallery").replaceChildren(...types.map((t) => {
         const members = cells.filter((c) => c.type === t);
         return el("div", { class: "gallery-type", "data-type": t }, el("h3", { text: `${t} (${members.length})` }),
-          el("div", { class: "thumbs" }, ...members.map((c) => el("img", {
+          el("div", { class: "thumbs" }, ...members.map((c) => el("figure", { class: "thumb-box" }, el("img", {
             class: "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`, "data-cell": c.id,
             title: `${c.image} #${c.number}: ${c.type}`,
             onclick: (ev) => {
@@ -121,7 +129,7 @@ const hemaseg = (() => {
               ev.target.classList.add("selected");
               showCell(c.id, async (r) => { differentialTable(r.differential); await gallery(); });
             },
-          }))));
+          }), el("figcaption", { class: "top-two", text: topTwo(c) })))));
       }));
     }
     $("#upload").addEventListener("submit", async (ev) => {
