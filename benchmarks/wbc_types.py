@@ -149,7 +149,7 @@ def cmd_segment(args) -> None:
         if name in out:
             print(f"{name}: kept from {done} (--again to redo)")
             continue
-        files = held_out(name) if name != "pbc" else held_out("pbc")
+        files = held_out(name)
         labels = read_type_labels(PBC_VAL.labels if name == "pbc" else src.labels)
         rows = []
         t0 = time.time()
