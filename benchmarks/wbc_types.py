@@ -83,8 +83,10 @@ def training_set(without: list[str]) -> CropSet:
 
 
 def cmd_train(args) -> None:
-    cfg = TypeConfig(stain=args.stain)
-    clf = fit_celltypes(training_set(args.without), cfg, TypeTrainConfig(epochs=args.epochs, seed=args.seed))
+    cfg = TypeConfig(stain=args.stain, arch=args.arch)
+    tcfg = TypeTrainConfig(epochs=args.epochs, seed=args.seed, lr=args.lr,
+                           pretrained=not args.random_init and args.arch == "efficientnet_lite0")
+    clf = fit_celltypes(training_set(args.without), cfg, tcfg)
     clf.report["without"] = args.without
     clf.save(RUNS / f"{args.name}.pt")
     print(f"-> {RUNS / args.name}.pt")
@@ -309,6 +311,9 @@ def main() -> None:
     t.add_argument("--stain", default="reinhard", choices=["reinhard", "none"])
     t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--arch", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
+    t.add_argument("--random-init", action="store_true", help="random weights, not ImageNet's (resnet18: always)")
+    t.add_argument("--lr", type=float, default=1e-3)
     v = sub.add_parser("views")
     v.add_argument("--model", required=True)
     v.add_argument("--name", required=True)

@@ -237,3 +237,8 @@ def test_fit_classifier_command_trains_a_loadable_cnn(tmp_path):
     assert set(clf.report["held_out"][str(folder)]["per_type"]) == {"lymphocyte", "eosinophil"}
     r = CliRunner().invoke(app, args[:5] + ["--pixel-size", "0.25", "--pixel-size", "0.3", "--out", str(out)])
     assert r.exit_code == 2 and "2 --pixel-size for 1 --data" in r.output
+    assert clf.cfg.arch == "efficientnet_lite0"  # the default: EfficientNet-Lite0 from ImageNet weights
+    r = CliRunner().invoke(app, args + ["--arch", "resnet18"])
+    assert r.exit_code == 2 and "no offline ImageNet weights for resnet18; use --init random" in r.output
+    r = CliRunner().invoke(app, args + ["--init", "imagenet21k"])
+    assert r.exit_code == 2 and "--init must be imagenet or random" in r.output

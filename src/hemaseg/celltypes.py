@@ -48,7 +48,7 @@ GROUPS = {"neutrophil": ("segmented_neutrophil", "band_neutrophil"),
 FIVE_PART = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 TYPE_FORMAT = "hemaseg-celltypes"
 TYPE_VERSION = 1
-ARCHS = ("resnet18",)
+ARCHS = ("resnet18", "efficientnet_lite0")
 
 
 def allowed_types(label: str, types: Sequence[str] = TYPES) -> tuple[str, ...]:
@@ -82,7 +82,7 @@ class TypeConfig:
     """The classifier and how a cell is shown to it. ``pixel_size``: um per pixel of the crops;
     ``context``: side of the stored window (px), of which the network sees the centre ``size``;
     ``stain``: "reinhard" (colours matched to ``reference``, Lab means and spreads) or "none";
-    ``views``: the cell seen as it is (1) or also turned and mirrored (4 or 8 views), logits averaged;
+    ``arch``: "efficientnet_lite0" or "resnet18" (:class:`TypeNet`); ``views``: the cell seen as it is (1) or also turned and mirrored (4 or 8 views), logits averaged;
     ``temperature``/``threshold``: calibration and the ``unidentified`` bin (set by training)."""
 
     types: tuple[str, ...] = TYPES
@@ -91,7 +91,7 @@ class TypeConfig:
     size: int = 96
     stain: str = "reinhard"
     reference: tuple[float, ...] = (70.0, 12.0, 12.0, 8.0, -8.0, 8.0)  # L, a, b: mean and spread each
-    arch: str = "resnet18"
+    arch: str = "efficientnet_lite0"
     views: int = 1
     temperature: float = 1.0
     threshold: float = 0.5
@@ -194,16 +194,27 @@ def reinhard(x: torch.Tensor, reference: Sequence[float]) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ network
 
 class TypeNet(nn.Module):
-    """The type CNN: ``N x 3 x size x size`` RGB in [0, 1] -> logits ``N x len(types)``."""
+    """The type CNN: ``N x 3 x size x size`` RGB in [0, 1] -> logits ``N x len(types)``. ``cfg.arch``:
+    torchvision's ResNet-18 or EfficientNet-Lite0 (:mod:`hemaseg.backbones`); ``pretrained``: the body
+    starts from the ImageNet weights of an installed package (Lite0 only) instead of random weights."""
 
-    def __init__(self, cfg: TypeConfig = TypeConfig()):
+    def __init__(self, cfg: TypeConfig = TypeConfig(), pretrained: bool = False):
         super().__init__()
-        from torchvision.models import resnet18
-
         self.cfg = cfg
-        self.body = resnet18(weights=None, num_classes=len(cfg.types))
-        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
+        if cfg.arch == "efficientnet_lite0":
+            from .backbones import lite0
+
+            self.body = lite0(len(cfg.types), pretrained)
+            mean, std = 0.0, 1.0  # the body scales its input itself
+        else:
+            from torchvision.models import resnet18
+
+            if pretrained:
+                raise ValueError("no offline ImageNet weights for resnet18; use arch efficientnet_lite0")
+            self.body = resnet18(weights=None, num_classes=len(cfg.types))
+            mean, std = 0.5, 0.25
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std)
@@ -424,15 +435,17 @@ class TypeTrainConfig:
     square root of its size and, within a source, every label by the square root of its count
     (:func:`draw_weights`); AdamW with a cosine schedule; ``calibration``: share of each source's images
     kept aside for the temperature and the threshold; ``target_accuracy``: accuracy wanted of the cells
-    that are typed (the rest unidentified), read off the calibration cells' coverage/accuracy curve."""
+    that are typed (the rest unidentified), read off the calibration cells' coverage/accuracy curve;
+    ``pretrained``: start from ImageNet weights (arch efficientnet_lite0; resnet18 has none offline)."""
 
-    epochs: int = 30
+    epochs: int = 12
     batch: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     calibration: float = 0.1
     target_accuracy: float = 0.95
     max_unidentified: float = 0.25
+    pretrained: bool = True
     seed: int = 0
 
 
@@ -604,7 +617,7 @@ def fit_celltypes(train: CropSet, cfg: TypeConfig = TypeConfig(), tcfg: TypeTrai
         cfg = dataclasses.replace(cfg, reference=reference_stats(fit.crops, seed=tcfg.seed))
     torch.manual_seed(tcfg.seed)
     g = torch.Generator().manual_seed(tcfg.seed)
-    net = TypeNet(cfg)
+    net = TypeNet(cfg, tcfg.pretrained)
     weights = torch.as_tensor(draw_weights(fit.labels, fit.sources))
     allowed = allowed_matrix(fit.labels, cfg.types)
     crops = torch.as_tensor(fit.crops)

