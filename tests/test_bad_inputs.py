@@ -2,11 +2,14 @@
 problem; in a batch, the batch goes on and the summary lists what failed (docs/robustness.md)."""
 
 import csv
+from pathlib import Path
 import json
+import os
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -149,6 +152,15 @@ def test_training_data_problems_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"segmentation": [[1.0, 2.0, 3.0]]}, "has a bad segmentation"),  # a polygon needs >= 3 points
+    ({"segmentation": [[2, 2, 10, 2]]}, "annotation 5 has a bad segmentation: polygon 0 has 4 numbers: a polygon "
+                                        "needs x,y pairs, at least 3 points"),
+    ({"segmentation": []}, "annotation 5 has a bad segmentation: has no polygon"),
+    ({"segmentation": [[2, 2, float("nan"), 2, 10, 10]]}, r"polygon 0 has a coordinate that is not a finite number \(nan\)"),
+    ({"segmentation": [[2, 2, 1e9, 2, 10, 10]]}, r"polygon 0 has a coordinate far outside the image \(20x20\)"),
+    ({"segmentation": [[30, 30, 39, 30, 39, 39]]}, r"polygon 0 lies entirely outside the image \(20x20\)"),
+    ({"segmentation": [[2, 2, 10, 2, 18, 2]]}, "annotation 5 covers no pixel of image a.png"),  # a line, no area
+    ({"segmentation": {"size": [20, 20], "counts": [1, 2]}}, "RLE counts add up to 3 pixels, not 20x20 = 400"),
+    ({"segmentation": "cell"}, "is a str, not polygons or an RLE"),
     ({"category_id": 99}, "unknown category_id 99"),
     ({"image_id": 7}, "annotation 5 refers to unknown image id 7"),
 ])
@@ -180,8 +192,10 @@ def test_unreadable_and_odd_images_by_read_image(tmp_path):
     with pytest.raises(DataError, match=r"zero\.png: cannot read image"):
         read_image(tmp_path / "zero.png")
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 6, 7, 8), np.uint8))
-    with pytest.raises(DataError, match=r"stack\.tif: expected a 2-D grayscale or colour image"):
+    with pytest.raises(DataError, match=r"stack\.tif: a stack of images \(5 along Q, 6 along Q; TIFF axes QQYX"):
         read_image(tmp_path / "stack.tif")
+    with pytest.raises(DataError, match=r"zero\.png: cannot read image \(the file is empty\)"):
+        read_image(tmp_path / "zero.png")
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((0, 5), np.uint8))
     with pytest.raises(DataError, match=r"flat\.tif: image is empty"):
         read_image(tmp_path / "flat.tif")
@@ -239,3 +253,143 @@ def test_a_corrupt_training_image_stops_training_with_its_name(tmp_path):
     (d / "c.bmp").write_bytes((d / "c.bmp").read_bytes()[:60])  # truncated after the header
     out = _train_error(tmp_path, d)
     assert f"error: {d / 'c.bmp'}: cannot read image" in out
+
+
+_json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.text(max_size=4),
+                         st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1, 2, 20, 0, -1, 1e9, 1e308]))
+_json_any = st.recursive(_json_scalar, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+                         max_leaves=12)
+_coord = st.one_of(st.floats(-40, 60), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20))
+_polygons = st.lists(st.lists(_coord, max_size=10), max_size=3)
+_rle = st.fixed_dictionaries({"size": st.one_of(st.just([20, 20]), _json_any),
+                              "counts": st.one_of(st.lists(st.integers(-5, 400), max_size=5), st.text(max_size=6), _json_any)})
+
+
+@settings(max_examples=int(os.environ.get("HEMASEG_FUZZ", 80)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(st.one_of(st.integers(0, 3), _json_scalar), min_size=3, max_size=3),
+       size=st.one_of(st.just((20, 20)), st.tuples(_json_scalar, _json_scalar)),
+       segs=st.lists(st.one_of(_polygons, _rle, _json_any), min_size=0, max_size=3),
+       extra=st.dictionaries(st.sampled_from(["iscrowd", "bbox", "area", "category_id"]), _json_any, max_size=2))
+def test_random_coco_documents_give_a_data_error_or_a_valid_sample(tmp_path, ids, size, segs, extra):
+    from hemaseg.data.formats import load_sample
+
+    save_png(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
+    image = {"id": ids[0], "file_name": "a.png", "height": size[0], "width": size[1]}
+    anns = [{"id": 10 + k, "image_id": ids[1], "category_id": ids[2], "segmentation": seg, "iscrowd": 0, **extra}
+            for k, seg in enumerate(segs)]
+    doc = {"images": [image], "annotations": anns, "categories": [{"id": ids[2], "name": "cell"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    try:
+        src = open_dataset(tmp_path / "ann.json")
+        for ref in src.refs:
+            img, target = load_sample(ref, src.classes, coco=src.coco)
+            n = len(target["labels"])
+            assert img.shape == (3, 20, 20) and target["masks"].shape == (n, 20, 20)
+            assert torch.isfinite(target["boxes"]).all() and (target["masks"].flatten(1).sum(1) > 0).all()
+    except DataError as err:
+        assert "ann.json" in str(err)
+
+
+def test_image_modes_and_pages_are_decided_by_content(tmp_path, monkeypatch):
+    import hemaseg.data.io as io
+
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")  # 4 samples: inks, not RGB + alpha
+    assert tifffile.TiffFile(tmp_path / "cmyk.tif").pages[0].photometric == 5
+    assert np.array_equal(read_image(tmp_path / "cmyk.tif"), rgb)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    assert np.abs(read_image(tmp_path / "cmyk.jpg").astype(int) - rgb).mean() < 8
+    for pages in (2, 3, 4, 5):  # grayscale pages are never taken for colour channels
+        tifffile.imwrite(tmp_path / f"p{pages}.tif", rgb[..., 0][None].repeat(pages, 0), photometric="minisblack")
+        with pytest.raises(DataError, match=rf"p{pages}\.tif: a stack of images \({pages} along [IQ]"):
+            read_image(tmp_path / f"p{pages}.tif")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert np.array_equal(read_image(tmp_path / "planar.tif"), rgb)
+    save_png(tmp_path / "png_named.tif", rgb)  # read as what it is
+    assert np.array_equal(read_image(tmp_path / "png_named.tif"), rgb)
+    tifffile.imwrite(tmp_path / "white0.tif", 255 - rgb[..., 0], photometric="miniswhite")
+    assert np.array_equal(read_image(tmp_path / "white0.tif"), rgb[..., 0])
+    monkeypatch.setattr(io, "MAX_PIXELS", 100)
+    for name in ("png_named.tif", "planar.tif"):
+        with pytest.raises(DataError, match=rf"{name}: 16x12 = 0 Mpx is over hemaseg's limit of 0 Mpx"):
+            read_image(tmp_path / name)
+
+
+def test_a_folder_segmented_into_itself_is_not_read_back(tmp_path):
+    d = tmp_path / "d"
+    for k in range(2):
+        save_png(d / f"{k}.png", _smear())
+    (d / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    args = ["segment", str(d), "--out", str(d), "--method", "otsu", "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "skipped 1 file(s): hemaseg's own outputs and links to nothing (gone.png)" in first.output
+    again = CliRunner().invoke(app, args + ["--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "skipped 3 file(s)" in again.output and "0_overlay.png" in again.output
+    with open(d / "summary.csv", newline="") as f:
+        assert [Path(r["image"]).name for r in csv.DictReader(f)] == ["0.png", "1.png"]
+    r = CliRunner().invoke(app, ["segment", str(d / "gone.png"), "--out", str(tmp_path / "o"), "--method", "otsu"])
+    assert r.exit_code == 2 and "gone.png: a link to" in r.output and "which does not exist" in r.output
+
+
+def test_two_images_of_one_name_beside_one_mask_are_refused(tmp_path):
+    d = tmp_path / "d"
+    semantic_pair(d, "001")  # 001.bmp + 001.png (the mask)
+    Image.open(d / "001.bmp").save(d / "001.jpg")
+    with pytest.raises(DataError, match=r"images 001\.bmp, 001\.jpg share the name '001' - which goes with 001\.png\?"):
+        open_dataset(d)
+
+
+def test_nothing_to_learn_or_score_is_not_a_perfect_score(tmp_path):
+    from hemaseg.engine import evaluate
+    from hemaseg.evaluation import evaluate_method
+    from hemaseg.predict import ClassicalMethod
+
+    d = tmp_path / "empty"
+    for k in "abcde":
+        semantic_pair(d, k, cells=())  # masks without a single cell
+    out = _train_error(tmp_path, d)
+    assert "no cell in any of the 4 training images' annotations: nothing to learn" in out
+
+    class Nothing(torch.nn.Module):  # finds no cell
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images):
+            return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
+                     "masks": torch.zeros(0, 1, *im.shape[1:])} for im in images]
+
+    src = open_dataset(d)
+    from hemaseg.data.formats import load_sample
+
+    batch = [load_sample(r, src.classes) for r in src.refs[:2]]
+    scores = evaluate(Nothing().eval(), [([b[0] for b in batch], [b[1] for b in batch])])
+    assert scores["images"] == 2 and all(np.isnan(scores[k]) for k in ("mean_iou", "mean_dice", "f1_50"))
+    with pytest.raises(DataError, match="empty: no images to score"):
+        evaluate_method(ClassicalMethod("otsu"), src, [], progress=False)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    import os
+
+    save_png(tmp_path / "in" / "a.png", _smear())
+    (tmp_path / "file").write_text("x")
+    for args, message in (
+        (["segment", str(tmp_path / "in"), "--out", str(tmp_path / "file")], "file: is a file, not a folder"),
+        (["segment", str(tmp_path / "in"), "--out", str(tmp_path / "file" / "sub")], "file is a file, not a folder"),
+        (["evaluate", "--data", str(tmp_path / "in"), "--out", str(tmp_path / "file")], "is a file, not a folder"),
+        (["fit-classifier", "--data", str(tmp_path / "in"), "--labels", "x.csv", "--out", str(tmp_path / "in")],
+         "in: is a folder; name a file"),
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and message in " ".join(r.output.replace("│", " ").split()), (args, r.output)
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--out", str(ro / "x"), "--method", "otsu"])
+        assert r.exit_code == 2 and "cannot write in" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in", "ro"] if (tmp_path / "ro").exists() else ["file", "in"]

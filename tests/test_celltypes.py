@@ -242,3 +242,30 @@ def test_fit_classifier_command_trains_a_loadable_cnn(tmp_path):
     assert r.exit_code == 2 and "no offline ImageNet weights for resnet18; use --init random" in r.output
     r = CliRunner().invoke(app, args + ["--init", "imagenet21k"])
     assert r.exit_code == 2 and "--init must be imagenet or random" in r.output
+
+
+def test_the_differential_is_of_the_last_batch_and_refuses_missing_tables(tmp_path):
+    from conftest import save_png
+    from test_segment import OneWhiteCell
+
+    from hemaseg.data.io import DataError
+    from hemaseg.report import write_differential
+    from hemaseg.segment import segment_files
+
+    clf = CellTypeClassifier(TypeNet(TypeConfig(types=SMALL.types, context=40, size=32, threshold=0.0)))
+    a, b = (save_png(tmp_path / "in" / f"{k}.png", _disk_image(10, 40)) for k in "ab")
+    out = tmp_path / "out"
+    quiet = {"progress": False, "log": lambda s: None, "classifier": clf}
+    segment_files([a, b], OneWhiteCell(), out, **quiet)
+    assert write_differential(out)["lab"]["white_cells"] == 2
+    segment_files([b], OneWhiteCell(), out, **quiet)  # a's tables stay in the folder, but not in this batch
+    d = write_differential(out)
+    assert d["lab"]["white_cells"] == 1 and [r["name"] for r in d["images"]] == ["b"]
+    before = (out / "differential.json").read_bytes()
+    (out / "b_cells.csv").unlink()
+    with pytest.raises(DataError, match=r"b_cells\.csv: cannot read \(No such file or directory\); segment .*b\.png again"):
+        write_differential(out)
+    (out / "b_cells.csv").write_text("id,type\n1,lymphocyte,extra,fields\n")
+    with pytest.raises(DataError, match=r"b_cells\.csv: not a complete hemaseg table \(no column bbox_x1"):
+        write_differential(out)
+    assert (out / "differential.json").read_bytes() == before  # nothing overwritten

@@ -41,4 +41,4 @@ def test_sharded_segment_merges_to_the_single_process_result(tmp_path):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     rows = (tmp_path / "two" / "summary.csv").read_text().splitlines()
-    assert len(rows) == 7 and rows[1].split(",")[1] == "failed"  # header + 6 files, in file order
+    assert len(rows) == 7 and rows[1].split(",")[2] == "failed"  # header + 6 files, in file order

@@ -16,7 +16,7 @@ def test_semantic_iou_and_dice_by_hand():
     p = _square(10, 10, 0, 2, 4, value=9)  # 16 px, overlap 8
     assert semantic_iou(t, p) == pytest.approx(8 / 24)
     assert dice(t, p) == pytest.approx(16 / 32)
-    assert semantic_iou(np.zeros((3, 3)), np.zeros((0, 3, 3))) == 1.0  # both empty
+    assert np.isnan(semantic_iou(np.zeros((3, 3)), np.zeros((0, 3, 3))))  # both empty: nothing to score
     assert dice(t, np.zeros((0, 10, 10))) == 0.0
 
 
@@ -48,8 +48,8 @@ def test_empty_prediction_empty_truth_and_all_missed():
     assert (m.tp, m.fn, m.recall, m.precision, m.f1) == (0, 1, 0.0, 0.0, 0.0)
     m = match(none, t)
     assert (m.fp, m.precision, m.f1) == (1, 0.0, 0.0)
-    m = match(none, none)
-    assert (m.f1, m.precision, m.recall, m.panoptic_quality) == (1.0, 1.0, 1.0, 1.0)
+    m = match(none, none)  # nothing to score is not a perfect score
+    assert all(np.isnan(v) for v in (m.f1, m.precision, m.recall, m.panoptic_quality))
 
 
 def test_duplicate_predictions_count_once():

@@ -15,7 +15,8 @@ import typer
 from . import __version__
 from .data.formats import FORMATS
 from .distributed import from_launcher, launched
-from .data.io import DataError, csv_text, write_text
+from .data.io import DataError, check_writable, csv_text, write_text
+from .metrics import format_score
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
 DEMO_FIELDS = Path(__file__).parent / "demo_data" / "bccd"  # real fields shipped for the demo (MIT), held out of training
@@ -46,6 +47,22 @@ AutoScale = Annotated[bool, typer.Option("--auto-scale/--no-auto-scale", help="E
                                          rich_help_panel="Scale")]
 
 
+def _out_folder(path: Path | None) -> Path | None:
+    """``--out`` callback: a folder hemaseg can write (checked before any work; nothing created)."""
+    try:
+        return None if path is None else check_writable(path, folder=True)
+    except DataError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def _out_file(path: Path | None) -> Path | None:
+    """``--out`` callback: a file hemaseg can write (checked before any work)."""
+    try:
+        return None if path is None else check_writable(path, folder=False)
+    except DataError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
@@ -55,7 +72,7 @@ def _fail(err: Exception) -> None:
 def train(
     data: list[Path] = typer.Option(..., "--data", help="Folder of images + masks (semantic or label images), or a "
                                     "COCO .json; repeat to train on several (each split on its own)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.csv, best.pt, last.pt."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder: config.json, metrics.csv, best.pt, last.pt."),
     val: Optional[Path] = typer.Option(None, "--val", help="Separate validation data (else a seeded split of --data)."),
     val_fraction: float = typer.Option(0.2, help="Share of --data held out for validation when --val is not given."),
     format: str = typer.Option("auto", help=f"Annotation format: {', '.join(FORMATS)}."),
@@ -152,7 +169,7 @@ def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None
 @app.command()
 def segment(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt); default: the bundled model."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges."),
     score_threshold: ScoreThreshold = 0.5,
@@ -185,7 +202,11 @@ def segment(
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
                             pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
                             diameter=diameter, amp=amp, batch=batch, auto_scale=auto_scale)
-        files = list_images(inputs)
+        skipped: list[Path] = []
+        files = list_images(inputs, skipped)
+        if skipped:
+            typer.echo(f"skipped {len(skipped)} file(s): hemaseg's own outputs and links to nothing ("
+                       + ", ".join(q.name for q in skipped[:5]) + (", ..." if len(skipped) > 5 else "") + ")", err=True)
         if not files:
             raise DataError(f"no images found in {', '.join(map(str, inputs))}")
         clf = None
@@ -289,7 +310,7 @@ def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, sp
 @app.command()
 def evaluate(
     data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: per_image.csv, summary.json, figures/, report.html."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: per_image.csv, summary.json, figures/, report.html."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn); default: the bundled model."),
     method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
@@ -308,7 +329,7 @@ def evaluate(
 @app.command()
 def compare(
     data: Path = typer.Option(..., "--data", help="Images with ground truth."),
-    out: Path = typer.Option(..., "--out", help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn); default: the bundled model."),
     methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
@@ -336,7 +357,7 @@ def fit_classifier(
                                            "image's scale estimate).", rich_help_panel="Data"),
     holdout: list[float] = typer.Option([0.2], "--holdout", help="Share of each --data's images held out and scored "
                                         "(one value for all, or one per --data; 0: none).", rich_help_panel="Data"),
-    out: Path = typer.Option(..., "--out", help="The classifier to write (.pt; --kind linear: .json), for `segment "
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="The classifier to write (.pt; --kind linear: .json), for `segment "
                              "--classifier`.", rich_help_panel="Output"),
     kind: str = typer.Option("cnn", help="cnn: the cell-image CNN (hemaseg.celltypes); linear: the shape/colour linear "
                              "model of before (5 types, --labels required).", rich_help_panel="Model"),
@@ -433,7 +454,7 @@ def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> No
 def fit_scale_command(
     data: list[Path] = typer.Option(..., "--data", help="A folder of smear images of one magnification; repeatable."),
     pixel_size: list[float] = typer.Option(..., "--pixel-size", help="Micrometres per pixel of each --data, in order."),
-    out: Path = typer.Option(..., "--out", help="The scale model to write (.pt), for segment/train."),
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="The scale model to write (.pt), for segment/train."),
     steps: int = typer.Option(3000, help="Training steps (32 views each)."),
     val_fraction: float = typer.Option(0.2, help="Share of each folder held out and scored."),
     seed: int = typer.Option(0, help="Seed of the split and of the training."),
@@ -467,7 +488,7 @@ def report(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Output folder (images/, labels/, nuclei/)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (images/, labels/, nuclei/)."),
     n: int = typer.Option(40, "-n", "--count", help="Number of images."),
     size: int = typer.Option(192, help="Image width and height in pixels."),
     seed: int = typer.Option(0),
@@ -482,7 +503,7 @@ def synth(
 @app.command()
 def demo(
     images: list[Path] = typer.Argument(None, help="Your images or folders (default: synthetic whole fields the demo paints)."),
-    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo's data and results (replaced on each demo)."),
+    out: Path = typer.Option(Path("demo"), "--out", callback=_out_folder, help="Folder for the demo's data and results (replaced on each demo)."),
     diameter: Diameter = None,
     fields: int = typer.Option(6, help="Synthetic 640x480 fields to paint when no images are given."),
     train: bool = typer.Option(False, "--train", help="Also train a model a few minutes on synthetic smears (the CPU training demo)."),
@@ -527,8 +548,8 @@ def demo(
             if truth is not None:
                 source = open_dataset(truth)
                 s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
-                typer.echo(f"against the truth: F1@0.5 {s['f1_50']:.3f}, mean IoU {s['mean_iou']:.3f}, "
-                           f"nucleus Dice {s.get('nucleus_dice', float('nan')):.3f}\n")
+                typer.echo(f"against the truth: F1@0.5 {format_score(s['f1_50'], 3)}, mean IoU {format_score(s['mean_iou'], 3)}, "
+                           f"nucleus Dice {format_score(s.get('nucleus_dice', float('nan')), 3)}\n")
     except (DataError, CheckpointError, ValueError) as err:
         _fail(err)
     typer.echo(f"bundled model {default_model()}")
@@ -541,7 +562,7 @@ def demo(
                                        warmup_steps=30), progress=sys.stderr.isatty(), log=typer.echo)
         best = result.best_metrics
         typer.echo(f"trained on 48 synthetic smears: best epoch {result.best_epoch}, validation mean IoU "
-                   f"{best.get('val_mean_iou', float('nan')):.3f}, F1@0.5 {best.get('val_f1_50', float('nan')):.3f} "
+                   f"{format_score(best.get('val_mean_iou', float('nan')), 3)}, F1@0.5 {format_score(best.get('val_f1_50', float('nan')), 3)} "
                    f"-> {result.out / 'best.pt'}")
     typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
     typer.echo("to review cells in the browser: .venv/bin/hemaseg serve, then open http://127.0.0.1:8765/")

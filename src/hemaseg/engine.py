@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import MatchCounter, dice, iou_matrix, semantic_iou
+from .metrics import MatchCounter, dice, iou_matrix, mean_of, semantic_iou
 from .predict import PredictConfig, cpu_has_native_bf16, predict
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
@@ -113,7 +113,7 @@ def evaluate(
             dices.append(dice(target["masks"], cells))
             counter.add(iou_matrix(target["masks"], cells))
     m = counter.result(0.5)
-    out = {"mean_iou": sum(ious) / max(len(ious), 1), "mean_dice": sum(dices) / max(len(dices), 1),
+    out = {"mean_iou": mean_of(ious), "mean_dice": mean_of(dices),
            "f1_50": m.f1, "precision_50": m.precision, "recall_50": m.recall, "images": len(ious)}
     if nucleus:
         out["nucleus_dice"] = sum(nucleus) / len(nucleus)

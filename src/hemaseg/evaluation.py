@@ -10,6 +10,7 @@ dense images are not undercounted).
 from __future__ import annotations
 
 import contextlib
+import math
 import io
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from .data.contract import image_to_tensor, labels_to_masks, tensor_to_image
 from .data.formats import DataError, DatasetSource, SampleRef, load_sample, read_label_annotation
 from .data.io import csv_text, read_image, write_image, write_json, write_text
-from .metrics import MatchCounter, dice, matched_ious, semantic_iou
+from .metrics import MatchCounter, dice, matched_ious, mean_of, semantic_iou
 from .nuclei import cell_nuclei
 from .predict import Method, SegmentConfig, segment_image
 from .segment import encode_rle_in_box
@@ -136,6 +137,8 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     :func:`~hemaseg.predict.run_method`), reduced to counts and RLE as they come, and only the images of
     the ``n_figures`` worst and best IoU are kept for the figures.
     """
+    if not refs:
+        raise DataError(f"{source.root}: no images to score (the list of images to evaluate is empty)")
     rows: list[dict] = []
     ev = Evaluation(method.name, rows, {})
     counter = MatchCounter(THRESHOLDS)
@@ -157,7 +160,7 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         matched = matched_ious(iou, 0.5)
         tp = len(matched)
         row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(truth),
-               "n_pred": len(cells), "tp_50": tp, "f1_50": 2 * tp / (len(truth) + len(cells)) if len(truth) + len(cells) else 1.0,
+               "n_pred": len(cells), "tp_50": tp, "f1_50": 2 * tp / (len(truth) + len(cells)) if len(truth) + len(cells) else float("nan"),
                "matched_iou_sum_50": float(matched.sum()), "seconds": seconds}
         if scale is not None and scale.source != "none":
             row.update({"scale": scale.source, "pixel_size_um": scale.pixel_size, "scale_trusted": scale.confident})
@@ -169,14 +172,13 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
             row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
         rows.append(row)
         kept[len(rows) - 1] = (tensor_to_image(image), truth.label_image(), cells.label_image())
-        by_iou = sorted(kept, key=lambda k: rows[k]["iou"])
+        by_iou = sorted(kept, key=lambda k: _order(rows[k]["iou"]))
         for k in by_iou[n_figures:-n_figures or None]:
             del kept[k]
     ev.figures = kept
-    n = max(len(rows), 1)
     summary = {"method": method.name, "images": len(rows), "failed": len(ev.failed),
-               "mean_iou": sum(r["iou"] for r in rows) / n, "mean_dice": sum(r["dice"] for r in rows) / n,
-               "seconds_per_image": sum(r["seconds"] for r in rows) / n}
+               "mean_iou": mean_of(r["iou"] for r in rows), "mean_dice": mean_of(r["dice"] for r in rows),
+               "seconds_per_image": mean_of(r["seconds"] for r in rows)}
     for key in ("nucleus_dice", "nucleus_iou"):
         values = [r[key] for r in rows if key in r]
         if values:
@@ -190,6 +192,11 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     return ev
 
 
+def _order(iou: float) -> float:
+    """Sort key of an image's IoU: an image with no true and no found cell (NaN) ranks as right."""
+    return 1.0 if math.isnan(iou) else iou
+
+
 def write_evaluation(ev: Evaluation, out: str | Path, n_figures: int = 3) -> dict[str, Path]:
     """``per_image.csv``, ``summary.json`` and figures (image | truth | prediction) of the worst and best
     images by IoU, in ``out``. Returns the paths written, figures under ``figures``-prefixed keys."""
@@ -198,7 +205,7 @@ def write_evaluation(ev: Evaluation, out: str | Path, n_figures: int = 3) -> dic
                "summary": write_json(out / "summary.json", ev.summary)}
     if ev.failed:
         written["failed"] = write_text(out / "failed.csv", csv_text([{"image": f, "error": e} for f, e in ev.failed], ["image", "error"]))
-    order = sorted(ev.figures, key=lambda i: ev.per_image[i]["iou"])
+    order = sorted(ev.figures, key=lambda i: _order(ev.per_image[i]["iou"]))
     picks = [("worst", i) for i in order[:n_figures]] + [("best", i) for i in order[::-1][:n_figures]]
     for rank, (kind, i) in enumerate(picks):
         img, t, p = ev.figures[i]

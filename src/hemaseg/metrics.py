@@ -11,6 +11,8 @@ nonzero = inside; overlaps allowed), as NumPy arrays or tensors.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -37,7 +39,8 @@ def _union(x) -> np.ndarray:
 
 
 def semantic_iou(true, pred) -> float:
-    """IoU of the union of true cells and the union of predicted cells (1.0 when both are empty).
+    """IoU of the union of true cells and the union of predicted cells (NaN when both are empty: nothing to
+    score, left out of means by :func:`mean_of`).
 
     >>> t = np.zeros((4, 4), int); t[:2] = 1; p = np.zeros((4, 4), int); p[1:3] = 5
     >>> semantic_iou(t, p)
@@ -47,14 +50,14 @@ def semantic_iou(true, pred) -> float:
     if t.shape != p.shape:
         raise ValueError(f"shape mismatch: truth {t.shape} vs prediction {p.shape}")
     union = np.logical_or(t, p).sum()
-    return 1.0 if union == 0 else float(np.logical_and(t, p).sum() / union)
+    return float("nan") if union == 0 else float(np.logical_and(t, p).sum() / union)
 
 
 def dice(true, pred) -> float:
-    """Dice (F1) of the union of true cells and the union of predicted cells (1.0 when both are empty)."""
+    """Dice (F1) of the union of true cells and the union of predicted cells (NaN when both are empty)."""
     t, p = _union(true), _union(pred)
     total = t.sum() + p.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(t, p).sum() / total)
+    return float("nan") if total == 0 else float(2 * np.logical_and(t, p).sum() / total)
 
 
 def iou_matrix(true, pred) -> np.ndarray:
@@ -93,12 +96,23 @@ class Matching:
 
 def _record(thresh: float, n_true: int, n_pred: int, tp: int, sum_iou: float) -> Matching:
     fp, fn = n_pred - tp, n_true - tp
-    precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
-    recall = tp / n_true if n_true else (1.0 if n_pred == 0 else 0.0)
-    f1 = 2 * tp / (n_true + n_pred) if (n_true + n_pred) else 1.0
+    nothing = float("nan")  # no true and no predicted cell: nothing to score, not a perfect score
+    precision = tp / n_pred if n_pred else (nothing if n_true == 0 else 0.0)
+    recall = tp / n_true if n_true else (nothing if n_pred == 0 else 0.0)
+    f1 = 2 * tp / (n_true + n_pred) if (n_true + n_pred) else nothing
     denom = tp + fp / 2 + fn / 2
     return Matching(thresh, n_true, n_pred, tp, fp, fn, precision, recall, f1,
-                    sum_iou / tp if tp else 0.0, sum_iou / denom if denom else 1.0)
+                    sum_iou / tp if tp else 0.0, sum_iou / denom if denom else nothing)
+
+
+def mean_of(values: Iterable[float]) -> float:
+    """The mean of the values that are numbers (NaN - nothing scored - left out); NaN if none is.
+
+    >>> mean_of([1.0, float("nan"), 0.5]), mean_of([]), mean_of([float("nan")])
+    (0.75, nan, nan)
+    """
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def matched_ious(iou: np.ndarray, thresh: float) -> np.ndarray:
@@ -170,3 +184,12 @@ def bootstrap_interval(n: int, statistic, rounds: int = 1000, level: float = 0.9
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(rounds)], np.float64)
     a = (1 - level) / 2
     return float(np.nanpercentile(values, 100 * a)), float(np.nanpercentile(values, 100 * (1 - a)))
+
+
+def format_score(value: float, digits: int = 3) -> str:
+    """A score as printed: ``n/a`` for nothing scored (NaN).
+
+    >>> format_score(0.91234), format_score(float("nan"))
+    ('0.912', 'n/a')
+    """
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"

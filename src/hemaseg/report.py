@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .classify import UNIDENTIFIED, WBC_TYPES
+from .data.io import DataError
 from .evaluation import Evaluation
 from .viz import histogram_png
 
@@ -25,6 +26,8 @@ def compare_rows(evals: Sequence[Evaluation]) -> list[dict]:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, float) and v != v:
+        return "n/a"  # nothing scored (no true and no found cell)
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return "" if v is None else str(v)
@@ -99,19 +102,21 @@ def lab_counts(counts: dict[str, int]) -> dict:
 def differential(results_dir: str | Path) -> dict:
     """Read a ``segment`` output folder: counts and percentages per type (of all typed cells), the lab's
     differential (:func:`lab_counts`), per-image rows, every typed cell (with its image and bbox) and the
-    N:C ratios."""
+    N:C ratios. Only the images of the folder's last batch count (the rows of ``summary.csv``); a missing
+    or unreadable ``NAME_cells.csv`` of one of them is refused (:class:`DataError`), not skipped."""
     root = Path(results_dir)
-    with open(root / "summary.csv", encoding="utf-8") as fh:
-        images = list(csv.DictReader(fh))
-    cells = []
-    for path in sorted(root.glob("*_cells.csv")):
-        with open(path, encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                if row.get("type"):
-                    row["source"] = path.name[: -len("_cells.csv")]
-                    cells.append(row)
+    images = _csv_rows(root / "summary.csv", ("image", "name", "status"), "run `hemaseg segment` into this folder again")
     if not images or f"n_{UNIDENTIFIED}" not in images[0]:
-        raise ValueError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
+        raise DataError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
+    cells = []
+    for image in images:
+        if image["status"] != "ok":
+            continue
+        for row in _csv_rows(root / f"{image['name']}_cells.csv", ("id", "type", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"),
+                             f"segment {image['image']} again (summary.csv lists it as done)"):
+            if row["type"]:
+                row["source"] = image["name"]
+                cells.append(row)
     from .celltypes import TYPES
 
     known = [*TYPES, *WBC_TYPES, UNIDENTIFIED]
@@ -122,6 +127,24 @@ def differential(results_dir: str | Path) -> dict:
     return {"counts": counts, "percent": {t: (100 * n / total if total else 0.0) for t, n in counts.items()},
             "total": total, "lab": lab_counts(counts), "images": images, "cells": cells,
             "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
+
+
+def _csv_rows(path: Path, needed: tuple[str, ...], remedy: str) -> list[dict]:
+    """The rows of a CSV hemaseg wrote, refused (naming the file and the remedy) when it is missing,
+    unreadable or lacks a column of ``needed``."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err}); {remedy}") from err
+    missing = [c for c in needed if c not in fields]
+    if missing:
+        raise DataError(f"{path}: not a complete hemaseg table (no column {', '.join(missing)}); {remedy}")
+    if any(None in r for r in rows) or any(r.get(needed[-1]) is None for r in rows):
+        raise DataError(f"{path}: rows of the wrong length (a damaged file); {remedy}")
+    return rows
 
 
 def _crop(image_path: str, cell: dict, size: int = 96) -> bytes | None:

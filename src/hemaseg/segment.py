@@ -223,7 +223,8 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     def failed(index: int, err: Exception) -> None:  # one bad file must not abort the batch
         path = files[index]
         summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
-        summary.rows.append({"image": str(path), "status": "failed", "error": str(err), "cells": 0, "_index": index})
+        summary.rows.append({"image": str(path), "name": names_all[index], "status": "failed", "error": str(err), "cells": 0,
+                             "_index": index})
         log(f"failed: {path}: {err}")
 
     def write(index: int, raw, cells: Cells, scale: ScaleEstimate) -> None:
@@ -250,7 +251,8 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
         if "tiff" in cfg.exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
             write_image(out / f"{name}_labels.tif", lab)
-        row = {"image": str(path), "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale), "_index": index}
+        row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale),
+               "_index": index}
         for c in classes:
             row[f"n_{c}"] = names.count(c)
         for t in types:
@@ -277,7 +279,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             path, name, image_id = files[index], names_all[index], index + 1
             done = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, settings)
             if done is not None:
-                summary.rows.append({**done["row"], "_index": index})
+                summary.rows.append({**done["row"], "name": name, "_index": index})
                 coco_images.append({**done["coco_image"], "id": image_id})
                 coco_anns.extend({**a, "image_id": image_id} for a in done["annotations"])
                 reused += 1
@@ -323,7 +325,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     coco_anns.sort(key=lambda a: (a["image_id"], a["cell_id"]))
     for k, ann in enumerate(coco_anns, start=1):
         ann["id"] = k
-    header = ["image", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
+    header = ["image", "name", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
     write_text(out / "summary.csv", csv_text(summary.rows, header))
     write_json(out / "predictions_coco.json", {
         "info": {"description": f"hemaseg predictions ({method.name})"},

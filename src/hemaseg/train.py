@@ -27,8 +27,9 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, repeat_length, split_record, split_refs
 from .data.fields import ANNOTATES_RED, FieldConfig
 from .data.formats import DatasetSource, open_dataset
-from .data.io import csv_text, remove_stale_temps, write_json, write_text
+from .data.io import DataError, csv_text, remove_stale_temps, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
+from .metrics import format_score
 from .distributed import backend as dist_backend
 from .distributed import from_launcher, weights_checksum
 from .engine import DivergedError, evaluate, train_one_epoch, training_precision
@@ -202,6 +203,15 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[Part], list[Part]]:
     return train_parts, val_parts
 
 
+def has_cells(source, refs: list) -> bool:
+    """Whether any of ``refs`` (samples of ``source``) is annotated with a cell (reads masks until one is)."""
+    from .data.io import read_label_image
+
+    if source.format == "coco":
+        return any(source.coco.imgToAnns.get(r.coco_id) for r in refs)
+    return any(read_label_image(r.annotation).any() for r in refs)
+
+
 def dataset_scales(cfg: TrainConfig, train_parts: list[Part], val_parts: list[Part], classes: tuple[str, ...],
                    log: Callable[[str], None]) -> tuple[dict[int, float], dict[str, float], float | None]:
     """How much each dataset is resized (by ``id`` of its source), its median cell diameter (px, by root),
@@ -286,6 +296,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
 
     train_parts, val_parts = prepare_data(cfg)
+    if not any(has_cells(src, refs) for src, refs in train_parts):
+        n = sum(len(refs) for _, refs in train_parts)
+        raise DataError(f"{', '.join(str(src.root) for src, _ in train_parts)}: no cell in any of the {n} training "
+                        "images' annotations: nothing to learn")
     names = [c for s, _ in train_parts + val_parts for c in s.classes]
     learn_nuclei = cfg.nuclei == "auto" and cfg.model.arch != "unet" and any(_has_nuclei(s) for s, _ in train_parts)
     if learn_nuclei or NUCLEUS_CLASS in names:  # the nucleus class is always last (see predict.ModelMethod)
@@ -411,6 +425,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             scores = evaluate(net, val_loader, nucleus_label=nucleus_label)
             row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
             score = scores["mean_iou"]
+            if math.isnan(score):  # no true and no found cell in validation: nothing scored, the loss decides
+                score = -losses["loss"]
         else:
             score = -losses["loss"]
         row["time_s"] = time.perf_counter() - t0
@@ -424,7 +440,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
                         scaler=scaler.state_dict() if scaler is not None else {},
                         best_epoch=best_epoch, best_score=best_score)
         write_text(out / "metrics.csv", _metrics_csv(history))
-        val_txt = (f" val mean IoU {row['val_mean_iou']:.4f} F1@0.5 {row['val_f1_50']:.3f}"
+        val_txt = (f" val mean IoU {format_score(row['val_mean_iou'], 4)} F1@0.5 {format_score(row['val_f1_50'], 3)}"
                    if "val_mean_iou" in row else "")
         agree = f", weights equal on all {group.world} processes" if group is not None else ""
         log(f"epoch {epoch}/{cfg.epochs} loss {losses['loss']:.4f}{val_txt} "

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from skimage.measure import label as connected_components
 
+from .coco_check import check_coco
 from .contract import Target, empty_target, image_to_tensor, labels_to_masks, make_target
 from .io import IMAGE_EXTENSIONS, DataError, read_image, read_label_image
 
@@ -215,6 +217,11 @@ def _pair(root: Path) -> list[tuple[Path, Path]]:
             else:
                 images.append(p)
     image_stems = {p.stem for p in images}
+    for stem in sorted(image_stems):
+        same = [q.name for q in images if q.stem == stem]
+        if len(same) > 1:
+            problems.append(f"{root}: images {', '.join(same)} share the name '{stem}' - which goes with "
+                            f"{masks[stem].name if stem in masks else 'its mask'}? Rename or move all but one")
     for p in images:
         if p.stem not in masks:
             problems.append(f"{p}: image has no mask (looked for {p.stem}.png/.tif or {p.stem}_masks.png)")
@@ -293,10 +300,7 @@ def _open_coco(path: Path) -> DatasetSource:
             data = json.load(fh)
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: cannot read COCO JSON ({err})") from err
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path}: COCO JSON needs a '{key}' list")
-    _check_coco_ids(path, data)
+    check_coco(path, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -318,26 +322,6 @@ def _open_coco(path: Path) -> DatasetSource:
     if not refs:
         raise DataError(f"{path}: the COCO JSON lists no images")
     return DatasetSource(refs, classes, "coco", path.parent, coco=coco)
-
-
-def _check_coco_ids(path: Path, data: dict) -> None:
-    """Ids a COCO file must get right: unique image, annotation and category ids; every annotation on
-    a listed image. Raises :class:`DataError` naming the first problems."""
-    problems = []
-    for key, needed in (("images", ("id", "file_name")), ("annotations", ("id", "image_id", "category_id")),
-                        ("categories", ("id", "name"))):
-        items = data[key]
-        bad = [i for i, item in enumerate(items) if not isinstance(item, dict) or any(k not in item for k in needed)]
-        problems += [f"{key}[{i}] lacks one of {', '.join(needed)}" for i in bad[:3]]
-        ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
-        dup = sorted({i for i in ids if ids.count(i) > 1}, key=str)
-        if dup:
-            problems.append(f"duplicate {key} id(s) {dup[:5]}")
-    images = {i.get("id") for i in data["images"] if isinstance(i, dict)}
-    orphans = [a for a in data["annotations"] if isinstance(a, dict) and "image_id" in a and a["image_id"] not in images]
-    problems += [f"annotation {a.get('id')} refers to unknown image id {a['image_id']}" for a in orphans[:3]]
-    if problems:
-        raise DataError(f"{path}: bad COCO ids: " + "; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -442,6 +426,8 @@ def _coco_target(coco, ref: SampleRef, classes: tuple[str, ...], h: int, w: int)
             m = coco.annToMask(ann)
         except Exception as err:  # pycocotools raises many types on bad polygons
             raise DataError(f"{ref.annotation}: annotation {ann.get('id')} has a bad segmentation ({err})") from err
+        if not m.any():
+            raise DataError(f"{ref.annotation}: annotation {ann.get('id')} covers no pixel of image {ref.image.name}")
         masks.append(m)
         labels.append(classes.index(cat_names[ann["category_id"]]) + 1)
     if not masks:
@@ -449,20 +435,39 @@ def _coco_target(coco, ref: SampleRef, classes: tuple[str, ...], h: int, w: int)
     return make_target(np.stack(masks), labels)
 
 
-def list_images(inputs: list[str | Path]) -> list[Path]:
+def list_images(inputs: list[str | Path], skipped: list[Path] | None = None) -> list[Path]:
     """Image files named by ``inputs`` (files, or folders searched non-recursively), in order, without
     duplicates. In a folder, files that look like masks are skipped: ``NAME_mask(s)/_label(s).*`` and a
-    ``NAME.png`` beside an image ``NAME.bmp|jpg|tif`` (Zheng's layout)."""
+    ``NAME.png`` beside an image ``NAME.bmp|jpg|tif`` (Zheng's layout); so are hemaseg's own outputs
+    (``NAME_overlay.png`` beside ``NAME_result.json`` or ``NAME_cells.csv``: a folder segmented into
+    itself is not read back) and links to nothing - both appended to ``skipped`` when given.
+
+    A link to nothing named as a file is an error, as is a missing path."""
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(q for q in p.iterdir() if _is_image(q))
+            entries = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and not q.name.startswith("."))
+            broken = [q for q in entries if q.is_symlink() and not q.exists()]
+            files = [q for q in entries if q.is_file()]
             stems_non_png = {q.stem for q in files if q.suffix.lower() != ".png"}
-            found += [q for q in files if _strip_mask_suffix(q.stem) == q.stem
+            own = [q for q in files if _is_own_output(q)]
+            found += [q for q in files if _strip_mask_suffix(q.stem) == q.stem and q not in own
                       and not (q.suffix.lower() == ".png" and q.stem in stems_non_png)]
+            if skipped is not None:
+                skipped += own + broken
         elif p.is_file():
             found.append(p)
+        elif p.is_symlink():
+            raise DataError(f"{p}: a link to {os.readlink(p)}, which does not exist")
         else:
             raise DataError(f"{p}: no such file or folder")
     return list(dict.fromkeys(found))
+
+
+def _is_own_output(p: Path) -> bool:
+    """``NAME_overlay.png`` written by ``hemaseg segment`` (its ``NAME_result.json`` or ``NAME_cells.csv`` beside it)."""
+    if not p.name.endswith("_overlay.png"):
+        return False
+    name = p.name[: -len("_overlay.png")]
+    return (p.parent / f"{name}_result.json").is_file() or (p.parent / f"{name}_cells.csv").is_file()

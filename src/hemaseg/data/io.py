@@ -32,32 +32,100 @@ class DataError(ValueError):
     """Bad input data. The message always names the file and says what is wrong."""
 
 
+#: the most pixels an image may have (Pillow refuses more than ~179 Mpx on its own as a decompression bomb)
+MAX_PIXELS = 500_000_000
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as an ``HW`` or ``HWC`` array in its stored dtype (uint8, uint16, float...).
 
-    Convert it to the contract's tensor with :func:`hemaseg.data.contract.image_to_tensor`.
-    Palette images are expanded to RGB; PIL's 16-bit gray modes come back as ``uint16``.
+    The format is decided by the file's content, not its name (a PNG named ``.tif`` is read as PNG).
+    Palette images are expanded to RGB; PIL's 16-bit gray modes come back as ``uint16``; CMYK (TIFF or
+    JPEG) is converted to RGB; a TIFF of several pages or planes (a stack) is refused, as is an image of
+    more than :data:`MAX_PIXELS` pixels. Convert the result to the contract's tensor with
+    :func:`hemaseg.data.contract.image_to_tensor`.
     """
     p = Path(path)
     try:
-        if p.suffix.lower() in TIFF_EXTENSIONS:
-            arr = tifffile.imread(p)
-            if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
-                arr = np.moveaxis(arr, 0, -1)  # CHW TIFF -> HWC
-        else:
-            with Image.open(p) as im:
-                im.load()
-                if im.mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                elif im.mode in ("I;16", "I;16B", "I;16L"):
-                    arr = np.array(im, dtype=np.uint16)
-                    return _check_image(arr, p)
-                elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
-                    im = im.convert("RGB" if im.mode != "1" else "L")
-                arr = np.array(im)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise DataError(f"{p}: cannot read image ({err})") from err
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        if not head:
+            raise DataError(f"{p}: cannot read image (the file is empty)")
+        arr = _read_tiff(p) if head in _TIFF_MAGIC else _read_pil(p)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
+        raise DataError(f"{p}: cannot read image ({err or type(err).__name__})") from err
     return _check_image(arr, p)
+
+
+def _too_large(p: Path, h: int, w: int) -> None:
+    if h * w > MAX_PIXELS:
+        raise DataError(f"{p}: {w}x{h} = {h * w / 1e6:.0f} Mpx is over hemaseg's limit of {MAX_PIXELS / 1e6:.0f} Mpx; "
+                        "cut the image into parts")
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    with Image.open(p) as im:
+        _too_large(p, im.height, im.width)
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our own limit, checked above, replaces Pillow's bomb check
+        im.load()
+        if getattr(im, "n_frames", 1) > 1:
+            raise DataError(f"{p}: {im.n_frames} frames (an animation or a stack); hemaseg reads one image per file")
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.array(im, dtype=np.uint16)
+        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
+            im = im.convert("RGB" if im.mode != "1" else "L")
+        return np.array(im)
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    """A TIFF's first series as ``HW``/``HWC``: pages or planes beyond one image are refused (a stack of
+    3 grayscale pages is not an RGB image), CMYK converted to RGB, min-is-white inverted."""
+    with tifffile.TiffFile(p) as tif:
+        if not tif.series:
+            raise DataError(f"{p}: the TIFF holds no image")
+        series = tif.series[0]
+        page = series.keyframe
+        axes, shape = series.axes, series.shape
+        if 0 in shape:
+            raise DataError(f"{p}: image is empty (shape {shape})")
+        stack = [f"{n} along {a}" for a, n in zip(axes, shape) if a not in "YXS" and n > 1]
+        if stack or len(tif.series) > 1:
+            what = ", ".join(stack) or f"{len(tif.series)} images"
+            raise DataError(f"{p}: a stack of images ({what}; TIFF axes {axes}, shape {shape}); hemaseg reads one "
+                            "image per file: save each page or plane as its own file")
+        if "Y" in axes and "X" in axes:
+            _too_large(p, shape[axes.index("Y")], shape[axes.index("X")])
+        arr = series.asarray()
+        photometric = int(page.photometric)
+        extras = len(page.extrasamples)
+    keep = "".join(a for a in axes if a in "YXS")
+    arr = arr.reshape([n for a, n in zip(axes, shape) if a in "YXS"])
+    if keep.startswith("S"):  # planar: channels first
+        arr = np.moveaxis(arr, 0, -1)
+    if photometric == 5:  # SEPARATED: CMYK (inks) -> RGB
+        if arr.ndim != 3 or arr.shape[2] - extras != 4:
+            raise DataError(f"{p}: a separated (ink) TIFF that is not CMYK ({arr.shape[-1]} samples)")
+        arr = _cmyk_to_rgb(arr[..., :4])
+    elif photometric == 0 and arr.dtype.kind in "ui":  # MINISWHITE: 0 is white
+        arr = np.iinfo(arr.dtype).max - arr
+    return arr
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """``HWx4`` CMYK -> ``HWx3`` RGB of the same dtype, each colour ``(1 - ink) * (1 - black)``.
+
+    >>> _cmyk_to_rgb(np.array([[[0, 255, 255, 0], [0, 0, 0, 255]]], np.uint8)).tolist()
+    [[[255, 0, 0], [0, 0, 0]]]
+    """
+    top = float(np.iinfo(cmyk.dtype).max) if cmyk.dtype.kind in "ui" else 1.0
+    c = cmyk.astype(np.float64) / top
+    rgb = (1 - c[..., :3]) * (1 - c[..., 3:4]) * top
+    return np.round(rgb).astype(cmyk.dtype) if cmyk.dtype.kind in "ui" else rgb.astype(cmyk.dtype)
 
 
 def _check_image(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -89,6 +157,31 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
         raise DataError(f"{p}: a mask must not hold negative values")
     return arr.astype(np.int32) if arr.dtype.itemsize > 2 or arr.dtype.kind == "i" else arr
+
+
+def check_writable(path: str | os.PathLike, folder: bool = True) -> Path:
+    """Refuse, before any work, an output ``path`` that cannot be written: a folder (``folder``) that is a
+    file, a file that is a folder, or a place under a file or in a folder this process cannot write to
+    (a probe file is created and removed). Nothing is created. Returns ``path``."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise DataError(f"{p}: is a file, not a folder")
+    if not folder and p.is_dir():
+        raise DataError(f"{p}: is a folder; name a file")
+    place = p if folder else p.parent
+    while not place.exists():
+        if place.is_symlink():
+            raise DataError(f"{p}: {place} is a link to nothing")
+        place = place.parent
+    if not place.is_dir():
+        raise DataError(f"{p}: {place} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hemaseg-write-test.", dir=place)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise DataError(f"{p}: cannot write in {place} ({err.strerror or err})") from err
+    return p
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
