@@ -393,3 +393,49 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
         r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--out", str(ro / "x"), "--method", "otsu"])
         assert r.exit_code == 2 and "cannot write in" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in", "ro"] if (tmp_path / "ro").exists() else ["file", "in"]
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--score-threshold", "2"], "score threshold must be between 0 and 1, got 2.0"),
+    (["--score-threshold", "nan"], "score threshold must be between 0 and 1, got nan"),
+    (["--diameter", "0.001"], "diameter must be 4-4000 px (a white cell's diameter in your images), got 0.001"),
+    (["--diameter", "1e9"], "diameter must be 4-4000 px"),
+    (["--pixel-size", "-0.1"], "pixel size must be 0.005-50 um/px, got -0.1"),
+])
+def test_option_ranges_are_checked_in_one_place_before_any_work(tmp_path, option, message):
+    save_png(tmp_path / "in" / "a.png", _smear())
+    r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *option])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_classifier_refuses_a_pixel_size_that_is_no_size(tmp_path):
+    save_png(tmp_path / "in" / "a.png", _smear())
+    (tmp_path / "t.csv").write_text("image,type\na,lymphocyte\n")
+    r = runner.invoke(app, ["fit-classifier", "--data", str(tmp_path / "in"), "--labels", str(tmp_path / "t.csv"),
+                            "--pixel-size", "-0.1", "--out", str(tmp_path / "t.pt")])
+    assert r.exit_code == 2 and "in: pixel size must be 0.005-50 um/px, got -0.1" in r.output, r.output
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for k in range(40):
+        save_png(tmp_path / "in" / f"{k:02d}.png", _smear())
+    cmd = [sys.executable, "-m", "hemaseg", "segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+           "--method", "otsu", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "out").exists() and time.time() < deadline:  # the batch has begun
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: every file already written is complete" in err and "Traceback" not in err
+    assert len(list((tmp_path / "out").glob("*_result.json"))) < 40
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len((tmp_path / "out" / "summary.csv").read_text().splitlines()) == 41

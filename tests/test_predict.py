@@ -132,10 +132,10 @@ def test_segment_diameter_resizes_to_the_models_cell_size(tmp_path):
     plain = save_checkpoint(tmp_path / "plain.pt", build_model(ModelConfig()), ModelConfig())
     with pytest.raises(ValueError, match="not trained at a cell diameter"):
         ModelMethod.from_checkpoint(plain, SegmentConfig(diameter=160))
-    with pytest.raises(ValueError, match="diameter must be > 0"):
+    with pytest.raises(ValueError, match="diameter must be 4-4000 px"):
         SegmentConfig(diameter=0)
     for bad in (-0.1, 0.0, float("nan")):
-        with pytest.raises(ValueError, match="pixel size must be > 0 um/px"):
+        with pytest.raises(ValueError, match="pixel size must be 0.005-50 um/px"):
             SegmentConfig(pixel_size=bad)
 
 

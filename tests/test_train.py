@@ -142,7 +142,7 @@ def test_training_at_a_diameter_resizes_each_dataset_and_the_model_keeps_it(smea
     _, cfg = load_model(tmp_path / "run" / "best.pt")
     assert cfg.diameter == 30.0
     assert read_checkpoint(tmp_path / "run" / "best.pt")["data_diameters"] == {str(smears): pytest.approx(measured, abs=0.05)}
-    with pytest.raises(ValueError, match="diameter must be > 0"):
+    with pytest.raises(ValueError, match="diameter must be 4-4000 px"):
         _cfg(smears, tmp_path / "bad", diameter=-1.0)
 
 
@@ -224,3 +224,15 @@ def test_repeat_factors_set_each_datasets_share_of_an_epoch_and_an_outline_head_
         _cfg(data, tmp_path / "x", repeat=(1.0,))
     with pytest.raises(ValueError, match="one factor > 0 per dataset"):
         _cfg(data, tmp_path / "x", repeat=(1.0, 0.0))
+
+
+def test_resume_with_other_data_is_refused_and_val_among_data_is_said(smears, tmp_path):
+    import shutil
+
+    logs: list[str] = []
+    train(_cfg(smears, tmp_path / "run", epochs=1, val=str(smears)), progress=False, log=logs.append)
+    assert any(f"warning: --val {smears} is also training --data: its scores are not held out" in s for s in logs)
+    other = shutil.copytree(smears, tmp_path / "other")
+    with pytest.raises(ValueError, match=r"last\.pt: the run was trained on --data .*smears.* --val .*, not .*other.*: resume "
+                                         r"with the same data"):
+        train(_cfg(other, tmp_path / "run", epochs=2), resume=True, progress=False, log=lambda s: None)

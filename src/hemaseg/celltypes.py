@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.io import atomic_write
+from .model import check_pixel_size
 
 TYPES = ("segmented_neutrophil", "band_neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil",
          "promyelocyte", "myelocyte", "metamyelocyte", "erythroblast", "platelet")
@@ -132,8 +133,7 @@ def context_crop(image: np.ndarray, center: tuple[float, float], pixel_size: flo
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"context_crop needs an HxWx3 uint8 image, not {image.shape} {image.dtype}")
-    if not pixel_size > 0:
-        raise ValueError(f"pixel size must be > 0, not {pixel_size}")
+    check_pixel_size(pixel_size)
     half = cfg.context * cfg.pixel_size / pixel_size / 2  # window half-side in image pixels
     y0, x0 = int(round(center[0] - half)), int(round(center[1] - half))
     side = max(1, int(round(2 * half)))
@@ -705,6 +705,11 @@ class TypeSource:
     labels: Path
     pixel_size: float | None = None
     holdout: float = 0.2
+
+    def __post_init__(self):
+        check_pixel_size(self.pixel_size, f"{self.folder}: pixel size")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"{self.folder}: holdout must be 0 or more and under 1, got {self.holdout}")
 
     @property
     def name(self) -> str:

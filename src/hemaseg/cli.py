@@ -363,7 +363,7 @@ def fit_classifier(
                              "model of before (5 types, --labels required).", rich_help_panel="Model"),
     stain: str = typer.Option("reinhard", help="cnn: match each cell's colours to the training stain (reinhard) or not "
                               "(none).", rich_help_panel="Model"),
-    views: int = typer.Option(8, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
+    views: int = typer.Option(1, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
                               rich_help_panel="Model"),
     arch: str = typer.Option("efficientnet_lite0", help="cnn: the network, efficientnet_lite0 or resnet18.",
                              rich_help_panel="Model"),
@@ -626,8 +626,29 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised instead of KeyboardInterrupt so that it reaches :func:`main` through click."""
+
+
+INTERRUPTED = ("interrupted: every file already written is complete (each is written whole, then renamed); run the "
+               "same command again to go on - segment keeps the images it finished, train continues with --resume")
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted()
+
+
 def main() -> None:
-    app()
+    import signal
+
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        app()
+    except Interrupted:
+        typer.secho(INTERRUPTED, err=True, fg=typer.colors.YELLOW)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

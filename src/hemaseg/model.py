@@ -74,16 +74,53 @@ def load_marked(path: str | Path, marker: str, what: str, missing: str | None = 
     return ckpt
 
 
+#: plausible values of the scale options; outside them a value is a typing or unit error
+DIAMETER_RANGE = (4.0, 4000.0)  # px: a white cell's diameter in an image
+PIXEL_SIZE_RANGE = (0.005, 50.0)  # um per px
+
+
+def _within(value, lo: float, hi: float) -> bool:
+    try:
+        return math.isfinite(value) and lo <= value <= hi
+    except TypeError:
+        return False
+
+
 def check_diameter(value: float | None) -> None:
-    """A cell diameter (``--diameter``, model, training and segmentation configs) is None or > 0 px.
+    """A cell diameter (``--diameter``, model, training and segmentation configs) is None or a plausible
+    white-cell diameter in px (:data:`DIAMETER_RANGE`).
 
     >>> check_diameter(80.0); check_diameter(None)
-    >>> check_diameter(0)
+    >>> check_diameter(0.001)
     Traceback (most recent call last):
-    ValueError: diameter must be > 0 px, got 0
+    ValueError: diameter must be 4-4000 px (a white cell's diameter in your images), got 0.001
     """
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"diameter must be > 0 px, got {value}")
+    if value is not None and not _within(value, *DIAMETER_RANGE):
+        raise ValueError(f"diameter must be {DIAMETER_RANGE[0]:g}-{DIAMETER_RANGE[1]:g} px (a white cell's diameter "
+                         f"in your images), got {value}")
+
+
+def check_pixel_size(value: float | None, what: str = "pixel size") -> None:
+    """A pixel size is None or plausible, in um per px (:data:`PIXEL_SIZE_RANGE`).
+
+    >>> check_pixel_size(0.1); check_pixel_size(None)
+    >>> check_pixel_size(-0.1)
+    Traceback (most recent call last):
+    ValueError: pixel size must be 0.005-50 um/px, got -0.1
+    """
+    if value is not None and not _within(value, *PIXEL_SIZE_RANGE):
+        raise ValueError(f"{what} must be {PIXEL_SIZE_RANGE[0]:g}-{PIXEL_SIZE_RANGE[1]:g} um/px, got {value}")
+
+
+def check_fraction(value: float, what: str) -> None:
+    """A probability-like option (a score threshold) is a number in [0, 1].
+
+    >>> check_fraction(0.5, "score threshold"); check_fraction(float("nan"), "score threshold")
+    Traceback (most recent call last):
+    ValueError: score threshold must be between 0 and 1, got nan
+    """
+    if not _within(value, 0.0, 1.0):
+        raise ValueError(f"{what} must be between 0 and 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -132,8 +169,7 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_diameter(self.diameter)
-        if self.pixel_size is not None and not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
-            raise ValueError(f"pixel_size must be > 0 um/px, got {self.pixel_size}")
+        check_pixel_size(self.pixel_size)
         if self.outline < 0 or (self.outline and self.arch == "unet"):
             raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
         if not 2 <= self.outline_levels <= 6:

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from .data.contract import masks_to_boxes
-from .model import check_diameter
+from .model import check_diameter, check_fraction, check_pixel_size
 from .scale import ScaleEstimate, ScaleNet, estimate_scale
 from .outline import OUTLINE_RADIUS, foreground_maps, refine_outlines
 from .tiling import Cells, crop_image, image_size, mask_extent, segment_tiled, tile_cells, tiles
@@ -234,8 +234,8 @@ class SegmentConfig:
         if unknown:
             raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
         check_diameter(self.diameter)
-        if self.pixel_size is not None and not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
-            raise ValueError(f"pixel size must be > 0 um/px, got {self.pixel_size}")
+        check_pixel_size(self.pixel_size)
+        check_fraction(self.score_threshold, "score threshold")
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
         if self.batch < 1:

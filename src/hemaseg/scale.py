@@ -510,8 +510,9 @@ def fit_scale(data: Sequence[str | Path], pixel_sizes: Sequence[float], out: str
         raise ValueError(f"{len(pixel_sizes)} pixel sizes for {len(data)} folders: give one --pixel-size per --data, in order")
     sources, held_out = [], {}
     for folder, px in zip(data, pixel_sizes):
-        if not (px > 0 and math.isfinite(px)):
-            raise ValueError(f"{folder}: pixel size must be > 0 um/px, got {px}")
+        from .model import check_pixel_size
+
+        check_pixel_size(px, f"{folder}: pixel size")
         files = list_images([folder])
         if not files:
             raise ValueError(f"{folder}: no images")

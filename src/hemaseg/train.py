@@ -37,6 +37,7 @@ from .nuclei import NUCLEUS_CLASS
 from .model import (
     ModelConfig,
     check_diameter,
+    check_pixel_size,
     build_model,
     load_weights,
     read_checkpoint,
@@ -94,13 +95,14 @@ class TrainConfig:
         if self.pixel_size is not None:
             if self.diameter is not None:
                 raise ValueError("give a training --pixel-size or a --diameter, not both")
-            if not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
-                raise ValueError(f"pixel_size must be > 0 um/px, got {self.pixel_size}")
+            check_pixel_size(self.pixel_size)
         if self.data_pixel_size is not None:
             object.__setattr__(self, "data_pixel_size", tuple(float(v) for v in self.data_pixel_size))
             if self.pixel_size is None:
                 raise ValueError("the datasets' pixel sizes (--data-pixel-size) need the run's --pixel-size")
-            if len(self.data_pixel_size) != len(self.data_paths) or not all(v > 0 and math.isfinite(v) for v in self.data_pixel_size):
+            for v in self.data_pixel_size:
+                check_pixel_size(v, "each --data-pixel-size")
+            if len(self.data_pixel_size) != len(self.data_paths):
                 raise ValueError(f"data_pixel_size: one value > 0 um/px per dataset ({len(self.data_paths)}), got {list(self.data_pixel_size)}")
         if self.repeat is not None:
             object.__setattr__(self, "repeat", tuple(float(r) for r in self.repeat))
@@ -203,6 +205,11 @@ def prepare_data(cfg: TrainConfig) -> tuple[list[Part], list[Part]]:
     return train_parts, val_parts
 
 
+def _places(data: tuple[str, ...], val: str | None) -> tuple[tuple[str, ...], str | None]:
+    """The run's datasets as resolved paths (to compare runs and spot --val among --data)."""
+    return tuple(str(Path(d).resolve()) for d in data), None if val is None else str(Path(val).resolve())
+
+
 def has_cells(source, refs: list) -> bool:
     """Whether any of ``refs`` (samples of ``source``) is annotated with a cell (reads masks until one is)."""
     from .data.io import read_label_image
@@ -290,11 +297,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         for stale in remove_stale_temps(out):
             log(f"removed {stale.name}, left by a run killed while writing a file")
         saved = TrainConfig.from_dict(state["train"])
+        given, before = _places(cfg.data_paths, cfg.val), _places(saved.data_paths, saved.val)
+        if given != before:
+            raise ValueError(f"{last_path}: the run was trained on --data {', '.join(before[0])}"
+                             + (f" --val {before[1]}" if before[1] else "") + f", not {', '.join(given[0])}"
+                             + (f" --val {given[1]}" if given[1] else "") + ": resume with the same data, or start "
+                             "a new run with another --out")
         # the saved run decides everything but its length and the progress display
         cfg = dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs))
     elif last_path.exists():
         raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
 
+    data_places, val_place = _places(cfg.data_paths, cfg.val)
+    if val_place is not None and val_place in data_places:
+        log(f"warning: --val {cfg.val} is also training --data: its scores are not held out")
     train_parts, val_parts = prepare_data(cfg)
     if not any(has_cells(src, refs) for src, refs in train_parts):
         n = sum(len(refs) for _, refs in train_parts)
