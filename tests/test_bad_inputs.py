@@ -439,3 +439,17 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((tmp_path / "out" / "summary.csv").read_text().splitlines()) == 41
+
+
+def test_empty_model_files_and_missing_label_tables_get_plain_messages(tmp_path):
+    from hemaseg.celltypes import CellTypeClassifier
+    from hemaseg.classify import read_type_labels
+    from hemaseg.model import CheckpointError, load_model
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: not a readable checkpoint \(the file is empty\)"):
+        load_model(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: not a readable cell-type classifier \(the file is empty\)"):
+        CellTypeClassifier.load(tmp_path / "empty.pt")
+    with pytest.raises(DataError, match=r"nope\.csv: cannot read the type labels \(No such file or directory\)"):
+        read_type_labels(tmp_path / "nope.csv")

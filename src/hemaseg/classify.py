@@ -19,7 +19,7 @@ import torch
 from skimage.color import rgb2hsv
 from skimage.measure import regionprops
 
-from .data.io import write_json
+from .data.io import DataError, write_json
 from .measure import circularity
 from .nuclei import count_lobes
 
@@ -141,8 +141,11 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
     A row with an empty type (unknown) is left out.
     """
     out = {}
-    with open(path, encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read the type labels ({getattr(err, 'strerror', None) or err})") from err
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
             continue

@@ -65,6 +65,8 @@ def load_marked(path: str | Path, marker: str, what: str, missing: str | None = 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such {missing or what} file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: not a readable {what} (the file is empty)")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refusal, truncated zip, not a torch file at all
