@@ -3,13 +3,17 @@ out, on the cells the default ``segment`` call finds; the cross-lab rows (traine
 on it); stain matching against none; the old linear classifier in the same run; time per cell.
 
     git show 6bb6b48:src/hemaseg/models/wbc_types.json > runs/linear.json        # the classifier before issue 18
-    .venv/bin/python benchmarks/wbc_types.py crops                               # labelled cells of every source (~3 min)
-    .venv/bin/python benchmarks/wbc_types.py train --name bundled --epochs 12   # = the bundled recipe (~20 min on 2 cores)
-    .venv/bin/python benchmarks/wbc_types.py train --name no-bccd --without bccd --epochs 6
-    .venv/bin/python benchmarks/wbc_types.py train --name no-dataset2 --without dataset2 --epochs 6
-    .venv/bin/python benchmarks/wbc_types.py train --name no-pbc --without pbc --epochs 6
-    .venv/bin/python benchmarks/wbc_types.py train --name bundled-6 --epochs 6
-    .venv/bin/python benchmarks/wbc_types.py train --name no-stain-6 --stain none --epochs 6
+    .venv/bin/python benchmarks/wbc_types.py crops                               # labelled cells of every source (~2 min)
+    .venv/bin/python benchmarks/wbc_types.py train --name lite0-12 --epochs 12   # = the bundled recipe (~28 min on 2 cores)
+    .venv/bin/python benchmarks/wbc_types.py views --model lite0-12 --name lite0-12-v4 --views 4
+    .venv/bin/python benchmarks/wbc_types.py views --model lite0-12 --name lite0-12-v8 --views 8
+    .venv/bin/python benchmarks/wbc_types.py train --name bundled --arch resnet18 --lr 2e-3 --epochs 12   # the ResNet-18
+    .venv/bin/python benchmarks/wbc_types.py views --model bundled --name bundled-v8 --views 8             # shipped before
+    .venv/bin/python benchmarks/wbc_types.py train --name lite-no-bccd --without bccd --epochs 5           # cross-lab rows
+    .venv/bin/python benchmarks/wbc_types.py train --name lite-no-dataset2 --without dataset2 --epochs 5
+    .venv/bin/python benchmarks/wbc_types.py train --name lite-no-pbc --without pbc --epochs 40
+    .venv/bin/python benchmarks/wbc_types.py train --name no-bccd --without bccd --arch resnet18 --lr 2e-3 --epochs 5
+    .venv/bin/python benchmarks/wbc_types.py train --name no-bccd-nostain --without bccd --stain none --arch resnet18 --lr 2e-3 --epochs 5
     .venv/bin/python benchmarks/wbc_types.py segment --baseline runs/linear.json  # held-out images, default call (~8 min)
     .venv/bin/python benchmarks/wbc_types.py report                              # tables + figures -> runs/wbc_types/
 
@@ -323,7 +327,8 @@ def main() -> None:
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--again", action="store_true", help="segment every source again")
     r = sub.add_parser("report")
-    r.add_argument("--models", nargs="+", default=["bundled", "bundled-6", "no-stain-6", "no-bccd", "no-dataset2", "no-pbc"])
+    r.add_argument("--models", nargs="+", default=["lite0-12", "lite0-12-v4", "lite0-12-v8", "bundled-v8", "lite-no-bccd",
+                                                   "lite-no-dataset2", "lite-no-pbc", "no-bccd", "no-bccd-nostain", "no-dataset2", "no-pbc"])
     args = ap.parse_args()
     torch.manual_seed(0)
     {"crops": cmd_crops, "train": cmd_train, "views": cmd_views, "segment": cmd_segment, "report": cmd_report}[args.cmd](args)
