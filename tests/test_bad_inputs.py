@@ -453,3 +453,14 @@ def test_empty_model_files_and_missing_label_tables_get_plain_messages(tmp_path)
         CellTypeClassifier.load(tmp_path / "empty.pt")
     with pytest.raises(DataError, match=r"nope\.csv: cannot read the type labels \(No such file or directory\)"):
         read_type_labels(tmp_path / "nope.csv")
+
+
+def test_the_linear_classifier_says_what_is_wrong_in_its_own_words():
+    from hemaseg.classify import FEATURE_NAMES, fit_linear
+
+    X = np.random.default_rng(0).normal(size=(6, len(FEATURE_NAMES)))
+    with pytest.raises(ValueError, match="6 labelled cells, all of one type \\(lymphocyte\\): a classifier needs cells of at least two types"):
+        fit_linear(X, ["lymphocyte"] * 6)
+    X[2, 0] = np.nan
+    with pytest.raises(ValueError, match="1 of 6 cells have features that are not finite numbers"):
+        fit_linear(X, ["lymphocyte", "monocyte"] * 3)

@@ -119,6 +119,13 @@ def fit_linear(X: np.ndarray, y: list[str], threshold: float = 0.5, C: float = 1
     """Fit a class-balanced multinomial logistic regression (scikit-learn) on features ``X``."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(set(y)) < 2:
+        raise ValueError(f"{len(y)} labelled cells, all of one type ({', '.join(sorted(set(y))) or 'none'}): "
+                         "a classifier needs cells of at least two types")
+    bad = int((~np.isfinite(X)).any(axis=1).sum())
+    if bad:
+        raise ValueError(f"{bad} of {len(X)} cells have features that are not finite numbers (an empty nucleus or "
+                         "cell?); leave those cells out")
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
     scale[scale < 1e-9] = 1.0
