@@ -464,3 +464,12 @@ def test_the_linear_classifier_says_what_is_wrong_in_its_own_words():
     X[2, 0] = np.nan
     with pytest.raises(ValueError, match="1 of 6 cells have features that are not finite numbers"):
         fit_linear(X, ["lymphocyte", "monocyte"] * 3)
+
+
+def test_pillow_bomb_check_is_said_as_the_size_limit(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    save_png(tmp_path / "big.png", _smear())
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over 2x its limit, before hemaseg looks
+    with pytest.raises(DataError, match=r"big\.png: over hemaseg's limit of 500 Mpx \(Image size"):
+        read_image(tmp_path / "big.png")

@@ -35,6 +35,7 @@ class DataError(ValueError):
 #: the most pixels an image may have (Pillow refuses more than ~179 Mpx on its own as a decompression bomb)
 MAX_PIXELS = 500_000_000
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check at our limit (it refuses at twice it)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -55,6 +56,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         arr = _read_tiff(p) if head in _TIFF_MAGIC else _read_pil(p)
     except DataError:
         raise
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{p}: over hemaseg's limit of {MAX_PIXELS / 1e6:.0f} Mpx ({err}); cut the image into parts") from err
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
         raise DataError(f"{p}: cannot read image ({err or type(err).__name__})") from err
     return _check_image(arr, p)
@@ -69,7 +72,6 @@ def _too_large(p: Path, h: int, w: int) -> None:
 def _read_pil(p: Path) -> np.ndarray:
     with Image.open(p) as im:
         _too_large(p, im.height, im.width)
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # our own limit, checked above, replaces Pillow's bomb check
         im.load()
         if getattr(im, "n_frames", 1) > 1:
             raise DataError(f"{p}: {im.n_frames} frames (an animation or a stack); hemaseg reads one image per file")
