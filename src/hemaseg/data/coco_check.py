@@ -90,11 +90,11 @@ def segmentation_problem(seg: Any, h: int, w: int) -> str | None:
         return rle_problem(seg, h, w)
     if not isinstance(seg, list) or not seg:
         return "has no polygon" if isinstance(seg, list) else f"is a {type(seg).__name__}, not polygons or an RLE"
-    for k, poly in enumerate(seg):
-        problem = polygon_problem(poly, h, w)
+    problems = [polygon_problem(poly, h, w) for poly in seg]
+    for k, problem in enumerate(problems):
         if problem is not None and not (problem.startswith("lies entirely outside") and len(seg) > 1):
             return f"polygon {k} {problem}"
-    if all(polygon_problem(p, h, w) for p in seg):
+    if all(problems):
         return f"every polygon lies entirely outside the image ({w}x{h})"
     return None
 
@@ -137,13 +137,14 @@ def check_coco(path: str | Path, data: Any) -> None:
         else:
             sizes[img["id"]] = (int(h), int(w))
     cats = {c["id"] for c in data["categories"]}
+    image_ids = {img["id"] for img in data["images"]}
     for ann in data["annotations"]:
         aid = ann.get("id")
         if not all(isinstance(ann[k], int) and not isinstance(ann[k], bool) for k in ("image_id", "category_id")):
             problems.append(f"annotation {aid}: image_id and category_id must be whole numbers")
             continue
         if ann["image_id"] not in sizes:
-            if not any(img["id"] == ann["image_id"] for img in data["images"]):
+            if ann["image_id"] not in image_ids:
                 problems.append(f"annotation {aid} refers to unknown image id {ann['image_id']}")
             continue
         if ann["category_id"] not in cats:
