@@ -68,29 +68,42 @@ def load_set(path: Path) -> CropSet:
     return CropSet(z["crops"], z["labels"].tolist(), z["sources"].tolist(), z["names"].tolist())
 
 
+def geometry(cfg: TypeConfig) -> str:
+    """File-name tag of a crop geometry: "" for the default (0.25 um/px, 128 px), else "@PX-CONTEXT"."""
+    d = TypeConfig()
+    return "" if (cfg.pixel_size, cfg.context) == (d.pixel_size, d.context) else f"@{cfg.pixel_size:g}-{cfg.context}"
+
+
+def crop_config(args) -> TypeConfig:
+    d = TypeConfig()
+    return TypeConfig(pixel_size=args.pixel_size or d.pixel_size, context=args.context or d.context, size=args.size or d.size)
+
+
 def cmd_crops(args) -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
+    cfg = crop_config(args)
     for name, src in SOURCES.items():
-        train, held = source_crops(src, progress=True)
+        train, held = source_crops(src, cfg, progress=True)
         if name == "pbc":
-            held, _ = source_crops(PBC_VAL, progress=True)
+            held, _ = source_crops(PBC_VAL, cfg, progress=True)
             held.sources = ["pbc"] * len(held)
         train.sources, held.sources = [name] * len(train), [name] * len(held)
-        save_set(RUNS / f"train_{name}.npz", train)
-        save_set(RUNS / f"held_{name}.npz", held)
+        save_set(RUNS / f"train_{name}{geometry(cfg)}.npz", train)
+        save_set(RUNS / f"held_{name}{geometry(cfg)}.npz", held)
         print(f"{name}: {len(train)} training cells, {len(held)} held out")
 
 
-def training_set(without: list[str]) -> CropSet:
-    """Every source's training cells (in :data:`SOURCES` order, as ``hemaseg fit-classifier`` joins them)."""
-    return CropSet.join([load_set(RUNS / f"train_{n}.npz") for n in SOURCES if n not in without])
+def training_set(without: list[str], cfg: TypeConfig = TypeConfig()) -> CropSet:
+    """Every source's training cells (in :data:`SOURCES` order, as ``hemaseg fit-classifier`` joins them)
+    cropped as ``cfg`` (``crops`` with the same geometry options)."""
+    return CropSet.join([load_set(RUNS / f"train_{n}{geometry(cfg)}.npz") for n in SOURCES if n not in without])
 
 
 def cmd_train(args) -> None:
-    cfg = TypeConfig(stain=args.stain, arch=args.arch)
+    cfg = dataclasses.replace(crop_config(args), stain=args.stain, arch=args.arch)
     tcfg = TypeTrainConfig(epochs=args.epochs, seed=args.seed, lr=args.lr,
                            pretrained=not args.random_init and args.arch == "efficientnet_lite0")
-    clf = fit_celltypes(training_set(args.without), cfg, tcfg)
+    clf = fit_celltypes(training_set(args.without, cfg), cfg, tcfg)
     clf.report["without"] = args.without
     clf.save(RUNS / f"{args.name}.pt")
     print(f"-> {RUNS / args.name}.pt")
@@ -102,7 +115,7 @@ def cmd_views(args) -> None:
 
     clf = CellTypeClassifier.load(RUNS / f"{args.model}.pt")
     tcfg = TypeTrainConfig(**clf.report["train_config"])
-    _, cal = split_crops(training_set(clf.report.get("without", [])), tcfg.calibration, tcfg.seed)
+    _, cal = split_crops(training_set(clf.report.get("without", []), clf.cfg), tcfg.calibration, tcfg.seed)
     clf.cfg = clf.net.cfg = dataclasses.replace(clf.cfg, views=args.views)
     calibrate(clf, cal, tcfg).save(RUNS / f"{args.name}.pt")
     print(f"{args.model} seeing {args.views} views: temperature {clf.cfg.temperature}, threshold {clf.cfg.threshold} "
@@ -241,7 +254,7 @@ def five_part(scores: dict) -> dict:
 
 def cmd_report(args) -> None:
     predicted = json.loads((RUNS / "predicted.json").read_text())
-    held = {n: load_set(RUNS / f"held_{n}.npz") for n in SOURCES}
+    held: dict[tuple[str, str], CropSet] = {}  # (source, crop geometry) -> its held-out true cells
     models = [m for m in args.models if (RUNS / f"{m}.pt").is_file()]
     table, results = [], {}
     for m in models:
@@ -251,7 +264,10 @@ def cmd_report(args) -> None:
             if without and name not in without:
                 continue  # a cross-lab model is scored on the source it never saw
             s, truth, calls = score_predicted(clf, predicted[name])
-            t = score_true(clf, held[name])
+            key = (name, geometry(clf.cfg))
+            if key not in held:
+                held[key] = load_set(RUNS / f"held_{name}{key[1]}.npz")
+            t = score_true(clf, held[key])
             results[(m, name)] = (s, truth, calls)
             table.append({"model": m, "source": name, "cells": s["cells"], "missed": s["missed"], "accuracy": s["accuracy"],
                           "balanced": s["balanced_accuracy"], "true-cell acc": t["accuracy"], "true-cell bal": t["balanced_accuracy"],
@@ -308,8 +324,12 @@ def figures(main: str, results: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("crops")
+    c = sub.add_parser("crops")
     t = sub.add_parser("train")
+    for p in (c, t):  # crop geometry (default: TypeConfig's); train reads the crops made with the same
+        p.add_argument("--pixel-size", type=float, default=None, help="um per px of the crops")
+        p.add_argument("--context", type=int, default=None, help="stored window side (px)")
+        p.add_argument("--size", type=int, default=None, help="side the network sees (px)")
     t.add_argument("--name", required=True)
     t.add_argument("--without", action="append", default=[], choices=list(SOURCES))
     t.add_argument("--stain", default="reinhard", choices=["reinhard", "none"])

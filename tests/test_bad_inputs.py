@@ -92,6 +92,7 @@ def test_the_cli_exits_non_zero_and_names_the_failures(tmp_path):
     r = runner.invoke(app, ["segment", str(folder), "--out", str(tmp_path / "out"), "--no-progress", "--no-types"])
     assert r.exit_code == 1
     assert "failed: " + str(folder / "bad.png") in r.output and "1 image(s) failed" in r.output
+    assert r.output.count(str(folder / "bad.png")) == 1  # named once, not "bad.png: bad.png: ..."
     assert "segmented 1/2 images" in r.output
 
 
@@ -451,8 +452,12 @@ def test_empty_model_files_and_missing_label_tables_get_plain_messages(tmp_path)
         load_model(tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match=r"empty\.pt: not a readable cell-type classifier \(the file is empty\)"):
         CellTypeClassifier.load(tmp_path / "empty.pt")
-    with pytest.raises(DataError, match=r"nope\.csv: cannot read the type labels \(No such file or directory\)"):
+    with pytest.raises(DataError, match=r"nope\.csv: cannot read the type labels \(no such file or directory\)"):
         read_type_labels(tmp_path / "nope.csv")
+    for text in ("", "image,type\n", "x\n"):  # empty, header only, one line: no table at all
+        (tmp_path / "t.csv").write_text(text)
+        with pytest.raises(DataError, match=r"t\.csv: no 'image,type' rows \(expected a header row"):
+            read_type_labels(tmp_path / "t.csv")
 
 
 def test_the_linear_classifier_says_what_is_wrong_in_its_own_words():
@@ -473,3 +478,50 @@ def test_pillow_bomb_check_is_said_as_the_size_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over 2x its limit, before hemaseg looks
     with pytest.raises(DataError, match=r"big\.png: over hemaseg's limit of 500 Mpx \(Image size"):
         read_image(tmp_path / "big.png")
+
+
+def test_os_errors_are_said_in_words_not_errno():
+    from hemaseg.cli import _says
+
+    assert _says(FileNotFoundError(2, "No such file or directory", "a/x.csv")) == "a/x.csv: no such file or directory"
+    assert _says(PermissionError(13, "Permission denied", "/r/out")) == "/r/out: permission denied"
+    assert _says(OSError(28, "No space left on device")) == "no space left on device"
+    assert _says(DataError("x.png: bad")) == "x.png: bad"
+
+
+def test_serve_refuses_a_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "f.json").write_text("{}")
+    r = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "f.json")])
+    assert r.exit_code == 2 and "is a file, not a folder" in " ".join(r.output.replace("│", " ").split())
+
+
+def test_a_split_or_run_that_is_not_hemasegs_is_named(tmp_path):
+    from hemaseg.data.dataset import select_refs
+
+    src = tmp_path / "d"
+    semantic_pair(src, "a")
+    for text, message in (("{bad", r"s.json: not a readable split.json of `hemaseg train` \(Expecting"),
+                          ("[1, 2]", r"s.json: no 'val' list \(has \[\]\)"), ('{"train": []}', r"no 'val' list \(has \['train'\]\)")):
+        (tmp_path / "s.json").write_text(text)
+        with pytest.raises(DataError, match=message):
+            select_refs(open_dataset(src).refs, src, tmp_path / "s.json")
+    r = runner.invoke(app, ["evaluate", "--data", str(src), "--method", "otsu", "--run", str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "no metrics.csv in it" in " ".join(r.output.replace("│", " ").split())
+    assert not (tmp_path / "e").exists()
+
+
+def test_tables_that_are_not_utf8_text_are_named():
+    import tempfile
+
+    from hemaseg.data.boxes import read_yolo
+
+    with tempfile.TemporaryDirectory() as d:
+        bad = Path(d) / "ann.json"
+        bad.write_bytes(b"\xff\xfe\x00binary")
+        with pytest.raises(DataError, match=r"ann\.json: cannot read COCO JSON \(not UTF-8 text \(byte 0\)\)"):
+            open_dataset(bad, "coco")
+        with pytest.raises(DataError, match=r"ann\.json: cannot read YOLO labels \(not UTF-8 text"):
+            read_yolo(bad, ["cell"], 10, 10)
+        with pytest.raises(DataError, match=r"nope\.txt: cannot read YOLO labels \(no such file or directory\)$"):
+            read_yolo(Path(d) / "nope.txt", ["cell"], 10, 10)

@@ -263,7 +263,7 @@ def test_the_differential_is_of_the_last_batch_and_refuses_missing_tables(tmp_pa
     assert d["lab"]["white_cells"] == 1 and [r["name"] for r in d["images"]] == ["b"]
     before = (out / "differential.json").read_bytes()
     (out / "b_cells.csv").unlink()
-    with pytest.raises(DataError, match=r"b_cells\.csv: cannot read \(No such file or directory\); segment .*b\.png again"):
+    with pytest.raises(DataError, match=r"b_cells\.csv: cannot read \(no such file or directory\); segment .*b\.png again"):
         write_differential(out)
     (out / "b_cells.csv").write_text("id,type\n1,lymphocyte,extra,fields\n")
     with pytest.raises(DataError, match=r"b_cells\.csv: not a complete hemaseg table \(no column bbox_x1"):

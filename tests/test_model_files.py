@@ -19,8 +19,12 @@ def test_bad_model_files_are_refused(tmp_path):
         load_model(tmp_path / "none.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable checkpoint \(not a PyTorch file\)$"):
         load_model(junk)
+    torch.save({"format": "hemaseg-checkpoint"}, tmp_path / "whole.pt")
+    (tmp_path / "half.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"half.pt: not a readable checkpoint \(a damaged PyTorch file: truncated or altered\)$"):
+        load_model(tmp_path / "half.pt")
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt: not a hemaseg checkpoint"):
         load_model(tmp_path / "other.pt")
@@ -34,7 +38,7 @@ class _Evil:
 def test_loading_never_executes_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil()}, path, pickle_protocol=2)
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match=r"evil.pt: .*refused, as loading it could run code"):
         read_checkpoint(path)
     import os
     assert not os.path.exists("/tmp/hemaseg-pwned")

@@ -19,7 +19,7 @@ import torch
 from skimage.color import rgb2hsv
 from skimage.measure import regionprops
 
-from .data.io import DataError, write_json
+from .data.io import DataError, why, write_json
 from .measure import circularity
 from .nuclei import count_lobes
 
@@ -103,8 +103,8 @@ class LinearClassifier:
         p = Path(path)
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{p}: cannot read classifier ({err})") from err
+        except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+            raise ValueError(f"{p}: cannot read classifier ({why(err)})") from err
         if not isinstance(d, dict) or d.pop("format", None) != "hemaseg-wbc-classifier" or d.pop("version", None) != 1:
             raise ValueError(f"{p}: not a hemaseg white-cell classifier")
         d.pop("validation", None)
@@ -152,7 +152,7 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
         with open(path, encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot read the type labels ({getattr(err, 'strerror', None) or err})") from err
+        raise DataError(f"{path}: cannot read the type labels ({why(err)})") from err
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
             continue
@@ -168,6 +168,8 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
         except (ValueError, IndexError) as err:
             raise ValueError(f"{path}:{line_no}: expected 'image,type' with type a name or 1..{len(WBC_TYPES)}, got {row}") from err
         out[image] = kind
+    if not out and not any("".join(r).strip() for r in rows[1:]):
+        raise DataError(f"{path}: no 'image,type' rows (expected a header row, then one row per image)")
     return out
 
 

@@ -15,7 +15,7 @@ import typer
 from . import __version__
 from .data.formats import FORMATS
 from .distributed import from_launcher, launched
-from .data.io import DataError, check_writable, csv_text, write_text
+from .data.io import DataError, check_writable, csv_text, why, write_text
 from .metrics import format_score
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
@@ -28,7 +28,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 # options several commands share, declared once
 Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.")]
 Subset = Annotated[str, typer.Option(help="Which list of --split: val (held out) or train.")]
-Run = Annotated[Optional[Path], typer.Option(help="A run folder: adds its training curves to the report.")]
+def _run_folder(path: Path | None) -> Path | None:
+    """``--run`` callback: a `hemaseg train` output folder (its metrics.csv)."""
+    if path is not None and not (path / "metrics.csv").is_file():
+        raise typer.BadParameter(f"{path}: no metrics.csv in it (not a `hemaseg train` --out folder)")
+    return path
+
+
+Run = Annotated[Optional[Path], typer.Option(callback=_run_folder, help="A run folder: adds its training curves to the report.")]
 Format = Annotated[str, typer.Option(help=f"Annotation format: {', '.join(FORMATS)}.")]
 ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.")]
 Nuclei = Annotated[str, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
@@ -63,8 +70,21 @@ def _out_file(path: Path | None) -> Path | None:
         raise typer.BadParameter(str(err)) from err
 
 
+#: what a command turns into "error: ..." and exit 2 (DataError and CheckpointError are ValueErrors; the
+#: run-exists and diverged errors are OS and floating-point errors)
+FAILURES = (ValueError, OSError, FloatingPointError)
+
+
+def _says(err: Exception) -> str:
+    """An error in a user's words: an OS error as "FILE: what is wrong" (not "[Errno 2] ...: 'FILE'")."""
+    if isinstance(err, OSError) and err.strerror:
+        named = f"{err.filename}: " if err.filename is not None else ""
+        return named + why(err) + (f" ({err.filename2})" if err.filename2 else "")
+    return str(err)
+
+
 def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {_says(err)}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 
@@ -122,8 +142,7 @@ def train(
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
     from .data.transforms import AugmentConfig
-    from .engine import DivergedError
-    from .train import RunExistsError, TrainConfig
+    from .train import TrainConfig
     from .train import train as run_train
 
     try:
@@ -140,7 +159,7 @@ def train(
             repeat=tuple(repeat) if repeat else None, outline_only=outline_only,
         )
         result = run_train(cfg, resume=resume, progress=progress, log=typer.echo)
-    except (DataError, CheckpointError, RunExistsError, FileNotFoundError, ValueError, RuntimeError, DivergedError) as err:
+    except (*FAILURES, RuntimeError) as err:
         _fail(err)
     if launched() and os.environ.get("RANK", "0") != "0":
         return  # process 0 reports
@@ -233,7 +252,7 @@ def segment(
                        + f", immature granulocytes {lab['immature_granulocyte_percent']:.1f}%, unidentified {lab['unidentified']}"
                        f"; erythroblasts {lab['erythroblasts_per_100_wbc']:.1f}/100 white cells; platelets {lab['platelets']}"
                        f" -> {out / 'differential.html'} (research use only)")
-    except (DataError, CheckpointError, ValueError) as err:
+    except FAILURES as err:
         _fail(err)
     n_ok = sum(r["status"] == "ok" for r in summary.rows)
     typer.echo(f"segmented {n_ok}/{len(summary.rows)} images, {sum(r['cells'] for r in summary.rows)} cells -> {out}"
@@ -280,7 +299,7 @@ def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path],
     write_text(out / "compare.md", table)
     write_text(out / "compare.csv", csv_text(rows, list(rows[0])))
     curves = None
-    if run is not None and (run / "metrics.csv").is_file():
+    if run is not None:
         with open(run / "metrics.csv", encoding="utf-8") as fh:
             curves = training_curves_png(list(_csv.DictReader(fh)))
     write_text(out / "report.html", html_page(title, evaluation_sections(evals, figures, curves)))
@@ -303,7 +322,7 @@ def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, sp
         source, refs = _eval_refs(data, format, split, subset)
         chosen = [_method(m, model, cfg, unet) for m in methods]
         return _run_evaluations(chosen, source, refs, out, cfg, run, title, progress)
-    except (DataError, CheckpointError, ValueError) as err:
+    except FAILURES as err:
         _fail(err)
 
 
@@ -418,7 +437,7 @@ def fit_classifier(
                 held_out[str(s.folder)] = type_scores(held.labels, [clf.classes[i] for i in probs.argmax(1)])
         clf.report["held_out"] = held_out
         clf.save(out)
-    except (DataError, ValueError, OSError) as err:
+    except FAILURES as err:
         _fail(err)
     for folder, sc in held_out.items():
         typer.echo(f"held out {folder}: {sc['cells']} cells, accuracy {sc['accuracy']:.3f}, balanced {sc['balanced_accuracy']:.3f} ("
@@ -440,7 +459,7 @@ def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> No
         X, y = np.vstack([p[0] for p in parts]), [t for p in parts for t in p[1]]
         cv = cross_validate(X, y, folds, seed, threshold)
         fit_linear(X, y, threshold=threshold).save(out, validation=cv)
-    except (DataError, ValueError, OSError) as err:
+    except FAILURES as err:
         _fail(err)
     rows = [{"type": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in m.items()}} for c, m in cv["per_class"].items()]
     typer.echo(f"{cv['cells']} cells, {cv['folds']}-fold cross-validation: accuracy {cv['accuracy']:.3f}, "
@@ -467,7 +486,7 @@ def fit_scale_command(
     try:
         report = fit_scale(data, pixel_size, out, val_fraction=val_fraction, seed=seed, synthetic=synthetic,
                            tcfg=ScaleTrainConfig(steps=steps, seed=seed), log=typer.echo, progress=progress)
-    except (DataError, ValueError, OSError) as err:
+    except FAILURES as err:
         _fail(err)
     typer.echo(f"trained in {report['trained_minutes']:.1f} min -> {out}")
 
@@ -481,7 +500,7 @@ def report(
 
     try:
         d = write_differential(results)
-    except (ValueError, OSError) as err:
+    except FAILURES as err:
         _fail(err)
     typer.echo(f"{d['total']} white cells -> {results / 'differential.html'} (research use only)")
 
@@ -496,7 +515,10 @@ def synth(
     """Generate synthetic blood smears with exact instance ground truth."""
     from .data.synthetic import SynthConfig, write_dataset
 
-    write_dataset(out, n, SynthConfig(height=size, width=size), seed=seed)
+    try:
+        write_dataset(out, n, SynthConfig(height=size, width=size), seed=seed)
+    except FAILURES as err:
+        _fail(err)
     typer.echo(f"wrote {n} synthetic smears to {out} (images/, labels/ with class tables, nuclei/)")
 
 
@@ -550,7 +572,7 @@ def demo(
                 s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
                 typer.echo(f"against the truth: F1@0.5 {format_score(s['f1_50'], 3)}, mean IoU {format_score(s['mean_iou'], 3)}, "
                            f"nucleus Dice {format_score(s.get('nucleus_dice', float('nan')), 3)}\n")
-    except (DataError, CheckpointError, ValueError) as err:
+    except FAILURES as err:
         _fail(err)
     typer.echo(f"bundled model {default_model()}")
     if train:
@@ -593,7 +615,7 @@ def _demo_types(results: Path, truth: Path | None) -> None:
 
 @app.command()
 def serve(
-    data_dir: Path = typer.Option(Path("hemaseg-data"), "--data-dir", help="Where cases, images, results and the database live."),
+    data_dir: Path = typer.Option(Path("hemaseg-data"), "--data-dir", callback=_out_folder, help="Where cases, images, results and the database live."),
     port: int = typer.Option(8765, help="TCP port."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this computer only)."),
     import_dir: Optional[Path] = typer.Option(None, "--import-dir", help="Server-side folders may be imported from "
@@ -607,7 +629,7 @@ def serve(
 
     try:
         web = create_app(data_dir, import_root=import_dir, max_upload_mb=max_upload_mb)
-    except (CheckpointError, RuntimeError, OSError) as err:
+    except (*FAILURES, RuntimeError) as err:
         _fail(err)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host}: anyone who can reach this address can use the station", fg=typer.colors.YELLOW, err=True)

@@ -25,6 +25,8 @@ import functools
 import hashlib
 import json
 import math
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,12 +70,25 @@ def load_marked(path: str | Path, marker: str, what: str, missing: str | None = 
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: not a readable {what} (the file is empty)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refusal, truncated zip, not a torch file at all
-        raise CheckpointError(f"{p}: not a readable {what} ({err.__class__.__name__}: {str(err)[:200]})") from err
+        raise CheckpointError(f"{p}: not a readable {what} ({_load_refusal(p, err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != marker:
         raise CheckpointError(f"{p}: not a hemaseg {what} (no '{marker}' marker)")
     return ckpt
+
+
+def _load_refusal(path: Path, err: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a user's words (torch's text is about its own API)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK") and isinstance(err, pickle.UnpicklingError) or head[:1] == b"\x80":
+        return "it holds Python objects beyond tensors and plain values; refused, as loading it could run code"
+    if head.startswith(b"PK"):
+        return "a damaged PyTorch file: truncated or altered"
+    return "not a PyTorch file"
 
 
 #: plausible values of the scale options; outside them a value is a typing or unit error

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .classify import UNIDENTIFIED, WBC_TYPES
-from .data.io import DataError
+from .data.io import DataError, why
 from .evaluation import Evaluation
 from .viz import histogram_png
 
@@ -138,7 +138,7 @@ def _csv_rows(path: Path, needed: tuple[str, ...], remedy: str) -> list[dict]:
             rows = list(reader)
             fields = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err}); {remedy}") from err
+        raise DataError(f"{path}: cannot read ({why(err)}); {remedy}") from err
     missing = [c for c in needed if c not in fields]
     if missing:
         raise DataError(f"{path}: not a complete hemaseg table (no column {', '.join(missing)}); {remedy}")

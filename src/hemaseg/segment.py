@@ -225,7 +225,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
         summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
         summary.rows.append({"image": str(path), "name": names_all[index], "status": "failed", "error": str(err), "cells": 0,
                              "_index": index})
-        log(f"failed: {path}: {err}")
+        log(f"failed: {err}" if str(err).startswith(str(path)) else f"failed: {path}: {err}")
 
     def write(index: int, raw, cells: Cells, scale: ScaleEstimate) -> None:
         path, name, image_id = files[index], names_all[index], index + 1

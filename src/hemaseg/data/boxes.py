@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import DataError
+from .io import DataError, why
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_voc(path: str | Path) -> tuple[Boxes, tuple[int, int]]:
         root = ET.parse(p).getroot()
         size = (int(root.findtext("size/height")), int(root.findtext("size/width")))
     except (OSError, ET.ParseError, TypeError, ValueError) as err:
-        raise DataError(f"{p}: not a readable Pascal VOC file with a <size> ({err})") from err
+        raise DataError(f"{p}: not a readable Pascal VOC file with a <size> ({why(err)})") from err
     boxes, names = [], []
     for k, obj in enumerate(root.iter("object")):
         try:
@@ -94,8 +94,8 @@ def read_yolo(path: str | Path, classes: list[str], height: int, width: int) -> 
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise DataError(f"{p}: cannot read YOLO labels ({err})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{p}: cannot read YOLO labels ({why(err)})") from err
     boxes, names = [], []
     for n, line in enumerate(lines, start=1):
         if not line.strip():

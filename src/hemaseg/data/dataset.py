@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from .contract import Target, add_nucleus_instances
 from .fields import FieldConfig, compose_field, crop_tones, cut_cells
 from .formats import DatasetSource, SampleRef, load_sample, read_label_annotation
+from .io import DataError, why
 from .transforms import resize_pair
 
 
@@ -194,9 +195,13 @@ def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subse
     folders (``sources``) - by their path under the source that is ``root``; entries of the other
     sources are skipped. An entry of this dataset matching nothing is an error.
     """
-    data = json.loads(Path(split_file).read_text(encoding="utf-8"))
-    if subset not in data:
-        raise ValueError(f"{split_file}: no '{subset}' list (has {sorted(k for k in data if k not in ('root', 'sources'))})")
+    try:
+        data = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+        raise DataError(f"{split_file}: not a readable split.json of `hemaseg train` ({why(err)})") from err
+    if not isinstance(data, dict) or subset not in data:
+        data = data if isinstance(data, dict) else {}
+        raise DataError(f"{split_file}: no '{subset}' list (has {sorted(k for k in data if k not in ('root', 'sources'))})")
     wanted = list(data[subset])
     sources = [s for s in data.get("sources", []) if s not in ("", ".")]
     if sources:

@@ -32,7 +32,7 @@ from skimage.measure import label as connected_components
 
 from .coco_check import check_coco
 from .contract import Target, empty_target, image_to_tensor, labels_to_masks, make_target
-from .io import IMAGE_EXTENSIONS, DataError, read_image, read_label_image
+from .io import IMAGE_EXTENSIONS, DataError, read_image, read_label_image, why
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,8 @@ def read_class_table(path: Path) -> dict[int, str]:
     """Read ``label,class`` rows (header required) into ``{label id: class name}``."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise DataError(f"{path}: cannot read class table ({err})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read class table ({why(err)})") from err
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["label", "class"]:
         raise DataError(f"{path}: a class table needs the header 'label,class'")
@@ -298,8 +298,8 @@ def _open_coco(path: Path) -> DatasetSource:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: cannot read COCO JSON ({err})") from err
+    except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+        raise DataError(f"{path}: cannot read COCO JSON ({why(err)})") from err
     check_coco(path, data)
     coco = COCO()
     coco.dataset = data

@@ -58,8 +58,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Image.DecompressionBombError as err:
         raise DataError(f"{p}: over hemaseg's limit of {MAX_PIXELS / 1e6:.0f} Mpx ({err}); cut the image into parts") from err
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
-        raise DataError(f"{p}: cannot read image ({err or type(err).__name__})") from err
+    except UnidentifiedImageError as err:
+        raise DataError(f"{p}: cannot read image (not an image format Pillow or tifffile knows)") from err
+    except (OSError, ValueError, SyntaxError, tifffile.TiffFileError) as err:
+        raise DataError(f"{p}: cannot read image ({why(err)})") from err
     return _check_image(arr, p)
 
 
@@ -161,6 +163,22 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.int32) if arr.dtype.itemsize > 2 or arr.dtype.kind == "i" else arr
 
 
+def why(err: BaseException) -> str:
+    """What went wrong, in words, for a message that already names the file: an OS error's own text
+    without "[Errno N]" and the path again, "not UTF-8 text" for a decoding error.
+
+    >>> why(FileNotFoundError(2, "No such file or directory", "x.csv"))
+    'no such file or directory'
+    >>> why(ValueError("bad value"))
+    'bad value'
+    """
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror[:1].lower() + err.strerror[1:]
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    return str(err) or type(err).__name__
+
+
 def check_writable(path: str | os.PathLike, folder: bool = True) -> Path:
     """Refuse, before any work, an output ``path`` that cannot be written: a folder (``folder``) that is a
     file, a file that is a folder, or a place under a file or in a folder this process cannot write to
@@ -182,7 +200,7 @@ def check_writable(path: str | os.PathLike, folder: bool = True) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise DataError(f"{p}: cannot write in {place} ({err.strerror or err})") from err
+        raise DataError(f"{p}: cannot write in {place} ({why(err)})") from err
     return p
 
 
