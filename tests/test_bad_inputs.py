@@ -343,7 +343,7 @@ def test_two_images_of_one_name_beside_one_mask_are_refused(tmp_path):
         open_dataset(d)
 
 
-def test_nothing_to_learn_or_score_is_not_a_perfect_score(tmp_path):
+def test_nothing_to_learn_or_score_is_not_a_perfect_score(tmp_path, caplog):
     from hemaseg.engine import evaluate
     from hemaseg.evaluation import evaluate_method
     from hemaseg.predict import ClassicalMethod
@@ -371,6 +371,15 @@ def test_nothing_to_learn_or_score_is_not_a_perfect_score(tmp_path):
     assert scores["images"] == 2 and all(np.isnan(scores[k]) for k in ("mean_iou", "mean_dice", "f1_50"))
     with pytest.raises(DataError, match="empty: no images to score"):
         evaluate_method(ClassicalMethod("otsu"), src, [], progress=False)
+    import logging
+
+    from hemaseg.tiling import Cells
+
+    nothing = {str(r.image): Cells.from_labels(np.zeros((24, 32), np.int32)) for r in src.refs}
+    with caplog.at_level(logging.WARNING, logger="hemaseg.evaluation"):
+        s = evaluate_method(ClassicalMethod("otsu"), src, src.refs, progress=False, predictions=nothing).summary
+    assert s["images"] == 5 and s["nothing_scored"] == 5 and np.isnan(s["mean_iou"]) and np.isnan(s["f1_50"])
+    assert "otsu: 5 of 5 images have no true and no found cell: their scores are n/a" in caplog.text
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):

@@ -236,3 +236,20 @@ def test_resume_with_other_data_is_refused_and_val_among_data_is_said(smears, tm
     with pytest.raises(ValueError, match=r"last\.pt: the run was trained on --data .*smears.* --val .*, not .*other.*: resume "
                                          r"with the same data"):
         train(_cfg(other, tmp_path / "run", epochs=2), resume=True, progress=False, log=lambda s: None)
+
+
+def test_validation_with_nothing_to_score_is_said_and_the_loss_decides(smears, tmp_path):
+    import shutil
+
+    val = tmp_path / "blank"
+    shutil.copytree(smears, val)
+    for image in (val / "images").glob("*.png"):
+        save_png(image, np.full((112, 112, 3), 235, np.uint8))  # an empty slide: no cell to find
+        save_png(val / "labels" / image.name, np.zeros((112, 112), np.uint16))
+        (val / "nuclei" / image.name).unlink(missing_ok=True)
+    lines = []
+    result = train(_cfg(smears, tmp_path / "run", val=str(val), epochs=1), progress=False, log=lines.append)
+    assert np.isnan(result.history[0]["val_mean_iou"]) and np.isnan(result.history[0]["val_f1_50"])  # not 1.0
+    assert [line for line in lines if "warning" in line] == [
+        "warning: epoch 1: no true and no found cell in the validation images: scores n/a, the best epoch is chosen by the loss"]
+    assert result.best_epoch == 1 and (tmp_path / "run" / "best.pt").is_file()

@@ -10,8 +10,9 @@ dense images are not undercounted).
 from __future__ import annotations
 
 import contextlib
-import math
 import io
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,11 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     summary.update({"f1_50": m50["f1"], "precision_50": m50["precision"], "recall_50": m50["recall"],
                     "pq_50": m50["panoptic_quality"]})
     summary.update(coco.result())
+    summary["nothing_scored"] = sum(1 for r in rows if not r["n_true"] and not r["n_pred"])
+    if summary["nothing_scored"]:
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d images have no true and no found cell: their scores are n/a, left out of the means",
+            method.name, summary["nothing_scored"], len(rows))
     ev.summary = summary
     return ev
 

@@ -442,6 +442,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
             score = scores["mean_iou"]
             if math.isnan(score):  # no true and no found cell in validation: nothing scored, the loss decides
+                log(f"warning: epoch {epoch}: no true and no found cell in the validation images: scores n/a, the best epoch is chosen by the loss")
                 score = -losses["loss"]
         else:
             score = -losses["loss"]
