@@ -30,7 +30,7 @@ from hemaseg.data.io import read_image, write_json  # noqa: E402
 from hemaseg.data.synthetic import write_sample  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
 from hemaseg.scale import split_images  # noqa: E402
-from hemaseg.tiling import Cells  # noqa: E402
+from hemaseg.cells import Cells  # noqa: E402
 
 
 def red_points(path: Path) -> np.ndarray:

@@ -30,7 +30,7 @@ from hemaseg.data.dataset import select_refs
 from hemaseg.data.formats import open_dataset
 from hemaseg.evaluation import evaluate_method, load_truth
 from hemaseg.model import data_diameters
-from hemaseg.tiling import Cells
+from hemaseg.cells import Cells
 
 sys.path.insert(0, str(Path(__file__).parent))
 from default_model import markdown_table  # noqa: E402

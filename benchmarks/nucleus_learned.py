@@ -30,7 +30,7 @@ from hemaseg.evaluation import evaluate_method
 from hemaseg.metrics import iou_matrix
 from hemaseg.nuclei import cell_nuclei, split_nucleus
 from hemaseg.predict import ModelMethod, SegmentConfig, run_method
-from hemaseg.tiling import crop_image
+from hemaseg.data.contract import crop_image
 from hemaseg.train import TrainConfig, train
 
 DATASETS = ("dataset1", "dataset2")

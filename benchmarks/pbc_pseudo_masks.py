@@ -36,7 +36,7 @@ from hemaseg.data.formats import list_images  # noqa: E402
 from hemaseg.data.io import read_image, write_json  # noqa: E402
 from hemaseg.data.synthetic import write_sample  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, image_scale, run_methods  # noqa: E402
-from hemaseg.tiling import Cells  # noqa: E402
+from hemaseg.cells import Cells  # noqa: E402
 
 
 def pseudo_labels(cells: Cells, truth_boxes: np.ndarray, min_iou: float):

@@ -23,7 +23,7 @@ from hemaseg.data.io import write_image
 from hemaseg.data.synthetic import SynthConfig, generate, write_dataset
 from hemaseg.metrics import MatchCounter
 from hemaseg.predict import ModelMethod, SegmentConfig, run_method
-from hemaseg.tiling import Cells, iou_matrix_cells
+from hemaseg.cells import Cells, iou_matrix_cells
 from hemaseg.train import TrainConfig, train
 
 

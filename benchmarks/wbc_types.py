@@ -157,7 +157,7 @@ def cmd_segment(args) -> None:
     from hemaseg.model import default_model
     from hemaseg.nuclei import cell_nuclei
     from hemaseg.predict import ModelMethod, SegmentConfig, segment_image
-    from hemaseg.tiling import crop_image
+    from hemaseg.data.contract import crop_image
 
     linear = LinearClassifier.load(args.baseline) if args.baseline else None
     cfg = SegmentConfig()

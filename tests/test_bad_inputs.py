@@ -373,7 +373,7 @@ def test_nothing_to_learn_or_score_is_not_a_perfect_score(tmp_path, caplog):
         evaluate_method(ClassicalMethod("otsu"), src, [], progress=False)
     import logging
 
-    from hemaseg.tiling import Cells
+    from hemaseg.cells import Cells
 
     nothing = {str(r.image): Cells.from_labels(np.zeros((24, 32), np.int32)) for r in src.refs}
     with caplog.at_level(logging.WARNING, logger="hemaseg.evaluation"):

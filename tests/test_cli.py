@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from hemaseg.cli import app
@@ -29,6 +30,7 @@ def test_synth_then_train_from_the_command_line(tmp_path):
     assert len(split["train"]) == 3 and len(split["val"]) == 1
     assert config["model"]["classes"][-1] == "nucleus"  # synthetic data has nuclei/: learned by default
     r = runner.invoke(app, ["synth", "--out", str(tmp_path / "d2"), "-n", "4", "--size", "64", "--seed", "1"])
+    assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "d"), "--data", str(tmp_path / "d2"), "--nuclei", "off",
                             "--out", str(tmp_path / "run2"), "--epochs", "1", "--val-fraction", "0.25", "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -68,7 +70,14 @@ def test_segment_evaluate_compare_from_the_command_line(tmp_path):
     r = runner.invoke(app, ["evaluate", "--data", str(data), "--method", "edges", "--out", str(tmp_path / "ev"), "--no-progress"])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert summary["images"] == 2 and 0 <= summary["mean_iou"] <= 1 and "0.90" in summary["matching"]
+    from hemaseg.data.formats import open_dataset
+    from hemaseg.evaluation import evaluate_method
+    from hemaseg.predict import ClassicalMethod
+
+    src = open_dataset(data)
+    direct = evaluate_method(ClassicalMethod("edges"), src, src.refs, progress=False).summary  # what the CLI must have written
+    assert summary["images"] == 2 and "0.90" in summary["matching"]
+    assert summary["mean_iou"] == pytest.approx(direct["mean_iou"]) and summary["f1_50"] == pytest.approx(direct["f1_50"])
     r = runner.invoke(app, ["compare", "--data", str(data), "--model", str(ckpt), "--out", str(tmp_path / "cmp"), "--no-progress"])
     assert r.exit_code == 0, r.output
     lines = (tmp_path / "cmp" / "compare.md").read_text().splitlines()

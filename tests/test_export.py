@@ -11,7 +11,7 @@ from skimage.draw import polygon2mask
 from hemaseg.export import cell_polygon, qupath_features, write_imagej_rois, write_qupath_geojson
 from hemaseg.predict import SegmentConfig
 from hemaseg.segment import segment_files
-from hemaseg.tiling import Cells
+from hemaseg.cells import Cells
 
 from conftest import save_png
 from test_tiling import Components, _disks, components

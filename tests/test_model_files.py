@@ -31,17 +31,20 @@ def test_bad_model_files_are_refused(tmp_path):
 
 
 class _Evil:
-    def __reduce__(self):
-        return (open, ("/tmp/hemaseg-pwned", "w"))
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):  # unpickling it would create the file ``target``
+        return (open, (self.target, "w"))
 
 
 def test_loading_never_executes_code(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil()}, path, pickle_protocol=2)
+    pwned = tmp_path / "pwned"
+    torch.save({"format": "hemaseg-checkpoint", "version": 1, "payload": _Evil(pwned)}, path, pickle_protocol=2)
     with pytest.raises(CheckpointError, match=r"evil.pt: .*refused, as loading it could run code"):
         read_checkpoint(path)
-    import os
-    assert not os.path.exists("/tmp/hemaseg-pwned")
+    assert not pwned.exists()
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):

@@ -6,7 +6,7 @@ from hemaseg.data.contract import add_nucleus_instances, make_target
 from hemaseg.model import ModelConfig, build_model, load_model, save_checkpoint
 from hemaseg.outline import MaskRCNNWithOutline, OutlineHead, foreground_maps, refine_outlines
 from hemaseg.predict import PredictConfig, predict_cells
-from hemaseg.tiling import Cells
+from hemaseg.cells import Cells
 
 
 def _cells(h, w, boxes, labels=None, scores=None):

@@ -143,7 +143,7 @@ def test_amp_runs_the_convolutions_in_bfloat16_and_finds_the_same_cells(monkeypa
     import hemaseg.predict as predict_module
     from hemaseg.data.contract import image_to_tensor
     from hemaseg.data.synthetic import SynthConfig, generate
-    from hemaseg.tiling import iou_matrix_cells
+    from hemaseg.cells import iou_matrix_cells
     from hemaseg.model import default_model, load_model
 
     monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)  # the same path on any CPU

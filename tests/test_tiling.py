@@ -5,7 +5,8 @@ from skimage.measure import label as connected
 
 from hemaseg.metrics import match
 from hemaseg.predict import Method
-from hemaseg.tiling import Cells, in_core, merge_cells, segment_tiled, tile_boxes, tiles
+from hemaseg.cells import Cells
+from hemaseg.tiling import in_core, merge_cells, segment_tiled, tile_boxes, tiles
 
 
 def _disks(h=600, w=700, n=140, seed=0):
@@ -103,7 +104,7 @@ def test_sparse_cells_round_trip_and_the_empty_case():
 
 def test_sparse_iou_matrix_equals_the_dense_one():
     from hemaseg.metrics import iou_matrix
-    from hemaseg.tiling import iou_matrix_cells
+    from hemaseg.cells import iou_matrix_cells
 
     image, _ = _disks(200, 220, 15, seed=4)
     a = segment_tiled(components, image, tile=1024)
@@ -126,7 +127,7 @@ def test_the_bundled_model_finds_the_same_white_cells_tiled_and_untiled_in_a_204
     from hemaseg.metrics import MatchCounter
     from hemaseg.model import BUNDLED_MODEL
     from hemaseg.predict import ModelMethod, SegmentConfig, run_method
-    from hemaseg.tiling import iou_matrix_cells
+    from hemaseg.cells import iou_matrix_cells
 
     s = generate(np.random.default_rng(11), SynthConfig.wbc_field(2048, 2048, white=(40, 40)))
     method = ModelMethod.from_checkpoint(BUNDLED_MODEL, SegmentConfig(nuclei="off"))

@@ -30,7 +30,8 @@ def test_short_training_run_loss_falls_and_writes_the_run(smears, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
-    assert 0 <= float(rows[-1]["val_mean_iou"]) <= 1 and "val_f1_50" in rows[-1]
+    assert float(rows[-1]["val_mean_iou"]) == pytest.approx(result.history[-1]["val_mean_iou"], abs=1e-6)  # the CSV is the run's
+    assert np.isfinite(result.history[-1]["val_mean_iou"]) and "val_f1_50" in rows[-1]  # cells to score: a number, not n/a
     model, cfg = load_model(tmp_path / "run" / "best.pt")
     assert set(cfg.classes) == {"red_cell", "white_cell", "platelet", "nucleus"} and cfg.classes[-1] == "nucleus"
     assert read_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == result.best_epoch

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .hardware import cpu_has_native_bf16
 from .metrics import MatchCounter, dice, iou_matrix, mean_of, semantic_iou
-from .predict import PredictConfig, cpu_has_native_bf16, predict
+from .predict import PredictConfig, predict
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 

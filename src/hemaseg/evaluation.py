@@ -24,14 +24,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
+from .cells import Cells, encode_rle_in_box, iou_matrix_cells
 from .data.contract import image_to_tensor, labels_to_masks, tensor_to_image
 from .data.formats import DataError, DatasetSource, SampleRef, load_sample, read_label_annotation
 from .data.io import csv_text, read_image, write_image, write_json, write_text
 from .metrics import MatchCounter, dice, matched_ious, mean_of, semantic_iou
 from .nuclei import cell_nuclei
 from .predict import Method, SegmentConfig, segment_image
-from .segment import encode_rle_in_box
-from .tiling import Cells, iou_matrix_cells
 from .viz import overlay, side_by_side
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

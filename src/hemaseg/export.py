@@ -17,7 +17,7 @@ import numpy as np
 from skimage.measure import find_contours
 
 from .data.io import atomic_write, write_text
-from .tiling import Cells
+from .cells import Cells
 from .viz import class_colour
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from skimage.measure import regionprops
 
 from .nuclei import count_lobes
-from .tiling import Cells
+from .cells import Cells
 
 COLUMNS = ("id", "class", "score", "area_px", "perimeter_px", "equivalent_diameter_px", "circularity",
            "eccentricity", "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
@@ -56,7 +56,7 @@ def measure_cells(
 
 
 def measure(cells: Cells, classes: Sequence[str], pixel_size: float | None = None, nuclei: bool = True) -> list[dict]:
-    """One row per cell of the sparse ``cells`` (:class:`~hemaseg.tiling.Cells`), ids ``1..N`` in order.
+    """One row per cell of the sparse ``cells`` (:class:`~hemaseg.cells.Cells`), ids ``1..N`` in order.
 
     With ``nuclei`` (and ``cells.nuclei``): nucleus and cytoplasm areas, the nucleus/cytoplasm area ratio,
     the nucleus lobe count and circularity for cells that have a nucleus (empty for the others).

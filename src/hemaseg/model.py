@@ -299,11 +299,10 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
     )
     extra = {}
     if cfg.outline:
-        from .nuclei import NUCLEUS_CLASS
+        from .cells import nucleus_label
         from .outline import MaskRCNNWithOutline
 
-        skip = cfg.classes.index(NUCLEUS_CLASS) + 1 if NUCLEUS_CLASS in cfg.classes else None
-        extra = {"outline": cfg.outline, "outline_levels": cfg.outline_levels, "skip_label": skip}
+        extra = {"outline": cfg.outline, "outline_levels": cfg.outline_levels, "skip_label": nucleus_label(cfg.classes)}
     model = (MaskRCNNWithOutline if cfg.outline else MaskRCNN)(
         backbone, num_classes=None, **extra,
         box_head=TwoMLPHead(c * 7 * 7, box_width), box_predictor=FastRCNNPredictor(box_width, cfg.num_classes),

@@ -20,7 +20,8 @@ import torch
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from .tiling import Cells, boxes_overlapping, crop_image, pair_intersection, paste_into
+from .cells import Cells, boxes_overlapping, pair_intersection, paste_into
+from .data.contract import crop_image
 
 NUCLEATED = ("cell", "white_cell", "wbc", "leukocyte", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 
@@ -67,9 +68,6 @@ def count_lobes(nucleus: np.ndarray, rel: float = 0.4, min_core: int = 3) -> int
     cores, _ = ndi.label(dist > rel * dist.max(), structure=np.ones((3, 3)))
     sizes = np.bincount(cores.ravel())[1:]
     return int((sizes >= min_core).sum())
-
-
-NUCLEUS_CLASS = "nucleus"  # the class name a model's learned nuclei carry
 
 
 def assign_nuclei_cells(cells: Cells, nuclei: Cells, min_inside: float = 0.5) -> list[np.ndarray]:

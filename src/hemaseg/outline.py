@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 
-from .tiling import Cells, mask_extent
+from .cells import Cells, mask_extent
 from .unet import UNet, foreground_loss
 
 OUTLINE_RADIUS = 5.0  # model px: how far the foreground may move a Mask R-CNN outline (measured: docs/benchmarks.md)

@@ -6,7 +6,6 @@ import dataclasses
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from .data.contract import masks_to_boxes
+from .cells import NUCLEUS_CLASS, Cells, mask_extent, nucleus_label
+from .data.contract import crop_image, image_size, masks_to_boxes
+from .hardware import cpu_has_native_bf16
 from .model import check_diameter, check_fraction, check_pixel_size
-from .scale import ScaleEstimate, ScaleNet, estimate_scale
 from .outline import OUTLINE_RADIUS, foreground_maps, refine_outlines
-from .tiling import Cells, crop_image, image_size, mask_extent, segment_tiled, tile_cells, tiles
+from .scale import ScaleEstimate, ScaleNet, estimate_scale
+from .tiling import segment_tiled, tile_cells, tiles
 
 
 @dataclass(frozen=True)
@@ -34,31 +35,9 @@ class PredictConfig:
     amp: bool = True
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16: the ``amx_bf16`` or
-    ``avx512_bf16`` flag of ``/proc/cpuinfo``, or of the ``cpuinfo`` text given). Elsewhere bfloat16 is
-    emulated and slower than float32.
-
-    >>> cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f"), cpu_has_native_bf16("flags\t: avx512f amx_bf16 amx_tile")
-    (False, True)
-    """
-    text = _cpuinfo() if cpuinfo is None else cpuinfo
-    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-@lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    """``/proc/cpuinfo``, read once per process ("" where there is none)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
 @torch.inference_mode()
 def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = PredictConfig()) -> list[Cells]:
-    """Segment contract images (``CHW float [0,1]``, any sizes) into sparse :class:`~hemaseg.tiling.Cells`
+    """Segment contract images (``CHW float [0,1]``, any sizes) into sparse :class:`~hemaseg.cells.Cells`
     (sorted by decreasing score).
 
     A torchvision Mask R-CNN's mask probabilities are resampled onto each detection's own box
@@ -243,7 +222,7 @@ class SegmentConfig:
 
 
 class Method:
-    """A segmentation method: contract image in, sparse :class:`~hemaseg.tiling.Cells` (with ``nuclei``
+    """A segmentation method: contract image in, sparse :class:`~hemaseg.cells.Cells` (with ``nuclei``
     when the method predicts them) or a dense ``dict(masks, labels, scores)`` (CPU tensors, optional
     ``nuclei`` ``UInt8[N,H,W]``) out. ``classes[i]`` names label ``i + 1``."""
 
@@ -270,16 +249,14 @@ class Method:
 class ModelMethod(Method):
     """A trained hemaseg model (Mask R-CNN, or the U-Net baseline).
 
-    A model trained with a ``"nucleus"`` class (:data:`hemaseg.nuclei.NUCLEUS_CLASS`) returns cells only;
+    A model trained with a ``"nucleus"`` class (:data:`hemaseg.cells.NUCLEUS_CLASS`) returns cells only;
     its nucleus instances are given to their cells (:func:`hemaseg.nuclei.assign_nuclei`) as ``nuclei``.
     """
 
     def __init__(self, model: nn.Module, classes: tuple[str, ...], cfg: SegmentConfig = SegmentConfig(), name: str = "maskrcnn"):
-        from .nuclei import NUCLEUS_CLASS
-
         self.model, self.name = model.eval(), name
         classes = tuple(classes)
-        self.nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if NUCLEUS_CLASS in classes else None
+        self.nucleus_label = nucleus_label(classes)
         self.classes = tuple(c for c in classes if c != NUCLEUS_CLASS)
         if self.nucleus_label is not None and self.nucleus_label != len(classes):
             raise ValueError(f"the '{NUCLEUS_CLASS}' class must be the model's last class, got {classes}")

@@ -22,19 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from .cells import Cells, encode_rle_in_box
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
-from .data.contract import image_to_rgb8
-from .distributed import Dist
+from .data.contract import crop_image, image_to_rgb8
 from .data.io import csv_text, read_image, write_image, write_json, write_text
+from .distributed import Dist
 from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
 from .scale import ScaleEstimate
-from .tiling import Cells, crop_image
 from .viz import overlay_cells
 
 
@@ -44,40 +43,6 @@ class SegmentSummary:
     rows: list[dict] = field(default_factory=list)  # one per image
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
     cells: dict[str, Cells] = field(default_factory=dict)  # file -> its cells, with ``keep_cells`` only
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO RLE of a binary ``HxW`` mask, with ``counts`` as text (JSON-able)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def encode_rle_in_box(mask: np.ndarray, box, height: int, width: int) -> dict:
-    """COCO RLE (text ``counts``) of a ``height x width`` image that is 1 on ``mask`` (``bool``, the size of
-    the ``XYXY`` ``box``) and 0 elsewhere - without building the full-size mask.
-
-    >>> full = np.zeros((6, 5), bool); full[1:4, 2:4] = True; full[2, 2] = False
-    >>> encode_rle_in_box(full[1:4, 2:4], (2, 1, 4, 4), 6, 5) == encode_rle(full)
-    True
-    """
-    x0, y0 = int(box[0]), int(box[1])
-    cols = np.pad(np.asarray(mask, bool).T, ((0, 0), (1, 1))).astype(np.int8)  # column-major, as COCO counts
-    d = np.diff(cols, axis=1)
-    sc, sy = np.nonzero(d == 1)
-    ec, ey = np.nonzero(d == -1)
-    starts, ends = (x0 + sc) * height + y0 + sy, (x0 + ec) * height + y0 + ey
-    join = starts[1:] == ends[:-1]  # a run reaching the bottom row continues at the top of the next column
-    starts, ends = starts[np.r_[True, ~join]], ends[np.r_[~join, True]]
-    bounds = np.empty(2 * len(starts) + 2, np.int64)
-    bounds[0], bounds[-1] = 0, height * width
-    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
-    counts = np.diff(bounds).tolist()
-    if len(counts) > 1 and counts[-1] == 0:  # ends on the last pixel: COCO writes no empty final run
-        counts.pop()
-    rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
@@ -204,7 +169,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     segments files ``r, r+n, ...``; process 0 gathers the rows and writes one summary and one COCO JSON,
     identical to a single-process run's. Only process 0's returned summary lists every file.
 
-    ``keep_cells`` keeps each file's :class:`~hemaseg.tiling.Cells` (nuclei included) in the summary,
+    ``keep_cells`` keeps each file's :class:`~hemaseg.cells.Cells` (nuclei included) in the summary,
     e.g. to score them against a truth (``evaluate_method(..., predictions=)``) without segmenting twice
     (it segments every file again, as ``overwrite``)."""
     out = Path(out)

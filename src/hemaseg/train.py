@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
+from .cells import NUCLEUS_CLASS, nucleus_label
 from .data.dataset import CellDataset, cell_diameter, collate, repeat_indices, repeat_length, split_record, split_refs
 from .data.fields import ANNOTATES_RED, FieldConfig
 from .data.formats import DatasetSource, open_dataset
@@ -33,7 +34,6 @@ from .metrics import format_score
 from .distributed import backend as dist_backend
 from .distributed import from_launcher, weights_checksum
 from .engine import DivergedError, evaluate, train_one_epoch, training_precision
-from .nuclei import NUCLEUS_CLASS
 from .model import (
     ModelConfig,
     check_diameter,
@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         f"images, classes {list(classes)}{' (nuclei learned as instances)' if learn_nuclei else ''}; device {device}"
         + (f", {group.world} processes ({dist_backend()})" if group is not None else ""))
 
-    nucleus_label = classes.index(NUCLEUS_CLASS) + 1 if learn_nuclei else None
+    nuclei_at = nucleus_label(classes) if learn_nuclei else None
     transforms = build_train_transforms(cfg.augment)
     fields = {id(s): cfg.augment.fields if not set(ANNOTATES_RED) & set(s.classes) else 0.0 for s, _ in train_parts}
     if cfg.augment.fields:
@@ -342,7 +342,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
             + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
     field_cfg = FieldConfig(rim=cfg.augment.field_rim)
-    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nucleus_label, fields=fields[id(s)],
+    train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nuclei_at, fields=fields[id(s)],
                                           field_config=field_cfg, resize=resize[id(s)]) for s, refs in train_parts])
     repeat = list(cfg.repeat) if cfg.repeat is not None else None  # train_parts follow cfg.data's order
     if repeat is not None:
@@ -438,7 +438,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
                 break
             continue
         if val_loader is not None:
-            scores = evaluate(net, val_loader, nucleus_label=nucleus_label)
+            scores = evaluate(net, val_loader, nucleus_label=nuclei_at)
             row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
             score = scores["mean_iou"]
             if math.isnan(score):  # no true and no found cell in validation: nothing scored, the loss decides

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
 
-from .tiling import Cells
+from .cells import Cells
 
 PALETTE = np.array([(255, 215, 0), (0, 200, 255), (255, 64, 129), (118, 255, 3), (255, 145, 0),
                     (170, 0, 255), (0, 230, 118), (255, 255, 255)], np.uint8)

@@ -253,3 +253,17 @@ def validate_target(image: torch.Tensor, target: Target) -> None:
         raise ValueError("labels must be >= 1")
     if "nuclei" in target and tuple(target["nuclei"].shape) != (n, h, w):
         raise ValueError("nuclei must have the shape of masks")
+
+
+def crop_image(image, box) -> torch.Tensor:
+    """The ``XYXY`` ``box`` of an image - a contract ``CHW`` tensor, or an ``HWC``/``HW`` array of any
+    dtype :func:`~hemaseg.data.contract.image_to_tensor` takes - as a contract ``CHW float`` tensor."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if isinstance(image, torch.Tensor):
+        return image[:, y0:y1, x0:x1]
+    return image_to_tensor(image[y0:y1, x0:x1])
+
+
+def image_size(image) -> tuple[int, int]:
+    """``(height, width)`` of a ``CHW`` tensor or an ``HWC``/``HW`` array."""
+    return tuple(image.shape[1:3]) if isinstance(image, torch.Tensor) else tuple(image.shape[:2])
