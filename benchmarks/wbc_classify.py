@@ -1,9 +1,9 @@
 """Cross-validated white-cell typing on Zheng et al. 2018 (dataset1 + dataset2 together).
 
-    .venv/bin/python benchmarks/wbc_classify.py --zheng ../shared/data/wbc-zheng2018 [--nuclei true] [--save wbc.json]
+    .venv/bin/python benchmarks/wbc_classify.py --zheng ../shared/data/wbc-zheng2018 [--nuclei auto] [--save wbc.json]
 
 Cells: the true cell outlines (hemaseg.classify.labelled_cells); nuclei: hemaseg.nuclei.split_nucleus
-inside them (--nuclei split) or the annotated ones (--nuclei true); features: hemaseg.classify.cell_features.
+inside them (--nuclei split) or the annotated ones (--nuclei auto); features: hemaseg.classify.cell_features.
 `hemaseg fit-classifier` runs the same cross-validation of the linear model and saves it. Stratified 5-fold CV with a fixed seed, comparing the shipped
 linear model with a random forest. Prints per-class precision/recall, confusion matrices, balanced
 accuracy and the effect of the "unidentified" threshold. Labels are the authors' (not expert-checked).
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--nuclei", default="split", choices=("true", "split"), help="nucleus of each cell: annotated or split")
+    ap.add_argument("--nuclei", default="split", choices=("auto", "split"), help="nucleus of each cell: annotated or split")
     ap.add_argument("--save", type=Path, help="fit on all images and save the linear classifier (JSON)")
     args = ap.parse_args()
     t0 = time.perf_counter()

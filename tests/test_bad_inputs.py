@@ -534,3 +534,17 @@ def test_tables_that_are_not_utf8_text_are_named():
             read_yolo(bad, ["cell"], 10, 10)
         with pytest.raises(DataError, match=r"nope\.txt: cannot read YOLO labels \(no such file or directory\)$"):
             read_yolo(Path(d) / "nope.txt", ["cell"], 10, 10)
+
+
+def test_every_refusal_is_a_hemaseg_error_the_cli_catches():
+    from hemaseg.cli import FAILURES
+    from hemaseg.engine import DivergedError
+    from hemaseg.errors import HemasegError, SettingError
+    from hemaseg.model import CheckpointError, check_fraction
+    from hemaseg.train import RunExistsError
+
+    for kind in (DataError, CheckpointError, SettingError, RunExistsError, DivergedError):
+        assert issubclass(kind, HemasegError), kind
+    assert FAILURES == (HemasegError, OSError)  # anything else is a defect: its traceback is shown
+    with pytest.raises(SettingError, match="score threshold must be between 0 and 1, got 2"):
+        check_fraction(2, "score threshold")

@@ -20,6 +20,7 @@ from skimage.morphology import closing, disk, opening, remove_small_objects
 from skimage.segmentation import watershed
 
 from .data.contract import labels_to_masks
+from .errors import SettingError
 
 METHODS = ("otsu", "edges")
 
@@ -80,6 +81,6 @@ def segment_classical(image: torch.Tensor, method: str, min_distance: int = 7, m
     elif method == "edges":
         fg = edges_foreground(image)
     else:
-        raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
+        raise SettingError(f"unknown classical method {method!r}; choose from {METHODS}")
     masks, _ = labels_to_masks(split_touching(fg, min_distance, min_area))
     return masks

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.io import atomic_write
+from .errors import SettingError
 from .model import check_pixel_size
 
 TYPES = ("segmented_neutrophil", "band_neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil",
@@ -60,7 +61,7 @@ def allowed_types(label: str, types: Sequence[str] = TYPES) -> tuple[str, ...]:
     """
     members = GROUPS.get(label, (label,))
     if not set(members) <= set(types):
-        raise ValueError(f"label '{label}' is not one of the types {', '.join(types)} nor a group of them "
+        raise SettingError(f"label '{label}' is not one of the types {', '.join(types)} nor a group of them "
                          f"({', '.join(GROUPS)})")
     return tuple(members)
 
@@ -99,15 +100,15 @@ class TypeConfig:
 
     def __post_init__(self):
         if self.stain not in ("reinhard", "none"):
-            raise ValueError(f"stain must be 'reinhard' or 'none', not {self.stain!r}")
+            raise SettingError(f"stain must be 'reinhard' or 'none', not {self.stain!r}")
         if not 16 <= self.size <= self.context:
-            raise ValueError(f"size {self.size} must be 16..context ({self.context})")
+            raise SettingError(f"size {self.size} must be 16..context ({self.context})")
         if self.views not in (1, 4, 8):
-            raise ValueError(f"views must be 1, 4 or 8, not {self.views}")
+            raise SettingError(f"views must be 1, 4 or 8, not {self.views}")
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r} (known: {', '.join(ARCHS)})")
+            raise SettingError(f"unknown arch {self.arch!r} (known: {', '.join(ARCHS)})")
         if not self.pixel_size > 0 or len(self.reference) != 6 or not self.temperature > 0:
-            raise ValueError("pixel_size and temperature must be > 0 and reference 6 numbers")
+            raise SettingError("pixel_size and temperature must be > 0 and reference 6 numbers")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,7 +211,7 @@ class TypeNet(nn.Module):
             from torchvision.models import resnet18
 
             if pretrained:
-                raise ValueError("no offline ImageNet weights for resnet18; use arch efficientnet_lite0")
+                raise SettingError("no offline ImageNet weights for resnet18; use arch efficientnet_lite0")
             self.body = resnet18(weights=None, num_classes=len(cfg.types))
             mean, std = 0.5, 0.25
         self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
@@ -357,7 +358,7 @@ class CropSet:
     def join(parts: Sequence[CropSet]) -> CropSet:
         parts = [p for p in parts if len(p)]
         if not parts:
-            raise ValueError("no labelled cells")
+            raise SettingError("no labelled cells")
         return CropSet(np.concatenate([p.crops for p in parts]), [x for p in parts for x in p.labels],
                        [x for p in parts for x in p.sources], [x for p in parts for x in p.names])
 
@@ -612,7 +613,7 @@ def fit_celltypes(train: CropSet, cfg: TypeConfig = TypeConfig(), tcfg: TypeTrai
         allowed_types(lab, cfg.types)
     fit, cal = split_crops(train, tcfg.calibration, tcfg.seed)
     if not len(fit) or not len(cal):
-        raise ValueError(f"too few labelled images to train and calibrate ({len(train)} cells)")
+        raise SettingError(f"too few labelled images to train and calibrate ({len(train)} cells)")
     if cfg.stain == "reinhard":
         cfg = dataclasses.replace(cfg, reference=reference_stats(fit.crops, seed=tcfg.seed))
     torch.manual_seed(tcfg.seed)
@@ -709,7 +710,7 @@ class TypeSource:
     def __post_init__(self):
         check_pixel_size(self.pixel_size, f"{self.folder}: pixel size")
         if not 0 <= self.holdout < 1:
-            raise ValueError(f"{self.folder}: holdout must be 0 or more and under 1, got {self.holdout}")
+            raise SettingError(f"{self.folder}: holdout must be 0 or more and under 1, got {self.holdout}")
 
     @property
     def name(self) -> str:

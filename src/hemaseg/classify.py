@@ -20,6 +20,7 @@ from skimage.color import rgb2hsv
 from skimage.measure import regionprops
 
 from .data.io import DataError, why, write_json
+from .errors import SettingError
 from .measure import circularity
 from .nuclei import count_lobes
 
@@ -104,14 +105,14 @@ class LinearClassifier:
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
-            raise ValueError(f"{p}: cannot read classifier ({why(err)})") from err
+            raise SettingError(f"{p}: cannot read classifier ({why(err)})") from err
         if not isinstance(d, dict) or d.pop("format", None) != "hemaseg-wbc-classifier" or d.pop("version", None) != 1:
-            raise ValueError(f"{p}: not a hemaseg white-cell classifier")
+            raise SettingError(f"{p}: not a hemaseg white-cell classifier")
         d.pop("validation", None)
         fields = {k: (tuple(tuple(r) for r in v) if k == "coef" else tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
         clf = cls(**fields)
         if len(clf.coef) != len(clf.classes) or any(len(r) != len(clf.features) for r in clf.coef):
-            raise ValueError(f"{p}: classifier arrays do not fit its classes and features")
+            raise SettingError(f"{p}: classifier arrays do not fit its classes and features")
         return clf
 
 
@@ -120,11 +121,11 @@ def fit_linear(X: np.ndarray, y: list[str], threshold: float = 0.5, C: float = 1
     from sklearn.linear_model import LogisticRegression
 
     if len(set(y)) < 2:
-        raise ValueError(f"{len(y)} labelled cells, all of one type ({', '.join(sorted(set(y))) or 'none'}): "
+        raise SettingError(f"{len(y)} labelled cells, all of one type ({', '.join(sorted(set(y))) or 'none'}): "
                          "a classifier needs cells of at least two types")
     bad = int((~np.isfinite(X)).any(axis=1).sum())
     if bad:
-        raise ValueError(f"{bad} of {len(X)} cells have features that are not finite numbers (an empty nucleus or "
+        raise SettingError(f"{bad} of {len(X)} cells have features that are not finite numbers (an empty nucleus or "
                          "cell?); leave those cells out")
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
@@ -166,7 +167,7 @@ def read_type_labels(path: str | Path) -> dict[str, str]:
             if not image or not kind or (label.isdigit() and int(label) < 1):
                 raise ValueError("empty field or type 0")
         except (ValueError, IndexError) as err:
-            raise ValueError(f"{path}:{line_no}: expected 'image,type' with type a name or 1..{len(WBC_TYPES)}, got {row}") from err
+            raise SettingError(f"{path}:{line_no}: expected 'image,type' with type a name or 1..{len(WBC_TYPES)}, got {row}") from err
         out[image] = kind
     if not out and not any("".join(r).strip() for r in rows[1:]):
         raise DataError(f"{path}: no 'image,type' rows (expected a header row, then one row per image)")
@@ -180,20 +181,20 @@ def type_of(labels: dict[str, str], stem: str) -> str | None:
     return labels.get(str(int(stem))) if stem.isdigit() else None
 
 
-def labelled_cells(source, labels: dict[str, str] | None = None, nuclei: str = "true") -> tuple[np.ndarray, list[str], list[str]]:
+def labelled_cells(source, labels: dict[str, str] | None = None, nuclei: str = "auto") -> tuple[np.ndarray, list[str], list[str]]:
     """Features, types and image paths of the labelled white cells of a dataset
     (:class:`~hemaseg.data.formats.DatasetSource`).
 
     A cell is labelled when its annotated class is a type of ``labels``' kind or of :data:`WBC_TYPES`
     (instance/COCO data whose classes are the types), or - with an image table ``labels``
     (:func:`read_type_labels`) - when it is the largest annotated cell of a listed image. Its nucleus
-    is the annotated one (``nuclei="true"``, where the data has it) or the within-cell split (``"split"``).
+    is the annotated one (``nuclei="auto"``, where the data has it, else split) or the within-cell split (``"split"``).
     """
     from .data.formats import load_sample
     from .nuclei import split_nucleus
 
-    if nuclei not in ("true", "split"):
-        raise ValueError(f"nuclei must be 'true' or 'split', got {nuclei!r}")
+    if nuclei not in ("auto", "split"):
+        raise SettingError(f"nuclei must be 'auto' or 'split', got {nuclei!r}")
     types = set(WBC_TYPES) | set((labels or {}).values())
     X, y, where = [], [], []
     for ref in source.refs:
@@ -205,14 +206,14 @@ def labelled_cells(source, labels: dict[str, str] | None = None, nuclei: str = "
             cells = [(int(t["masks"].flatten(1).sum(1).argmax()), kind)]
         for k, kind in cells:
             cell = t["masks"][k].numpy()
-            nucleus = t["nuclei"][k].numpy() if nuclei == "true" and "nuclei" in t else None
+            nucleus = t["nuclei"][k].numpy() if nuclei == "auto" and "nuclei" in t else None
             if nucleus is None or not nucleus.any():
                 nucleus = split_nucleus(image, cell)
             X.append(cell_features(image, cell, nucleus))
             y.append(kind)
             where.append(str(ref.image))
     if not X:
-        raise ValueError(f"{source.root}: no labelled white cell (give an image-type table, or annotate cells with type classes)")
+        raise SettingError(f"{source.root}: no labelled white cell (give an image-type table, or annotate cells with type classes)")
     return np.array(X), y, where
 
 
@@ -226,7 +227,7 @@ def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, t
     y = np.asarray(y, dtype=object)
     classes = sorted(set(y), key=lambda c: (WBC_TYPES.index(c) if c in WBC_TYPES else 99, c))
     if len(y) < folds:
-        raise ValueError(f"{len(y)} labelled cells cannot be split into {folds} folds")
+        raise SettingError(f"{len(y)} labelled cells cannot be split into {folds} folds")
     k = folds  # a type with fewer cells than folds is still tested (scikit-learn warns)
     forced, with_bin = np.empty(len(y), object), np.empty(len(y), object)
     with warnings.catch_warnings():  # rare types are reported in "few" instead of scikit-learn's warning

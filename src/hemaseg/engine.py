@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import HemasegError
 from .hardware import cpu_has_native_bf16
 from .metrics import MatchCounter, dice, iou_matrix, mean_of, semantic_iou
 from .predict import PredictConfig, predict
@@ -16,7 +17,7 @@ from .predict import PredictConfig, predict
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 
 
-class DivergedError(FloatingPointError):
+class DivergedError(HemasegError, FloatingPointError):
     """The loss became NaN or infinite."""
 
 

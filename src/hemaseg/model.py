@@ -46,6 +46,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .data.io import atomic_write
+from .errors import HemasegError, SettingError
 
 ARCHITECTURES = ("resnet18_fpn", "resnet50_fpn", "unet")
 PRETRAINED = ("none", "imagenet", "coco")
@@ -56,7 +57,7 @@ BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "celltypes.pt"  # its white-cell typ
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HemasegError, ValueError):
     """A model file that cannot be used: names the file and the reason."""
 
 
@@ -113,7 +114,7 @@ def check_diameter(value: float | None) -> None:
     ValueError: diameter must be 4-4000 px (a white cell's diameter in your images), got 0.001
     """
     if value is not None and not _within(value, *DIAMETER_RANGE):
-        raise ValueError(f"diameter must be {DIAMETER_RANGE[0]:g}-{DIAMETER_RANGE[1]:g} px (a white cell's diameter "
+        raise SettingError(f"diameter must be {DIAMETER_RANGE[0]:g}-{DIAMETER_RANGE[1]:g} px (a white cell's diameter "
                          f"in your images), got {value}")
 
 
@@ -126,7 +127,7 @@ def check_pixel_size(value: float | None, what: str = "pixel size") -> None:
     ValueError: pixel size must be 0.005-50 um/px, got -0.1
     """
     if value is not None and not _within(value, *PIXEL_SIZE_RANGE):
-        raise ValueError(f"{what} must be {PIXEL_SIZE_RANGE[0]:g}-{PIXEL_SIZE_RANGE[1]:g} um/px, got {value}")
+        raise SettingError(f"{what} must be {PIXEL_SIZE_RANGE[0]:g}-{PIXEL_SIZE_RANGE[1]:g} um/px, got {value}")
 
 
 def check_fraction(value: float, what: str) -> None:
@@ -137,7 +138,7 @@ def check_fraction(value: float, what: str) -> None:
     ValueError: score threshold must be between 0 and 1, got nan
     """
     if not _within(value, 0.0, 1.0):
-        raise ValueError(f"{what} must be between 0 and 1, got {value}")
+        raise SettingError(f"{what} must be between 0 and 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -167,30 +168,30 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
+            raise SettingError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
         if self.pretrained not in PRETRAINED:
-            raise ValueError(f"pretrained must be one of {PRETRAINED}, got {self.pretrained!r}")
+            raise SettingError(f"pretrained must be one of {PRETRAINED}, got {self.pretrained!r}")
         if self.arch == "unet" and self.pretrained != "none":
-            raise ValueError("the U-Net baseline trains from random weights only")
+            raise SettingError("the U-Net baseline trains from random weights only")
         if self.pretrained == "coco" and self.arch != "resnet50_fpn":
-            raise ValueError("COCO weights exist only for resnet50_fpn")
+            raise SettingError("COCO weights exist only for resnet50_fpn")
         if not self.classes:
-            raise ValueError("a model needs at least one class")
+            raise SettingError("a model needs at least one class")
         if self.arch == "resnet50_fpn" and self.fpn_channels not in (None, 256):
-            raise ValueError("resnet50_fpn has torchvision's fixed FPN width of 256 channels")
+            raise SettingError("resnet50_fpn has torchvision's fixed FPN width of 256 channels")
         if not self.scale > 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
+            raise SettingError(f"scale must be > 0, got {self.scale}")
         if not 7 <= self.mask_roi <= 64:
-            raise ValueError(f"mask_roi must be in 7..64, got {self.mask_roi}")
+            raise SettingError(f"mask_roi must be in 7..64, got {self.mask_roi}")
         for name in ("rpn_batch_size", "roi_batch_size", "rpn_post_nms_train", "rpn_post_nms_test"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_diameter(self.diameter)
         check_pixel_size(self.pixel_size)
         if self.outline < 0 or (self.outline and self.arch == "unet"):
-            raise ValueError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
+            raise SettingError(f"outline must be >= 0 (and only for Mask R-CNN architectures), got {self.outline} for {self.arch}")
         if not 2 <= self.outline_levels <= 6:
-            raise ValueError(f"outline_levels must be in 2..6, got {self.outline_levels}")
+            raise SettingError(f"outline_levels must be in 2..6, got {self.outline_levels}")
 
     @property
     def channels(self) -> int:
@@ -210,7 +211,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+            raise SettingError(f"unknown model config keys {sorted(unknown)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
@@ -281,7 +282,7 @@ def build_model(cfg: ModelConfig, *, download: bool = True) -> nn.Module:
 
         return UNetSegmenter(cfg.channels)
     if len(cfg.anchor_sizes) != 5:
-        raise ValueError(f"{cfg.arch} needs 5 anchor sizes (one per FPN level), got {cfg.anchor_sizes}")
+        raise SettingError(f"{cfg.arch} needs 5 anchor sizes (one per FPN level), got {cfg.anchor_sizes}")
     pretrained = cfg.pretrained != "none"
     make_trunk, in_channels, box_width, imagenet = _TRUNKS[cfg.arch]
     # pretrained: torchvision's recipe (frozen BatchNorm, stem and layer1 frozen); from scratch: BatchNorm learns

@@ -16,6 +16,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from .cells import NUCLEUS_CLASS, Cells, mask_extent, nucleus_label
 from .data.contract import crop_image, image_size, masks_to_boxes
+from .errors import SettingError
 from .hardware import cpu_has_native_bf16
 from .model import check_diameter, check_fraction, check_pixel_size
 from .outline import OUTLINE_RADIUS, foreground_maps, refine_outlines
@@ -208,17 +209,17 @@ class SegmentConfig:
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:
-            raise ValueError(f"nuclei must be one of {NUCLEUS_MODES}, got {self.nuclei!r}")
+            raise SettingError(f"nuclei must be one of {NUCLEUS_MODES}, got {self.nuclei!r}")
         unknown = set(self.exports) - set(EXPORTS)
         if unknown:
-            raise ValueError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
+            raise SettingError(f"unknown export(s) {sorted(unknown)}; choose from {EXPORTS}")
         check_diameter(self.diameter)
         check_pixel_size(self.pixel_size)
         check_fraction(self.score_threshold, "score threshold")
         if not 0 <= self.overlap < self.tile:
-            raise ValueError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
+            raise SettingError(f"tile ({self.tile}) must exceed overlap ({self.overlap}) >= 0")
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1 image, got {self.batch}")
+            raise SettingError(f"batch must be >= 1 image, got {self.batch}")
 
 
 class Method:
@@ -259,7 +260,7 @@ class ModelMethod(Method):
         self.nucleus_label = nucleus_label(classes)
         self.classes = tuple(c for c in classes if c != NUCLEUS_CLASS)
         if self.nucleus_label is not None and self.nucleus_label != len(classes):
-            raise ValueError(f"the '{NUCLEUS_CLASS}' class must be the model's last class, got {classes}")
+            raise SettingError(f"the '{NUCLEUS_CLASS}' class must be the model's last class, got {classes}")
         self.predict_cfg = PredictConfig(cfg.score_threshold, cfg.mask_threshold, cfg.amp)
 
     @classmethod
@@ -271,10 +272,10 @@ class ModelMethod(Method):
             model = model.to(memory_format=torch.channels_last)
         if cfg.diameter is not None:
             if mcfg.diameter is None:
-                raise ValueError(f"{path}: the model was not trained at a cell diameter (hemaseg train --diameter or "
+                raise SettingError(f"{path}: the model was not trained at a cell diameter (hemaseg train --diameter or "
                                  f"--pixel-size), so --diameter cannot be used with it; use a model trained with one")
             if not hasattr(getattr(model, "transform", None), "scale"):
-                raise ValueError(f"{path}: this model resizes to a fixed size (min_size), --diameter does not apply")
+                raise SettingError(f"{path}: this model resizes to a fixed size (min_size), --diameter does not apply")
         method = cls(model, mcfg.classes, cfg, name="unet" if mcfg.arch == "unet" else "maskrcnn")
         method.source = str(Path(path).resolve())
         method.diameter = mcfg.diameter
@@ -327,7 +328,7 @@ class ClassicalMethod(Method):
         from .baselines import METHODS
 
         if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from maskrcnn, {', '.join(METHODS)}")
+            raise SettingError(f"unknown method {name!r}; choose from maskrcnn, {', '.join(METHODS)}")
         self.name = name
 
     def __call__(self, image: torch.Tensor) -> dict:

@@ -34,6 +34,7 @@ from torch import nn
 
 from .data.contract import image_to_tensor
 from .data.io import atomic_write
+from .errors import SettingError
 
 RED_CELL_UM = 7.5  # diameter of a normal red cell in a dried smear (um): what "red-cell diameter" reports
 SCALE_FORMAT = "hemaseg-scale"
@@ -58,9 +59,9 @@ class ScaleConfig:
 
     def __post_init__(self):
         if self.downsample < 1 or not self.widths or self.view < 16:
-            raise ValueError(f"bad scale config {self}")
+            raise SettingError(f"bad scale config {self}")
         if not 0 < self.range_um[0] < self.range_um[1]:
-            raise ValueError(f"range_um must be (low, high) with 0 < low < high, got {self.range_um}")
+            raise SettingError(f"range_um must be (low, high) with 0 < low < high, got {self.range_um}")
 
     @property
     def reading_um(self) -> float:
@@ -79,7 +80,7 @@ class ScaleConfig:
     def from_dict(cls, d: dict[str, Any]) -> ScaleConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         if set(d) - names:
-            raise ValueError(f"unknown scale config keys {sorted(set(d) - names)}")
+            raise SettingError(f"unknown scale config keys {sorted(set(d) - names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -403,7 +404,7 @@ def train_scale_net(sources: Sequence[ScaleSource], cfg: ScaleConfig = ScaleConf
     from tqdm.auto import tqdm
 
     if not sources or any(not s.images for s in sources):
-        raise ValueError("train_scale_net needs at least one source, each with images")
+        raise SettingError("train_scale_net needs at least one source, each with images")
     torch.manual_seed(tcfg.seed)
     g = torch.Generator().manual_seed(tcfg.seed)
     net = ScaleNet(cfg)
@@ -507,7 +508,7 @@ def fit_scale(data: Sequence[str | Path], pixel_sizes: Sequence[float], out: str
     from .data.formats import list_images
 
     if len(data) != len(pixel_sizes):
-        raise ValueError(f"{len(pixel_sizes)} pixel sizes for {len(data)} folders: give one --pixel-size per --data, in order")
+        raise SettingError(f"{len(pixel_sizes)} pixel sizes for {len(data)} folders: give one --pixel-size per --data, in order")
     sources, held_out = [], {}
     for folder, px in zip(data, pixel_sizes):
         from .model import check_pixel_size
@@ -515,7 +516,7 @@ def fit_scale(data: Sequence[str | Path], pixel_sizes: Sequence[float], out: str
         check_pixel_size(px, f"{folder}: pixel size")
         files = list_images([folder])
         if not files:
-            raise ValueError(f"{folder}: no images")
+            raise SettingError(f"{folder}: no images")
         train, val = split_images(files, val_fraction, seed)
         from .data.io import read_image
 

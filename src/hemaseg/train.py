@@ -30,6 +30,7 @@ from .data.fields import ANNOTATES_RED, FieldConfig
 from .data.formats import DatasetSource, open_dataset
 from .data.io import DataError, csv_text, remove_stale_temps, write_json, write_text
 from .data.transforms import AugmentConfig, build_train_transforms
+from .errors import HemasegError, SettingError
 from .metrics import format_score
 from .distributed import backend as dist_backend
 from .distributed import from_launcher, weights_checksum
@@ -90,34 +91,34 @@ class TrainConfig:
         if not isinstance(self.data, str):
             object.__setattr__(self, "data", tuple(str(d) for d in self.data))
             if not self.data:
-                raise ValueError("data: no dataset given")
+                raise SettingError("data: no dataset given")
         check_diameter(self.diameter)
         if self.pixel_size is not None:
             if self.diameter is not None:
-                raise ValueError("give a training --pixel-size or a --diameter, not both")
+                raise SettingError("give a training --pixel-size or a --diameter, not both")
             check_pixel_size(self.pixel_size)
         if self.data_pixel_size is not None:
             object.__setattr__(self, "data_pixel_size", tuple(float(v) for v in self.data_pixel_size))
             if self.pixel_size is None:
-                raise ValueError("the datasets' pixel sizes (--data-pixel-size) need the run's --pixel-size")
+                raise SettingError("the datasets' pixel sizes (--data-pixel-size) need the run's --pixel-size")
             for v in self.data_pixel_size:
                 check_pixel_size(v, "each --data-pixel-size")
             if len(self.data_pixel_size) != len(self.data_paths):
-                raise ValueError(f"data_pixel_size: one value > 0 um/px per dataset ({len(self.data_paths)}), got {list(self.data_pixel_size)}")
+                raise SettingError(f"data_pixel_size: one value > 0 um/px per dataset ({len(self.data_paths)}), got {list(self.data_pixel_size)}")
         if self.repeat is not None:
             object.__setattr__(self, "repeat", tuple(float(r) for r in self.repeat))
             if len(self.repeat) != len(self.data_paths) or not all(r > 0 and math.isfinite(r) for r in self.repeat):
-                raise ValueError(f"repeat: one factor > 0 per dataset ({len(self.data_paths)}), got {list(self.repeat)}")
+                raise SettingError(f"repeat: one factor > 0 per dataset ({len(self.data_paths)}), got {list(self.repeat)}")
         if self.outline_only and not (self.model.outline and self.weights):
-            raise ValueError("outline_only trains the outline head of a trained model: it needs --outline and --weights")
+            raise SettingError("outline_only trains the outline head of a trained model: it needs --outline and --weights")
         if self.nuclei not in ("auto", "off"):
-            raise ValueError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
+            raise SettingError(f"nuclei must be 'auto' or 'off', got {self.nuclei!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise SettingError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+            raise SettingError("epochs and batch_size must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise SettingError(f"lr must be a positive number, got {self.lr}")
 
     @property
     def data_paths(self) -> tuple[str, ...]:
@@ -146,7 +147,7 @@ class TrainResult:
     seconds: float
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(HemasegError, FileExistsError):
     """The output folder already holds a run and ``resume`` was not asked for."""
 
 
@@ -238,7 +239,7 @@ def dataset_scales(cfg: TrainConfig, train_parts: list[Part], val_parts: list[Pa
     for s, refs in train_parts + [(s, r) for s, r in val_parts if id(s) not in trained]:  # a --val set: its own
         d = cell_diameter(s, refs, classes, skip=(NUCLEUS_CLASS,))
         if d is None and cfg.diameter is not None:
-            raise ValueError(f"{s.root}: no annotated cells to measure a diameter on")
+            raise SettingError(f"{s.root}: no annotated cells to measure a diameter on")
         if d is not None:
             diameters[str(s.root)] = round(d, 2)
         if cfg.diameter is not None:
@@ -264,11 +265,11 @@ def dataset_pixel_size(source: DatasetSource, refs: list, limit: int = 40) -> fl
 
     net = bundled_scale_net()
     if net is None:
-        raise ValueError(f"{source.root}: give its pixel size (--data-pixel-size): this installation has no scale model to estimate it")
+        raise SettingError(f"{source.root}: give its pixel size (--data-pixel-size): this installation has no scale model to estimate it")
     picked = sorted(refs, key=lambda r: str(r.image))[:: max(1, len(refs) // limit)][:limit]
     values = [e.pixel_size for e in (estimate_scale(net, read_image(r.image)) for r in picked) if e.pixel_size]
     if not values:
-        raise ValueError(f"{source.root}: no pixel size could be estimated from its images; give it with --data-pixel-size")
+        raise SettingError(f"{source.root}: no pixel size could be estimated from its images; give it with --data-pixel-size")
     return float(np.median(values))
 
 
@@ -299,7 +300,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         saved = TrainConfig.from_dict(state["train"])
         given, before = _places(cfg.data_paths, cfg.val), _places(saved.data_paths, saved.val)
         if given != before:
-            raise ValueError(f"{last_path}: the run was trained on --data {', '.join(before[0])}"
+            raise SettingError(f"{last_path}: the run was trained on --data {', '.join(before[0])}"
                              + (f" --val {before[1]}" if before[1] else "") + f", not {', '.join(given[0])}"
                              + (f" --val {given[1]}" if given[1] else "") + ": resume with the same data, or start "
                              "a new run with another --out")
@@ -326,7 +327,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     mcfg = dataclasses.replace(cfg.model, classes=("cell",) if cfg.model.arch == "unet" else classes, diameter=model_diameter,
                                pixel_size=cfg.pixel_size)
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
-        raise ValueError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
+        raise SettingError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
     device = group.device(cfg.device) if group is not None else _device(cfg.device)
     n_train, n_val = (sum(len(r) for _, r in parts) for parts in (train_parts, val_parts))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import SettingError
 from .contract import Target, add_nucleus_instances
 from .fields import FieldConfig, compose_field, crop_tones, cut_cells
 from .formats import DatasetSource, SampleRef, load_sample, read_label_annotation
@@ -40,15 +41,15 @@ class CellDataset(Dataset):
         self.classes = tuple(classes or source.classes)
         unknown = [c for c in source.classes if c not in self.classes]
         if unknown:
-            raise ValueError(f"{source.root}: classes {unknown} are not among the model's classes {self.classes}")
+            raise SettingError(f"{source.root}: classes {unknown} are not among the model's classes {self.classes}")
         self.transforms = transforms
         self.stray = stray
         self.nucleus_label = nucleus_label
         if not 0 <= fields <= 1:
-            raise ValueError(f"fields must be a share in [0, 1], got {fields}")
+            raise SettingError(f"fields must be a share in [0, 1], got {fields}")
         self.fields, self.field_config = fields, field_config
         if not resize > 0:
-            raise ValueError(f"resize must be > 0, got {resize}")
+            raise SettingError(f"resize must be > 0, got {resize}")
         self.resize = resize
 
     def __len__(self) -> int:
@@ -108,9 +109,9 @@ def repeat_indices(sizes: list[int], factors: list[float], generator: torch.Gene
 def _repeat_counts(sizes: list[int], factors: list[float]) -> list[tuple[int, int]]:
     """Per dataset: (times every sample is taken, samples taken once more)."""
     if len(sizes) != len(factors):
-        raise ValueError(f"{len(factors)} repeat factors for {len(sizes)} datasets")
+        raise SettingError(f"{len(factors)} repeat factors for {len(sizes)} datasets")
     if not all(f > 0 for f in factors):
-        raise ValueError(f"repeat factors must be > 0, got {list(factors)}")
+        raise SettingError(f"repeat factors must be > 0, got {list(factors)}")
     return [(int(f), round((f - int(f)) * n)) for n, f in zip(sizes, factors)]
 
 
@@ -154,7 +155,7 @@ def split_refs(refs: list[SampleRef], val_fraction: float, seed: int) -> tuple[l
     (8, 2, True)
     """
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise SettingError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ordered = sorted(refs, key=lambda r: (str(r.image), r.coco_id or 0))
     random.Random(seed).shuffle(ordered)
     n_val = round(val_fraction * len(ordered))
@@ -207,7 +208,7 @@ def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subse
     if sources:
         mine = [s for s in sources if root.resolve().parts[-len(Path(s).parts):] == Path(s).parts]
         if not mine:
-            raise ValueError(f"{split_file}: {root} is none of the run's data folders {sources}")
+            raise SettingError(f"{split_file}: {root} is none of the run's data folders {sources}")
         prefix = mine[0].rstrip("/") + "/"
         wanted = [e[len(prefix):] for e in wanted if e.startswith(prefix)]
     by_key = {ref_key(r, root): r for r in refs}
@@ -220,5 +221,5 @@ def select_refs(refs: list[SampleRef], root: Path, split_file: str | Path, subse
         else:
             chosen.append(r)
     if missing:
-        raise ValueError(f"{split_file}: {len(missing)} '{subset}' image(s) not in {root}: {missing[:5]}")
+        raise SettingError(f"{split_file}: {len(missing)} '{subset}' image(s) not in {root}: {missing[:5]}")
     return chosen

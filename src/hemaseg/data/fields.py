@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..errors import SettingError
 from .contract import Target, make_target, tensor_to_image
 from .synthetic import RED, SynthConfig, generate
 
@@ -148,7 +149,7 @@ class FieldConfig:
 
     def __post_init__(self):
         if self.rim < 1:
-            raise ValueError(f"rim must be >= 1 px, got {self.rim}")
+            raise SettingError(f"rim must be >= 1 px, got {self.rim}")
 
 
 def compose_field(rng: np.random.Generator, cutouts: list[Cutout], tones: tuple[np.ndarray, np.ndarray],
@@ -167,7 +168,7 @@ def compose_field(rng: np.random.Generator, cutouts: list[Cutout], tones: tuple[
     (3, 2, True)
     """
     if not cutouts:
-        raise ValueError("compose_field: no cells to paste")
+        raise SettingError("compose_field: no cells to paste")
     radius = float(np.median([c.radius for c in cutouts]))
     side = lambda: int(min(cfg.max_side, max(32, rng.uniform(*cfg.side) * 2 * radius)))  # noqa: E731
     h, w = size if size is not None else (side(), side())

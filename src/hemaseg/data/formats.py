@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from skimage.measure import label as connected_components
 
+from ..errors import SettingError
 from .coco_check import check_coco
 from .contract import Target, empty_target, image_to_tensor, labels_to_masks, make_target
 from .io import IMAGE_EXTENSIONS, DataError, read_image, read_label_image, why
@@ -97,7 +98,7 @@ def semantic_to_labels(
         if stray == "error":
             raise DataError(f"{source}: unexpected mask values {odd} (value: pixels); expected 0, 128, 255")
         if stray != "nearest":
-            raise ValueError(f"stray must be 'nearest' or 'error', got {stray!r}")
+            raise SettingError(f"stray must be 'nearest' or 'error', got {stray!r}")
         report["stray"] = odd
         canon = np.array(SEMANTIC_VALUES)
         lut_vals = np.array(sorted(odd))
@@ -256,7 +257,7 @@ def open_dataset(path: str | Path, format: str = "auto") -> DatasetSource:
     """Find the samples, class names and format of a dataset folder or COCO JSON file."""
     root = Path(path)
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        raise SettingError(f"format must be one of {FORMATS}, got {format!r}")
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     if format == "coco" or (format == "auto" and root.suffix.lower() == ".json"):

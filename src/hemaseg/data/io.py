@@ -15,6 +15,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import HemasegError
+
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -28,7 +30,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-class DataError(ValueError):
+class DataError(HemasegError, ValueError):
     """Bad input data. The message always names the file and says what is wrong."""
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from skimage.color import hed_from_rgb, rgb_from_hed
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import SettingError
 from .contract import Target, drop_empty
 
 MASK_KEYS = ("masks", "nuclei")
@@ -112,7 +113,7 @@ class RandomScale:
 
     def __init__(self, lo: float = 0.8, hi: float = 1.25):
         if not 0 < lo <= hi:
-            raise ValueError(f"need 0 < lo <= hi, got {lo}, {hi}")
+            raise SettingError(f"need 0 < lo <= hi, got {lo}, {hi}")
         self.lo, self.hi = lo, hi
 
     def __call__(self, image, target):
@@ -177,9 +178,9 @@ class AugmentConfig:
 
     def __post_init__(self):
         if not 0 <= self.fields <= 1:
-            raise ValueError(f"fields must be a share in [0, 1], got {self.fields}")
+            raise SettingError(f"fields must be a share in [0, 1], got {self.fields}")
         if self.field_rim < 1:
-            raise ValueError(f"field_rim must be >= 1 px, got {self.field_rim}")
+            raise SettingError(f"field_rim must be >= 1 px, got {self.field_rim}")
 
 
 def build_train_transforms(cfg: AugmentConfig) -> Compose:
