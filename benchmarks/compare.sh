@@ -11,11 +11,11 @@ mkdir -p "$R"
 # 1. Zheng dataset1: both models with the default split (seed 0, 20% held out)
 [ -f "$R/d1-maskrcnn/best.pt" ] || $B train --data $D1 --out "$R/d1-maskrcnn" --no-progress
 [ -f "$R/d1-unet/best.pt" ] || $B train --arch unet --data $D1 --out "$R/d1-unet" --no-progress
-$B compare --data $D1 --model "$R/d1-maskrcnn/best.pt" --unet "$R/d1-unet/best.pt" --methods maskrcnn,unet,otsu,edges \
+$B compare --data $D1 --model "$R/d1-maskrcnn/best.pt" --unet "$R/d1-unet/best.pt" --method maskrcnn --method unet --method otsu --method edges \
   --split "$R/d1-maskrcnn/split.json" --run "$R/d1-maskrcnn" --out "$R/compare-d1" --no-progress
 # 2. synthetic dense smears (the demo's data): touching and overlapping cells
 $B synth --out "$R/synth" --count 48 --size 160 --seed 0
 [ -f "$R/synth-maskrcnn/best.pt" ] || $B train --data "$R/synth" --out "$R/synth-maskrcnn" --epochs 24 --no-progress
 [ -f "$R/synth-unet/best.pt" ] || $B train --arch unet --data "$R/synth" --out "$R/synth-unet" --epochs 24 --no-progress
-$B compare --data "$R/synth" --model "$R/synth-maskrcnn/best.pt" --unet "$R/synth-unet/best.pt" --methods maskrcnn,unet,otsu,edges \
+$B compare --data "$R/synth" --model "$R/synth-maskrcnn/best.pt" --unet "$R/synth-unet/best.pt" --method maskrcnn --method unet --method otsu --method edges \
   --split "$R/synth-maskrcnn/split.json" --run "$R/synth-maskrcnn" --out "$R/compare-synth" --no-progress

@@ -150,3 +150,16 @@ def test_help_groups_options_and_lists_choices_and_old_names_still_work(tmp_path
     assert "warning: --batch is now --batch-size" in old.output and "warning" not in new.output
     settings = [json.loads((tmp_path / d / "a_result.json").read_text())["settings"] for d in ("new", "old")]
     assert settings[0] == settings[1] and settings[0]["config"]["min_area"] == 50
+
+
+def test_compare_takes_repeated_methods_and_the_old_comma_list(tmp_path):
+    from hemaseg.data.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "d", 1, SynthConfig(height=64, width=64), seed=3)
+    new = runner.invoke(app, ["compare", "--data", str(data), "--method", "edges", "--method", "otsu", "--out", str(tmp_path / "a"),
+                              "--no-progress"])
+    old = runner.invoke(app, ["compare", "--data", str(data), "--methods", "edges,otsu", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert new.exit_code == 0 and old.exit_code == 0, (new.output, old.output)
+    rows = [[line.split("|")[1].strip() for line in (tmp_path / d / "compare.md").read_text().splitlines()[2:]] for d in "ab"]
+    assert rows == [["edges", "otsu"], ["edges", "otsu"]]
+    assert "warning: --methods A,B is now --method A --method B" in old.output

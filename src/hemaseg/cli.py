@@ -367,14 +367,18 @@ def compare(
     data: Path = typer.Option(..., "--data", help="Images with ground truth."),
     out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
     model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn); default: the bundled model."),
-    methods: str = typer.Option("maskrcnn,otsu,edges", help="Comma-separated methods: maskrcnn, unet, otsu, edges."),
+    method: list[str] = typer.Option(["maskrcnn", "otsu", "edges"], "--method", help="A method to compare, repeatable "
+                                     "(in this order in the table): maskrcnn, unet, otsu, edges."),
+    methods_old: Optional[str] = typer.Option(None, "--methods", hidden=True, help="Old comma-separated form of --method."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
     diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
 ) -> None:
     """One table of methods x metrics x speed on one dataset (Markdown, CSV, HTML)."""
-    table, failed = _evaluate_command([m.strip() for m in methods.split(",") if m.strip()], data, out, model, unet, split,
+    if methods_old is not None:
+        method = [m.strip() for m in _renamed("--methods A,B", "--method A --method B", methods_old, None).split(",") if m.strip()]
+    table, failed = _evaluate_command(method, data, out, model, unet, split,
                               subset, run, format, dict(score_threshold=score_threshold, nuclei=nuclei, tile=tile,
                                                         overlap=overlap, diameter=diameter, pixel_size=pixel_size,
                                                         auto_scale=auto_scale), f"Comparison on {data}", progress)
