@@ -69,9 +69,9 @@ def load_set(path: Path) -> CropSet:
 
 
 def geometry(cfg: TypeConfig) -> str:
-    """File-name tag of a crop geometry: "" for the default (0.25 um/px, 128 px), else "@PX-CONTEXT"."""
-    d = TypeConfig()
-    return "" if (cfg.pixel_size, cfg.context) == (d.pixel_size, d.context) else f"@{cfg.pixel_size:g}-{cfg.context}"
+    """File-name tag of a crop geometry: "" for the first one (0.25 um/px, 128 px: the crops of the models
+    trained before 2026-12-02), else "@PX-CONTEXT"."""
+    return "" if (cfg.pixel_size, cfg.context) == (0.25, 128) else f"@{cfg.pixel_size:g}-{cfg.context}"
 
 
 def crop_config(args) -> TypeConfig:

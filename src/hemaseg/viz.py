@@ -84,12 +84,6 @@ def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str], gap: int =
     return np.concatenate(cols[:-1], axis=1)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _pyplot():
     import matplotlib
 
