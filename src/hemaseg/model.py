@@ -111,7 +111,7 @@ def check_diameter(value: float | None) -> None:
     >>> check_diameter(80.0); check_diameter(None)
     >>> check_diameter(0.001)
     Traceback (most recent call last):
-    ValueError: diameter must be 4-4000 px (a white cell's diameter in your images), got 0.001
+    hemaseg.errors.SettingError: diameter must be 4-4000 px (a white cell's diameter in your images), got 0.001
     """
     if value is not None and not _within(value, *DIAMETER_RANGE):
         raise SettingError(f"diameter must be {DIAMETER_RANGE[0]:g}-{DIAMETER_RANGE[1]:g} px (a white cell's diameter "
@@ -124,7 +124,7 @@ def check_pixel_size(value: float | None, what: str = "pixel size") -> None:
     >>> check_pixel_size(0.1); check_pixel_size(None)
     >>> check_pixel_size(-0.1)
     Traceback (most recent call last):
-    ValueError: pixel size must be 0.005-50 um/px, got -0.1
+    hemaseg.errors.SettingError: pixel size must be 0.005-50 um/px, got -0.1
     """
     if value is not None and not _within(value, *PIXEL_SIZE_RANGE):
         raise SettingError(f"{what} must be {PIXEL_SIZE_RANGE[0]:g}-{PIXEL_SIZE_RANGE[1]:g} um/px, got {value}")
@@ -135,7 +135,7 @@ def check_fraction(value: float, what: str) -> None:
 
     >>> check_fraction(0.5, "score threshold"); check_fraction(float("nan"), "score threshold")
     Traceback (most recent call last):
-    ValueError: score threshold must be between 0 and 1, got nan
+    hemaseg.errors.SettingError: score threshold must be between 0 and 1, got nan
     """
     if not _within(value, 0.0, 1.0):
         raise SettingError(f"{what} must be between 0 and 1, got {value}")
