@@ -10,6 +10,7 @@ H=${HEMASEG:-.venv/bin/hemaseg}
 rm -rf "$OUT"; mkdir -p "$OUT"
 DEMO=src/hemaseg/demo_data/bccd
 $H segment "$DEMO" --out "$OUT/seg" --no-progress --export qupath --export imagej --export tiff >/dev/null 2>&1
+# --min-size: the old name of --min-area (issue 20), so that older commits run this script too
 $H segment "$DEMO/BloodImage_00003.jpg" --out "$OUT/seg-px" --pixel-size 0.1 --min-size 200 --no-types --no-progress >/dev/null 2>&1
 $H synth --out "$OUT/synth" -n 4 --size 160 --seed 3 >/dev/null
 $H evaluate --data "$OUT/synth" --out "$OUT/eval" --method otsu --no-progress >/dev/null 2>&1
