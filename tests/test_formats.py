@@ -6,8 +6,15 @@ import tifffile
 import torch
 from pycocotools import mask as mask_utils
 
-from hemaseg.data.contract import validate_target
-from hemaseg.data.formats import load_sample, open_dataset, semantic_to_instances
+from hemaseg.data.contract import labels_to_masks, validate_target
+from hemaseg.data.formats import load_sample, open_dataset, semantic_to_labels
+
+
+def semantic_to_instances(mask: np.ndarray, **kw):
+    """:func:`semantic_to_labels` as dense stacks: ``N x H x W`` cell masks, their nucleus masks, the report."""
+    cells, nuclei, report = semantic_to_labels(mask, **kw)
+    masks, ids = labels_to_masks(cells)
+    return masks, (nuclei[None] == ids[:, None, None]).astype(np.uint8), report
 from hemaseg.data.io import DataError
 
 from conftest import save_png, semantic_pair

@@ -4,7 +4,19 @@ import torch
 from hemaseg.data.contract import image_to_tensor
 from hemaseg.data.synthetic import WHITE, generate
 from hemaseg.metrics import dice
-from hemaseg.nuclei import assign_nuclei, count_lobes, nuclei_for, split_nucleus
+from hemaseg.cells import Cells
+from hemaseg.nuclei import assign_nuclei_cells, count_lobes, nuclei_for, split_nucleus
+
+
+def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray, min_inside: float = 0.5) -> np.ndarray:
+    """:func:`assign_nuclei_cells` on dense stacks (``N x H x W`` cells, ``M x H x W`` nuclei): ``N x H x W uint8``."""
+    h, w = cells.shape[1:]
+    sparse = Cells.from_result({"masks": cells, "labels": np.arange(len(cells)), "scores": np.zeros(len(cells))}, h, w)
+    found = Cells.from_result({"masks": nuclei, "labels": np.zeros(len(nuclei)), "scores": np.zeros(len(nuclei))}, h, w)
+    sparse.nuclei = assign_nuclei_cells(sparse, found, min_inside)
+    out = np.zeros(cells.shape, np.uint8)
+    out[sparse.labels] = sparse.dense(nuclei=True)
+    return out
 
 
 def _lobed(k, r=6, gap=20):

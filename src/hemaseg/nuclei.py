@@ -4,7 +4,7 @@ Two sources, one entry point (:func:`cell_nuclei`; :func:`nuclei_for` is its den
 
 * **learned** (preferred): a model trained with nuclei as instances of their own class ``"nucleus"``
   (:mod:`hemaseg.train` does it whenever the training data carries nuclei). Each predicted nucleus is
-  given to the cell that holds most of it (:func:`assign_nuclei`).
+  given to the cell that holds most of it (:func:`assign_nuclei_cells`).
 * **split** (fallback, for models without a nucleus class or a cell the model gave no nucleus): inside
   the cell outline, the nucleus is the darker part - an Otsu threshold of the darkness computed over
   the cell's own pixels, so it adapts to each cell's stain.
@@ -84,25 +84,6 @@ def assign_nuclei_cells(cells: Cells, nuclei: Cells, min_inside: float = 0.5) ->
         k = int(candidates[int(np.argmax(shared))])
         if max(shared) >= min_inside * size:
             out[k] |= paste_into(cells.boxes[k], cells.masks[k], nbox, nmask)
-    return out
-
-
-def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray, min_inside: float = 0.5) -> np.ndarray:
-    """Dense form of :func:`assign_nuclei_cells`: ``nuclei`` (``M x H x W``) given to ``cells``
-    (``N x H x W``); returns ``N x H x W uint8``.
-
-    >>> cells = np.zeros((2, 4, 8), np.uint8); cells[0, :, :4] = 1; cells[1, :, 4:] = 1
-    >>> nuclei = np.zeros((2, 4, 8), np.uint8); nuclei[0, 1:3, 4:7] = 1; nuclei[1, 1:3, 1:4] = 1
-    >>> assign_nuclei(cells, nuclei).sum(axis=(1, 2)).tolist()  # the second nucleus lies in cell 0
-    [6, 6]
-    """
-    cells, nuclei = np.asarray(cells), np.asarray(nuclei)
-    h, w = cells.shape[1:]
-    sparse = Cells.from_result({"masks": cells, "labels": np.arange(len(cells)), "scores": np.zeros(len(cells))}, h, w)
-    found = Cells.from_result({"masks": nuclei, "labels": np.zeros(len(nuclei)), "scores": np.zeros(len(nuclei))}, h, w)
-    sparse.nuclei = assign_nuclei_cells(sparse, found, min_inside)
-    out = np.zeros(cells.shape, np.uint8)
-    out[sparse.labels] = sparse.dense(nuclei=True)
     return out
 
 

@@ -251,7 +251,7 @@ class ModelMethod(Method):
     """A trained hemaseg model (Mask R-CNN, or the U-Net baseline).
 
     A model trained with a ``"nucleus"`` class (:data:`hemaseg.cells.NUCLEUS_CLASS`) returns cells only;
-    its nucleus instances are given to their cells (:func:`hemaseg.nuclei.assign_nuclei`) as ``nuclei``.
+    its nucleus instances are given to their cells (:func:`hemaseg.nuclei.assign_nuclei_cells`) as ``nuclei``.
     """
 
     def __init__(self, model: nn.Module, classes: tuple[str, ...], cfg: SegmentConfig = SegmentConfig(), name: str = "maskrcnn"):

@@ -120,22 +120,6 @@ def semantic_to_labels(
     return cells, np.where(m == NUCLEUS, cells, 0).astype(np.int32), report
 
 
-def semantic_to_instances(
-    mask: np.ndarray, *, stray: str = "nearest", min_area: int = DEFAULT_MIN_AREA, source: str = "mask"
-) -> tuple[np.ndarray, np.ndarray, dict[str, dict[int, int]]]:
-    """:func:`semantic_to_labels` as ``(N x H x W uint8`` cell masks, ``N x H x W uint8`` nucleus
-    masks, ``report)``.
-
-    >>> m = np.zeros((5, 9), np.uint8); m[1:4, 1:4] = 128; m[2, 2] = 255; m[1:4, 5:8] = 255; m[0, 0] = 7
-    >>> cells, nuclei, report = semantic_to_instances(m, min_area=1)
-    >>> cells.sum(axis=(1, 2)).tolist(), nuclei.sum(axis=(1, 2)).tolist(), report["stray"]
-    ([9, 9], [1, 9], {7: 1})
-    """
-    cells, nuclei, report = semantic_to_labels(mask, stray=stray, min_area=min_area, source=source)
-    masks, ids = labels_to_masks(cells)
-    return masks, (nuclei[None] == ids[:, None, None]).astype(np.uint8), report
-
-
 # --------------------------------------------------------------------------------------- instance
 def read_class_table(path: Path) -> dict[int, str]:
     """Read ``label,class`` rows (header required) into ``{label id: class name}``."""
