@@ -32,7 +32,7 @@ from skimage.measure import label as connected_components
 
 from ..errors import SettingError
 from .coco_check import check_coco
-from .contract import Target, empty_target, image_to_tensor, labels_to_masks, make_target
+from .contract import Target, empty_target, image_to_tensor, make_target
 from .io import IMAGE_EXTENSIONS, DataError, read_image, read_label_image, why
 
 log = logging.getLogger(__name__)
