@@ -163,3 +163,15 @@ def test_compare_takes_repeated_methods_and_the_old_comma_list(tmp_path):
     rows = [[line.split("|")[1].strip() for line in (tmp_path / d / "compare.md").read_text().splitlines()[2:]] for d in "ab"]
     assert rows == [["edges", "otsu"], ["edges", "otsu"]]
     assert "warning: --methods A,B is now --method A --method B" in old.output
+
+
+def test_the_choices_of_the_options_are_the_librarys():
+    from typing import get_args
+
+    from hemaseg.baselines import METHODS
+    from hemaseg.cli import FormatChoice, MethodChoice, NucleiChoice
+    from hemaseg.data.formats import FORMATS
+    from hemaseg.predict import NUCLEUS_MODES
+
+    assert get_args(FormatChoice) == FORMATS and get_args(NucleiChoice) == NUCLEUS_MODES
+    assert get_args(MethodChoice) == ("maskrcnn", "unet", *METHODS)

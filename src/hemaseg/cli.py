@@ -13,12 +13,11 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from . import __version__
-from .data.formats import FORMATS
 from .distributed import from_launcher, launched
 from .data.io import DataError, check_writable, csv_text, why, write_text
 from .errors import HemasegError, SettingError
 from .metrics import format_score
-from .model import ARCHITECTURES, CheckpointError, ModelConfig
+from .model import ModelConfig
 
 DEMO_FIELDS = Path(__file__).parent / "demo_data" / "bccd"  # real fields shipped for the demo (MIT), held out of training
 

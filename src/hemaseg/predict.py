@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
