@@ -19,6 +19,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,15 @@ class SegmentSummary:
     rows: list[dict] = field(default_factory=list)  # one per image
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, error)
     cells: dict[str, Cells] = field(default_factory=dict)  # file -> its cells, with ``keep_cells`` only
+    cell_rows: dict[str, list[dict]] = field(default_factory=dict)  # file -> its NAME_cells.csv rows, with ``keep_cells``
+
+
+class _Failure(Exception):
+    """A failure gathered from another process: its class name and text, as the process had them."""
+
+    def __init__(self, kind: str, text: str):
+        super().__init__(text)
+        self.kind = kind
 
 
 SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
@@ -155,6 +165,138 @@ def _done(path: Path, image: Path, settings: dict) -> dict | None:
     return done
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every image of one :func:`segment_files` batch is segmented and written with."""
+
+    out: Path
+    method: Method
+    cfg: SegmentConfig
+    classifier: Any = None
+    with_nuclei: bool = False
+    types: tuple[str, ...] = ()  # the classifier's types and unidentified, when cells are typed
+    settings: dict = field(default_factory=dict)  # what decides the results (:func:`_settings`)
+
+    @classmethod
+    def of(cls, out: Path, method: Method, cfg: SegmentConfig, classifier=None) -> Job:
+        with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in method.classes)
+        types = (*classifier.classes, UNIDENTIFIED) if classifier is not None and with_nuclei else ()
+        return cls(out, method, cfg, classifier, with_nuclei, types, _settings(method, cfg, classifier))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.method.classes)
+
+
+@dataclass
+class ImageResult:
+    """What :func:`write_image_results` wrote for one image, as the batch reports and the station use it."""
+
+    row: dict  # its summary.csv row
+    coco_image: dict
+    annotations: list[dict]  # COCO records (ids set when the batch is written)
+    cell_rows: list[dict]  # NAME_cells.csv: one row per cell, its columns in order
+
+
+def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cells: Cells, scale: ScaleEstimate) -> ImageResult:
+    """Measure, type and write one segmented image (``raw``: as read; ``cells``: found, nuclei added here):
+    ``NAME_labels``, ``NAME_overlay.png``, ``NAME_cells.csv``, the exports, then ``NAME_result.json`` (last:
+    it marks the image done)."""
+    out, cfg, classes = job.out, job.cfg, job.classes
+    names = [classes[i - 1] for i in cells.labels.tolist()]
+    pixel_size, um_scale = measuring_scale(scale, cfg.pixel_size)
+    cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if job.with_nuclei else None
+    lab = cells.label_image()
+    write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
+    write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
+    rows = measure(cells, names, pixel_size, nuclei=job.with_nuclei)
+    for row in rows:
+        row["um_scale"] = um_scale
+    if job.types:
+        type_rows(job.classifier, raw, cells, rows, typing_pixel_size(job.method, scale, cfg))
+    cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + (["um_scale"] if pixel_size else [])
+                    + (type_columns(job.classifier) if job.classifier else []))
+    write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
+    _write_exports(out, name, cfg.exports, cells, names, rows, lab)
+    row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale)}
+    for c in classes:
+        row[f"n_{c}"] = names.count(c)
+    for t in job.types:
+        row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
+    h, w = lab.shape
+    image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
+    anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
+             "area": float(m.sum()),
+             "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+             "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1}
+            for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores))]
+    write_json(out / f"{name}_result.json", {"image": str(path), "settings": job.settings, "row": row,
+                                              "coco_image": image_info, "annotations": anns})
+    return ImageResult(row, image_info, anns, [{k: r.get(k) for k in cell_columns} for r in rows])
+
+
+def _write_exports(out: Path, name: str, exports, cells: Cells, names: list[str], rows: list[dict], lab: np.ndarray) -> None:
+    """The files of ``--export`` for one image (``lab``: its label image)."""
+    if "imagej" in exports:
+        write_imagej_rois(out / f"{name}_rois.zip", cells, names)
+    if "qupath" in exports:
+        write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
+    if "tiff" in exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
+        write_image(out / f"{name}_labels.tif", lab)
+
+
+def _failed_row(path: Path, name: str, err: Exception) -> dict:
+    """The summary row of an image that could not be read or segmented: one bad file never stops the batch."""
+    return {"image": str(path), "name": name, "status": "failed", "error": str(err), "cells": 0}
+
+
+def _said(log: Callable[[str], None], path: Path, err: Exception) -> Exception:
+    """``err`` of the image ``path``, logged once (its message usually names the file already)."""
+    log(f"failed: {err}" if str(err).startswith(str(path)) else f"failed: {path}: {err}")
+    return err
+
+
+def _find(method: Method, raws: list, cfg: SegmentConfig, scales: list[ScaleEstimate]) -> list:
+    """The cells of each image (read together, :func:`run_methods`), or the exception of an image that
+    failed: when the batch fails, each image is segmented on its own to tell which."""
+    try:
+        return run_methods(method, raws, cfg, [sc.resize for sc in scales])
+    except Exception:
+        found = []
+        for raw, sc in zip(raws, scales):
+            try:
+                found.append(run_method(method, raw, cfg, sc.resize))
+            except Exception as err:
+                found.append(err)
+        return found
+
+
+def _listed(summary: SegmentSummary, files: list[Path], names: list[str], done: dict, failures: dict) -> SegmentSummary:
+    """``summary`` with a row per image done (``done[index][0]``) or failed (``failures[index]``), in file order."""
+    for index in sorted(done.keys() | failures.keys()):
+        if index in done:
+            summary.rows.append(done[index][0])
+            continue
+        err = failures[index]
+        summary.rows.append(_failed_row(files[index], names[index], err))
+        summary.failed.append((str(files[index]), f"{getattr(err, 'kind', type(err).__name__)}: {err}"))
+    return summary
+
+
+def _write_batch_reports(job: Job, rows: list[dict], coco_images: list[dict], coco_anns: list[dict]) -> None:
+    """``summary.csv`` and ``predictions_coco.json`` of the batch: its images, in the order given."""
+    classes = job.classes
+    for k, ann in enumerate(coco_anns, start=1):
+        ann["id"] = k
+    header = ["image", "name", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in job.types]
+    write_text(job.out / "summary.csv", csv_text(rows, header))
+    write_json(job.out / "predictions_coco.json", {
+        "info": {"description": f"hemaseg predictions ({job.method.name})"},
+        "images": coco_images, "annotations": coco_anns,
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+    })
+
+
 def segment_files(files: list[Path], method: Method, out: str | Path, cfg: SegmentConfig = SegmentConfig(),
                   progress: bool = True, log: Callable[[str], None] = print,
                   classifier=None, group: Dist | None = None,
@@ -169,132 +311,63 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
     segments files ``r, r+n, ...``; process 0 gathers the rows and writes one summary and one COCO JSON,
     identical to a single-process run's. Only process 0's returned summary lists every file.
 
-    ``keep_cells`` keeps each file's :class:`~hemaseg.cells.Cells` (nuclei included) in the summary,
-    e.g. to score them against a truth (``evaluate_method(..., predictions=)``) without segmenting twice
-    (it segments every file again, as ``overwrite``)."""
+    ``keep_cells`` keeps each file's :class:`~hemaseg.cells.Cells` (nuclei included) and its per-cell rows
+    in the summary, e.g. to score them against a truth (``evaluate_method(..., predictions=)``) or to store
+    them (the review station) without segmenting or reading twice (it segments every file again, as
+    ``overwrite``).
+
+    Steps, per batch of ``cfg.batch`` images: results already in ``out`` with the same settings are kept
+    (:func:`_done`), the others read, their scale found (:func:`~hemaseg.predict.image_scale`), segmented
+    together (:func:`_find`) and written (:func:`write_image_results`); then the batch reports
+    (:func:`_write_batch_reports`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = SegmentSummary(out)
+    job = Job.of(out, method, cfg, classifier)
     taken: set[str] = set()
     names_all = [_unique_name(p.stem, taken) for p in files]  # the same on every process
-    mine = range(len(files)) if group is None else range(group.rank, len(files), group.world)
-    coco_images, coco_anns = [], []
-    classes = list(method.classes)
-    with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in classes)
-    types = [*classifier.classes, UNIDENTIFIED] if classifier is not None and with_nuclei else []
-    settings = _settings(method, cfg, classifier)
-    reused = 0
-
-    def failed(index: int, err: Exception) -> None:  # one bad file must not abort the batch
-        path = files[index]
-        summary.failed.append((str(path), f"{err.__class__.__name__}: {err}"))
-        summary.rows.append({"image": str(path), "name": names_all[index], "status": "failed", "error": str(err), "cells": 0,
-                             "_index": index})
-        log(f"failed: {err}" if str(err).startswith(str(path)) else f"failed: {path}: {err}")
-
-    def write(index: int, raw, cells: Cells, scale: ScaleEstimate) -> None:
-        path, name, image_id = files[index], names_all[index], index + 1
-        names = [classes[i - 1] for i in cells.labels.tolist()]
-        pixel_size, um_scale = measuring_scale(scale, cfg.pixel_size)
-        cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if with_nuclei else None
-        if keep_cells:
-            summary.cells[str(path)] = cells
-        lab = cells.label_image()
-        write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
-        write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
-        rows = measure(cells, names, pixel_size, nuclei=with_nuclei)
-        for row in rows:
-            row["um_scale"] = um_scale
-        if classifier is not None and with_nuclei:
-            type_rows(classifier, raw, cells, rows, typing_pixel_size(method, scale, cfg))
-        cell_columns = (columns(pixel_size, nuclei=with_nuclei) + (["um_scale"] if pixel_size else [])
-                        + (type_columns(classifier) if classifier else []))
-        write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
-        if "imagej" in cfg.exports:
-            write_imagej_rois(out / f"{name}_rois.zip", cells, names)
-        if "qupath" in cfg.exports:
-            write_qupath_geojson(out / f"{name}.geojson", cells, names, rows)
-        if "tiff" in cfg.exports and lab.dtype == np.uint16:  # (beyond 65535 cells the labels are TIFF already)
-            write_image(out / f"{name}_labels.tif", lab)
-        row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale),
-               "_index": index}
-        for c in classes:
-            row[f"n_{c}"] = names.count(c)
-        for t in types:
-            row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
-        summary.rows.append(row)
-        h, w = lab.shape
-        image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
-        anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
-                 "area": float(m.sum()),
-                 "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                 "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1}
-                for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores))]
-        coco_images.append(image_info)
-        coco_anns.extend(anns)
-        write_json(out / f"{name}_result.json", {"image": str(path), "settings": settings,
-                                                  "row": {k: v for k, v in row.items() if k != "_index"},
-                                                  "coco_image": image_info, "annotations": anns})
-
+    mine = list(range(len(files)) if group is None else range(group.rank, len(files), group.world))
+    done: dict[int, tuple[dict, dict, list[dict]]] = {}  # index -> (summary row, COCO image, its annotations)
+    failures: dict[int, Exception] = {}
     bar = tqdm(total=len(mine), desc=f"segment ({method.name})", disable=not progress)
-    order = list(mine)
-    for start in range(0, len(order), cfg.batch):  # cfg.batch images read, then segmented together (run_methods)
+    reused = 0
+    for start in range(0, len(mine), cfg.batch):  # cfg.batch images read, then segmented together
         todo = []
-        for index in order[start : start + cfg.batch]:
+        for index in mine[start : start + cfg.batch]:
             path, name, image_id = files[index], names_all[index], index + 1
-            done = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, settings)
-            if done is not None:
-                summary.rows.append({**done["row"], "name": name, "_index": index})
-                coco_images.append({**done["coco_image"], "id": image_id})
-                coco_anns.extend({**a, "image_id": image_id} for a in done["annotations"])
+            kept = None if (overwrite or keep_cells) else _done(out / f"{name}_result.json", path, job.settings)
+            if kept is not None:
+                done[index] = ({**kept["row"], "name": name}, {**kept["coco_image"], "id": image_id},
+                               [{**a, "image_id": image_id} for a in kept["annotations"]])
                 reused += 1
                 continue
             try:
                 todo.append((index, read_image(path)))
             except Exception as err:
-                failed(index, err)
+                failures[index] = _said(log, path, err)
         scales = [image_scale(method, raw, cfg) for _, raw in todo]
         for (index, _), sc in zip(todo, scales):
             if sc.source != "none" or method.scale_net is not None:
                 log(f"{files[index].name}: scale {sc.describe()}" + (f", seen x{sc.resize:.3f}" if sc.resize != 1 else ""))
-        try:
-            found = run_methods(method, [raw for _, raw in todo], cfg, [sc.resize for sc in scales])
-        except Exception:  # one image spoilt the batch: each on its own, to tell which
-            found = []
-            for (_, raw), sc in zip(todo, scales):
-                try:
-                    found.append(run_method(method, raw, cfg, sc.resize))
-                except Exception as err:
-                    found.append(err)
-        for (index, raw), cells, sc in zip(todo, found, scales):
+        for (index, raw), cells, sc in zip(todo, _find(method, [raw for _, raw in todo], cfg, scales), scales):
             if isinstance(cells, Exception):
-                failed(index, cells)
-            else:
-                write(index, raw, cells, sc)
-        bar.update(len(order[start : start + cfg.batch]))
+                failures[index] = _said(log, files[index], cells)
+                continue
+            result = write_image_results(job, files[index], names_all[index], index + 1, raw, cells, sc)
+            done[index] = (result.row, result.coco_image, result.annotations)
+            if keep_cells:
+                summary.cells[str(files[index])], summary.cell_rows[str(files[index])] = cells, result.cell_rows
+        bar.update(len(mine[start : start + cfg.batch]))
     bar.close()
     if reused:
         log(f"{reused} image(s) already segmented in {out} with these settings: kept (--overwrite to redo them)")
     if group is not None:  # process 0 gathers every process's share
-        shares = group.gather((summary.rows, summary.failed, coco_images, coco_anns))
+        shares = group.gather((done, {i: (type(e).__name__, str(e)) for i, e in failures.items()}))
         if not group.main:
-            return summary
-        summary.rows = [r for share in shares for r in share[0]]
-        summary.failed = [f for share in shares for f in share[1]]
-        coco_images = [i for share in shares for i in share[2]]
-        coco_anns = [a for share in shares for a in share[3]]
-    summary.rows.sort(key=lambda r: r.pop("_index"))
-    position = {str(p): i for i, p in enumerate(files)}
-    summary.failed.sort(key=lambda f: position[f[0]])
-    coco_images.sort(key=lambda i: i["id"])
-    coco_anns.sort(key=lambda a: (a["image_id"], a["cell_id"]))
-    for k, ann in enumerate(coco_anns, start=1):
-        ann["id"] = k
-    header = ["image", "name", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in types]
-    write_text(out / "summary.csv", csv_text(summary.rows, header))
-    write_json(out / "predictions_coco.json", {
-        "info": {"description": f"hemaseg predictions ({method.name})"},
-        "images": coco_images, "annotations": coco_anns,
-        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
-    })
+            return _listed(summary, files, names_all, done, failures)  # its own share
+        done = {i: d for share in shares for i, d in share[0].items()}
+        failures = {i: _Failure(*e) for share in shares for i, e in share[1].items()}
+    _listed(summary, files, names_all, done, failures)
+    _write_batch_reports(job, summary.rows, [done[i][1] for i in sorted(done)],
+                         [a for i in sorted(done) for a in sorted(done[i][2], key=lambda a: a["cell_id"])])
     return summary

@@ -8,7 +8,6 @@ cells are stored in the database with their outlines as polygons for the viewer.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import queue
@@ -122,8 +121,7 @@ class Worker:
         if summary.failed:
             raise ValueError(summary.failed[0][1])
         cells = summary.cells[str(path)]
-        with open(out / f"{path.stem}_cells.csv", newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in summary.cell_rows[str(path)]]  # as its CSV says them
         records = []
         for k, (row_k, box, mask) in enumerate(zip(rows, cells.boxes, cells.masks)):
             x0, y0 = int(box[0]), int(box[1])
