@@ -278,37 +278,31 @@ def _has_nuclei(source: DatasetSource) -> bool:
     return source.format == "semantic" or any(r.nuclei is not None for r in source.refs)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; see the module docstring for the files written.
+@dataclass
+class _Data:
+    """A run's data, ready to train on: its parts, classes, datasets and what the log says of them."""
 
-    Launched by ``torchrun`` (several processes), it trains with DistributedDataParallel: each process a
-    share of every epoch's images (its own augmentation seed), gradients averaged; process 0 validates,
-    logs and writes the run, and checks after each epoch that every process holds the same weights.
-    """
-    group = from_launcher()
-    if group is not None and not group.main:
-        log, progress = (lambda s: None), False
-    out = Path(cfg.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    state: dict[str, Any] | None = None
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in {out})")
-        state = read_checkpoint(last_path)
-        for stale in remove_stale_temps(out):
-            log(f"removed {stale.name}, left by a run killed while writing a file")
-        saved = TrainConfig.from_dict(state["train"])
-        given, before = _places(cfg.data_paths, cfg.val), _places(saved.data_paths, saved.val)
-        if given != before:
-            raise SettingError(f"{last_path}: the run was trained on --data {', '.join(before[0])}"
-                             + (f" --val {before[1]}" if before[1] else "") + f", not {', '.join(given[0])}"
-                             + (f" --val {given[1]}" if given[1] else "") + ": resume with the same data, or start "
-                             "a new run with another --out")
-        # the saved run decides everything but its length and the progress display
-        cfg = dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs))
-    elif last_path.exists():
-        raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
+    cfg: TrainConfig  # with the model config the data decides (classes, diameter, pixel size)
+    train_parts: list[Part]
+    val_parts: list[Part]
+    classes: tuple[str, ...]
+    nuclei_at: int | None  # the label of learned nuclei, None when nuclei are not learned
+    diameters: dict
+    train_ds: ConcatDataset
+    val_loader: DataLoader | None
+    repeat: list[float] | None
+    skipped_fields: list[str]  # datasets that annotate red cells: no painted fields
 
+    def log_augmentation(self, log: Callable[[str], None]) -> None:
+        if self.cfg.augment.fields:
+            log(f"whole fields: {self.cfg.augment.fields:.0%} of the training samples"
+                + (f" (not of {', '.join(self.skipped_fields)}: they annotate red cells or platelets)" if self.skipped_fields else ""))
+        if self.repeat is not None:
+            log("samples per epoch: " + ", ".join(f"{s.root} x{r:g}" for (s, _), r in zip(self.train_parts, self.repeat)))
+
+
+def _data(cfg: TrainConfig, state: dict | None, last_path: Path, log: Callable[[str], None]) -> _Data:
+    """Open, check and scale the run's data; the classes (learned nuclei last) and the datasets."""
     data_places, val_place = _places(cfg.data_paths, cfg.val)
     if val_place is not None and val_place in data_places:
         log(f"warning: --val {cfg.val} is also training --data: its scores are not held out")
@@ -329,29 +323,83 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     if state is not None and tuple(state["config"]["classes"]) != mcfg.classes:
         raise SettingError(f"{last_path}: the run was trained on classes {state['config']['classes']}, the data has {mcfg.classes}")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    device = group.device(cfg.device) if group is not None else _device(cfg.device)
-    n_train, n_val = (sum(len(r) for _, r in parts) for parts in (train_parts, val_parts))
-    log(f"data: {', '.join(f'{s.root} ({s.format})' for s, _ in train_parts)}, {n_train} training / {n_val} validation "
-        f"images, classes {list(classes)}{' (nuclei learned as instances)' if learn_nuclei else ''}; device {device}"
-        + (f", {group.world} processes ({dist_backend()})" if group is not None else ""))
-
     nuclei_at = nucleus_label(classes) if learn_nuclei else None
     transforms = build_train_transforms(cfg.augment)
     fields = {id(s): cfg.augment.fields if not set(ANNOTATES_RED) & set(s.classes) else 0.0 for s, _ in train_parts}
-    if cfg.augment.fields:
-        skipped = [str(s.root) for s, _ in train_parts if not fields[id(s)]]
-        log(f"whole fields: {cfg.augment.fields:.0%} of the training samples"
-            + (f" (not of {', '.join(skipped)}: they annotate red cells or platelets)" if skipped else ""))
     field_cfg = FieldConfig(rim=cfg.augment.field_rim)
     train_ds = ConcatDataset([CellDataset(s, refs, classes, transforms, nucleus_label=nuclei_at, fields=fields[id(s)],
                                           field_config=field_cfg, resize=resize[id(s)]) for s, refs in train_parts])
-    repeat = list(cfg.repeat) if cfg.repeat is not None else None  # train_parts follow cfg.data's order
-    if repeat is not None:
-        log("samples per epoch: " + ", ".join(f"{s.root} x{r:g}" for (s, _), r in zip(train_parts, repeat)))
     val_loader = None
     if val_parts:
         val_ds = ConcatDataset([CellDataset(s, refs, classes, resize=resize[id(s)]) for s, refs in val_parts])
         val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate, num_workers=cfg.workers)
+    return _Data(cfg, train_parts, val_parts, classes, nuclei_at, diameters, train_ds, val_loader,
+                 list(cfg.repeat) if cfg.repeat is not None else None,  # train_parts follow cfg.data's order
+                 [str(s.root) for s, _ in train_parts if not fields[id(s)]])
+
+
+def _run_state(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The run's config and, with ``resume``, the state of its ``last.pt`` (the saved run decides everything but
+    its length); a run folder that holds a run is refused unless resumed, a resume with other data is refused."""
+    out = Path(cfg.out)
+    last_path = out / "last.pt"
+    if not resume:
+        if last_path.exists():
+            raise RunExistsError(f"{out} already holds a training run (last.pt); pass --resume to continue it or choose another --out")
+        return cfg, None
+    if not last_path.is_file():
+        raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in {out})")
+    state = read_checkpoint(last_path)
+    for stale in remove_stale_temps(out):
+        log(f"removed {stale.name}, left by a run killed while writing a file")
+    saved = TrainConfig.from_dict(state["train"])
+    given, before = _places(cfg.data_paths, cfg.val), _places(saved.data_paths, saved.val)
+    if given != before:
+        raise SettingError(f"{last_path}: the run was trained on --data {', '.join(before[0])}"
+                           + (f" --val {before[1]}" if before[1] else "") + f", not {', '.join(given[0])}"
+                           + (f" --val {given[1]}" if given[1] else "") + ": resume with the same data, or start "
+                           "a new run with another --out")
+    return dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs)), state
+
+
+def _epoch_loader(train_ds, cfg: TrainConfig, epoch: int, sizes: list[int], repeat: list[float] | None, group) -> DataLoader:
+    """The training batches of ``epoch``: shuffled by the epoch's seed; with ``repeat`` factors the same
+    drawn order in every process, each taking its share; under several processes a distributed sampler."""
+    if repeat is not None:
+        order = repeat_indices(sizes, repeat, torch.Generator().manual_seed(cfg.seed * 7_919 + epoch))
+        if group is not None:  # padded to a multiple of the processes (as DistributedSampler): equal shares
+            order = (order + order[: -len(order) % group.world])[group.rank::group.world]
+        return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=cfg.workers)
+    if group is None:
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # as :func:`_seed_epoch`'s
+        return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate, num_workers=cfg.workers)
+    sampler = DistributedSampler(train_ds, group.world, group.rank, shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring for the files written.
+
+    Launched by ``torchrun`` (several processes), it trains with DistributedDataParallel: each process a
+    share of every epoch's images (its own augmentation seed), gradients averaged; process 0 validates,
+    logs and writes the run, and checks after each epoch that every process holds the same weights.
+    """
+    group = from_launcher()
+    if group is not None and not group.main:
+        log, progress = (lambda s: None), False
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    cfg, state = _run_state(cfg, resume, log)
+    d = _data(cfg, state, last_path, log)
+    cfg, mcfg, classes, train_parts, val_parts = d.cfg, d.cfg.model, d.classes, d.train_parts, d.val_parts
+    train_ds, val_loader, repeat, nuclei_at, diameters = d.train_ds, d.val_loader, d.repeat, d.nuclei_at, d.diameters
+    device = group.device(cfg.device) if group is not None else _device(cfg.device)
+    n_train, n_val = (sum(len(r) for _, r in parts) for parts in (train_parts, val_parts))
+    log(f"data: {', '.join(f'{s.root} ({s.format})' for s, _ in train_parts)}, {n_train} training / {n_val} validation "
+        f"images, classes {list(classes)}{' (nuclei learned as instances)' if nuclei_at else ''}; device {device}"
+        + (f", {group.world} processes ({dist_backend()})" if group is not None else ""))
+    d.log_augmentation(log)
 
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg, download=state is None)  # a resumed run brings its own weights
@@ -403,19 +451,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
     t0 = time.perf_counter() - (history[-1]["time_s"] if history else 0.0)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs + 1):
-        gen = _seed_epoch(cfg.seed + (7919 * group.rank if group is not None else 0), epoch)
-        if repeat is not None:  # the same epoch order in every process, each taking its share
-            order = repeat_indices(sizes, repeat, torch.Generator().manual_seed(cfg.seed * 7_919 + epoch))
-            if group is not None:  # padded to a multiple of the processes (as DistributedSampler): equal shares
-                order = (order + order[: -len(order) % group.world])[group.rank::group.world]
-            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=cfg.workers)
-        elif group is None:
-            loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                collate_fn=collate, num_workers=cfg.workers)
-        else:
-            sampler = DistributedSampler(train_ds, group.world, group.rank, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
+        _seed_epoch(cfg.seed + (7919 * group.rank if group is not None else 0), epoch)  # the epoch's augmentation
+        loader = _epoch_loader(train_ds, cfg, epoch, sizes, repeat, group)
         te = time.perf_counter()
         kept = f"{last_path} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
         try:
