@@ -20,15 +20,15 @@ import torch
 from hemaseg.data.dataset import CellDataset, collate
 from hemaseg.data.formats import open_dataset
 from hemaseg.model import ModelConfig, build_model, load_model
-from hemaseg.predict import PredictConfig, predict
+from hemaseg.predict import PredictConfig, predict_cells
 
 
 def _time_segment(model, images, score_threshold: float) -> float:
     cfg = PredictConfig(score_threshold=score_threshold)
-    predict(model, images[:1], cfg)  # warm-up
+    predict_cells(model, images[:1], cfg)  # warm-up
     t = time.perf_counter()
     for im in images:
-        predict(model, [im], cfg)
+        predict_cells(model, [im], cfg)
     return (time.perf_counter() - t) / len(images)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from hemaseg.model import ModelConfig, build_model
-from hemaseg.predict import PredictConfig, area_caps, predict, predict_cells
+from hemaseg.predict import PredictConfig, area_caps, predict_cells
 
 
 def _disc(h, w, cy, cx, r):
@@ -78,8 +78,6 @@ def test_sparse_masks_match_torchvision_detections():
         index = [int(np.flatnonzero(ref["scores"].numpy() == s)[0]) for s in c.scores]
         assert index == sorted(index) and c.labels.tolist() == ref["labels"][index].tolist()
         assert (c.height, c.width) == tuple(im.shape[1:])
-    dense = predict(model, images[:1], cfg)[0]
-    assert dense["masks"].dtype == torch.uint8 and dense["masks"].shape[1:] == (90, 120)
     assert model.training is False and model.roi_heads.score_thresh == 0.05  # restored
 
 

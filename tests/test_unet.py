@@ -3,7 +3,7 @@ import torch
 
 from hemaseg.data.contract import make_target
 from hemaseg.model import ModelConfig, build_model, load_model, save_checkpoint
-from hemaseg.predict import PredictConfig, predict
+from hemaseg.predict import PredictConfig, predict_cells
 from hemaseg.unet import UNetSegmenter
 
 
@@ -39,9 +39,9 @@ def test_any_image_size_and_a_falling_loss():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
-    out = predict(model, [image], PredictConfig(score_threshold=0.5))[0]
-    assert out["masks"].shape[1:] == (37, 53)
-    assert len(out["masks"]) == 2
+    out = predict_cells(model, [image], PredictConfig(score_threshold=0.5))[0]
+    assert (out.height, out.width) == (37, 53)
+    assert len(out) == 2
 
 
 def test_unet_checkpoint_round_trip(tmp_path):
@@ -50,6 +50,6 @@ def test_unet_checkpoint_round_trip(tmp_path):
     loaded, cfg2 = load_model(save_checkpoint(tmp_path / "u.pt", model, cfg))
     assert cfg2.arch == "unet"
     image = torch.rand(3, 32, 48)
-    a = predict(model, [image], PredictConfig(score_threshold=0.0))[0]
-    b = predict(loaded, [image], PredictConfig(score_threshold=0.0))[0]
-    assert torch.equal(a["masks"], b["masks"])
+    a = predict_cells(model, [image], PredictConfig(score_threshold=0.0))[0]
+    b = predict_cells(loaded, [image], PredictConfig(score_threshold=0.0))[0]
+    assert np.array_equal(a.dense(), b.dense())

@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 
 from .errors import HemasegError
 from .hardware import cpu_has_native_bf16
-from .metrics import MatchCounter, dice, iou_matrix, mean_of, semantic_iou
-from .predict import PredictConfig, predict
+from .cells import Cells
+from .evaluation import Scorer
+from .predict import PredictConfig, predict_cells
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 
@@ -94,29 +95,28 @@ def evaluate(
     model: nn.Module, loader: Iterable, cfg: PredictConfig = PredictConfig(), progress: bool = False,
     nucleus_label: int | None = None,
 ) -> dict[str, float]:
-    """Whole-cell validation scores over ``loader``'s ``(images, targets)``:
+    """Whole-cell validation scores over ``loader``'s ``(images, targets)``, by the scorer of
+    :mod:`hemaseg.evaluation` (:class:`~hemaseg.evaluation.Scorer`, without COCO AP):
 
     ``mean_iou``/``mean_dice`` - the recipe's per-image union-vs-union scores, averaged over images;
     ``f1_50``, ``precision_50``, ``recall_50`` - instance matching at IoU 0.5 pooled over all images.
     With ``nucleus_label`` (a model that learns nuclei as instances of that class) the nucleus instances
     are left out of those, and ``nucleus_dice`` (union vs union, images whose targets have nuclei) is added.
     """
-    ious, dices, nucleus = [], [], []
-    counter = MatchCounter((0.5,))
+    scorer = Scorer((0.5,), max_dets=None)
     for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False):
-        for pred, target in zip(predict(model, list(images), cfg), targets):
-            cells = pred["masks"]
+        for found, target in zip(predict_cells(model, list(images), cfg), targets):
+            truth = Cells.from_result({**target, "scores": torch.ones(len(target["masks"]))}, found.height, found.width)
+            nuclei = None
             if nucleus_label is not None:
-                is_nucleus = pred["labels"] == nucleus_label
-                cells = pred["masks"][~is_nucleus]
+                is_nucleus = found.labels == nucleus_label
                 if "nuclei" in target and target["nuclei"].any():
-                    nucleus.append(dice(target["nuclei"], pred["masks"][is_nucleus]))
-            ious.append(semantic_iou(target["masks"], cells))
-            dices.append(dice(target["masks"], cells))
-            counter.add(iou_matrix(target["masks"], cells))
-    m = counter.result(0.5)
-    out = {"mean_iou": mean_of(ious), "mean_dice": mean_of(dices),
-           "f1_50": m.f1, "precision_50": m.precision, "recall_50": m.recall, "images": len(ious)}
-    if nucleus:
-        out["nucleus_dice"] = sum(nucleus) / len(nucleus)
+                    nuclei = (target["nuclei"], found.select(is_nucleus).union())
+                found = found.select(~is_nucleus)
+            scorer.add(truth, found, nuclei=nuclei)
+    s = scorer.summary()
+    out = {key: s[key] for key in ("mean_iou", "mean_dice", "f1_50", "precision_50", "recall_50")}
+    out["images"] = len(scorer.rows)
+    if "nucleus_dice" in s:
+        out["nucleus_dice"] = s["nucleus_dice"]
     return out

@@ -113,6 +113,64 @@ def _mean_defined(p: np.ndarray) -> float:
     return float(p.mean()) if p.size else 0.0
 
 
+class Scorer:
+    """Scores images one by one and pools them: the one implementation behind :func:`evaluate_method` and
+    the validation during training (:func:`hemaseg.engine.evaluate`).
+
+    Per image (:meth:`add`, a row): the union IoU and Dice, cell counts, matches at IoU 0.5 and, given
+    ``nuclei``, their Dice and IoU; over the images (:meth:`summary`): the means, instance matching at each
+    of ``thresholds`` (pooled counts) and, with ``max_dets``, COCO mask and box AP.
+
+    >>> t = Cells.from_labels(np.array([[1, 1, 0], [0, 0, 2]])); p = Cells.from_labels(np.array([[1, 1, 0], [0, 0, 0]]))
+    >>> s = Scorer((0.5,), max_dets=None); row = s.add(t, p)
+    >>> round(row["iou"], 3), row["tp_50"], s.summary()["recall_50"]
+    (0.667, 1, 0.5)
+    """
+
+    def __init__(self, thresholds=THRESHOLDS, max_dets: int | None = 1000):
+        self.rows: list[dict] = []
+        self.thresholds = tuple(thresholds)
+        self.counter = MatchCounter(self.thresholds)
+        self.coco = CocoAccumulator(max_dets) if max_dets else None
+
+    def add(self, truth: Cells, found: Cells, *, image: str = "", seconds: float = float("nan"),
+            extra: dict | None = None, nuclei: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """Score one image's ``found`` cells against its ``truth``; ``nuclei``: (true, found) nuclei as
+        ``H x W`` masks (or mask stacks). ``extra`` items go in the row after ``seconds``. Returns the row."""
+        iou = iou_matrix_cells(truth, found)
+        self.counter.add(iou)
+        if self.coco is not None:
+            self.coco.add(truth, found)
+        t, p = truth.union(), found.union()
+        matched = matched_ious(iou, 0.5)
+        tp, n = len(matched), len(truth) + len(found)
+        row = {"image": image, "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(truth), "n_pred": len(found),
+               "tp_50": tp, "f1_50": 2 * tp / n if n else float("nan"), "matched_iou_sum_50": float(matched.sum()),
+               "seconds": seconds, **(extra or {})}
+        if nuclei is not None:
+            row["nucleus_dice"], row["nucleus_iou"] = dice(*nuclei), semantic_iou(*nuclei)
+        self.rows.append(row)
+        return row
+
+    def summary(self) -> dict:
+        """Means over the images scored (NaN ones - nothing to score - left out), pooled matching, COCO AP."""
+        rows = self.rows
+        out = {"mean_iou": mean_of(r["iou"] for r in rows), "mean_dice": mean_of(r["dice"] for r in rows),
+               "seconds_per_image": mean_of(r["seconds"] for r in rows)}
+        for key in ("nucleus_dice", "nucleus_iou"):
+            values = [r[key] for r in rows if key in r]
+            if values:
+                out[key] = sum(values) / len(values)
+        out["matching"] = {f"{th:.2f}": self.counter.result(th).as_dict() for th in self.thresholds}
+        m50 = out["matching"]["0.50"]
+        out.update({"f1_50": m50["f1"], "precision_50": m50["precision"], "recall_50": m50["recall"],
+                    "pq_50": m50["panoptic_quality"]})
+        if self.coco is not None:
+            out.update(self.coco.result())
+        out["nothing_scored"] = sum(1 for r in rows if not r["n_true"] and not r["n_pred"])
+        return out
+
+
 def load_truth(source: DatasetSource, ref: SampleRef) -> tuple[torch.Tensor, Cells]:
     """A sample's image and its true cells, sparse: label-image annotations never become ``N x H x W``
     masks, so an annotated image of any size and count of cells is scored in bounded memory (COCO
@@ -139,10 +197,8 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
     """
     if not refs:
         raise DataError(f"{source.root}: no images to score (the list of images to evaluate is empty)")
-    rows: list[dict] = []
-    ev = Evaluation(method.name, rows, {})
-    counter = MatchCounter(THRESHOLDS)
-    coco = CocoAccumulator(max_dets)
+    scorer = Scorer(THRESHOLDS, max_dets)
+    ev = Evaluation(method.name, scorer.rows, {})
     kept: dict[int, tuple] = {}  # image index -> (image, truth labels, predicted labels)
     for i in tqdm(range(len(refs)), desc=f"evaluate ({method.name})", disable=not progress):
         try:
@@ -153,48 +209,35 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         except (DataError, OSError, ValueError) as err:  # one bad image or annotation must not abort the scoring
             ev.failed.append((str(refs[i].image), f"{err.__class__.__name__}: {err}"))
             continue
-        iou = iou_matrix_cells(truth, cells)
-        counter.add(iou)
-        coco.add(truth, cells)
-        t, p = truth.union(), cells.union()
-        matched = matched_ious(iou, 0.5)
-        tp = len(matched)
-        row = {"image": str(refs[i].image), "iou": semantic_iou(t, p), "dice": dice(t, p), "n_true": len(truth),
-               "n_pred": len(cells), "tp_50": tp, "f1_50": 2 * tp / (len(truth) + len(cells)) if len(truth) + len(cells) else float("nan"),
-               "matched_iou_sum_50": float(matched.sum()), "seconds": seconds}
+        extra = {}
         if scale is not None and scale.source != "none":
-            row.update({"scale": scale.source, "pixel_size_um": scale.pixel_size, "scale_trusted": scale.confident})
-        if cfg.nuclei != "off" and truth.nuclei is not None and any(n.any() for n in truth.nuclei):
-            names = [method.classes[k - 1] for k in cells.labels.tolist()]
-            if cells.nuclei is None:
-                cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
-            true_nuclei, nuclei = truth.union(nuclei=True), cells.union(nuclei=True)
-            row["nucleus_dice"], row["nucleus_iou"] = dice(true_nuclei, nuclei), semantic_iou(true_nuclei, nuclei)
-        rows.append(row)
-        kept[len(rows) - 1] = (tensor_to_image(image), truth.label_image(), cells.label_image())
-        by_iou = sorted(kept, key=lambda k: _order(rows[k]["iou"]))
+            extra = {"scale": scale.source, "pixel_size_um": scale.pixel_size, "scale_trusted": scale.confident}
+        scorer.add(truth, cells, image=str(refs[i].image), seconds=seconds, extra=extra,
+                   nuclei=_nuclei_pair(method, image, truth, cells, cfg))
+        kept[len(scorer.rows) - 1] = (tensor_to_image(image), truth.label_image(), cells.label_image())
+        by_iou = sorted(kept, key=lambda k: _order(scorer.rows[k]["iou"]))
         for k in by_iou[n_figures:-n_figures or None]:
             del kept[k]
     ev.figures = kept
-    summary = {"method": method.name, "images": len(rows), "failed": len(ev.failed),
-               "mean_iou": mean_of(r["iou"] for r in rows), "mean_dice": mean_of(r["dice"] for r in rows),
-               "seconds_per_image": mean_of(r["seconds"] for r in rows)}
-    for key in ("nucleus_dice", "nucleus_iou"):
-        values = [r[key] for r in rows if key in r]
-        if values:
-            summary[key] = sum(values) / len(values)
-    summary["matching"] = {f"{th:.2f}": counter.result(th).as_dict() for th in THRESHOLDS}
-    m50 = summary["matching"]["0.50"]
-    summary.update({"f1_50": m50["f1"], "precision_50": m50["precision"], "recall_50": m50["recall"],
-                    "pq_50": m50["panoptic_quality"]})
-    summary.update(coco.result())
-    summary["nothing_scored"] = sum(1 for r in rows if not r["n_true"] and not r["n_pred"])
+    rows = scorer.rows
+    summary = {"method": method.name, "images": len(rows), "failed": len(ev.failed), **scorer.summary()}
     if summary["nothing_scored"]:
         logging.getLogger(__name__).warning(
             "%s: %d of %d images have no true and no found cell: their scores are n/a, left out of the means",
             method.name, summary["nothing_scored"], len(rows))
     ev.summary = summary
     return ev
+
+
+def _nuclei_pair(method: Method, image: torch.Tensor, truth: Cells, cells: Cells, cfg: SegmentConfig):
+    """``(true, found)`` nuclei as ``H x W`` masks where the truth has nuclei and nuclei are asked for, else
+    None. Cells without nuclei of their own get them split or learned (:func:`hemaseg.nuclei.cell_nuclei`)."""
+    if cfg.nuclei == "off" or truth.nuclei is None or not any(n.any() for n in truth.nuclei):
+        return None
+    if cells.nuclei is None:
+        names = [method.classes[k - 1] for k in cells.labels.tolist()]
+        cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
+    return truth.union(nuclei=True), cells.union(nuclei=True)
 
 
 def _order(iou: float) -> float:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .cells import Cells, iou_matrix_cells, mask_extent
+
 
 def as_masks(x) -> np.ndarray:
     """A label image ``HxW`` or stack ``NxHxW`` (array or tensor) -> ``N x H x W bool``."""
@@ -61,17 +63,28 @@ def dice(true, pred) -> float:
 
 
 def iou_matrix(true, pred) -> np.ndarray:
-    """``IoU[i, j]`` between true instance ``i`` and predicted instance ``j``."""
+    """``IoU[i, j]`` between true instance ``i`` and predicted instance ``j`` (label images or mask
+    stacks; row ``i`` is mask ``i`` even when empty), by the sparse :func:`hemaseg.cells.iou_matrix_cells`.
+
+    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1; t[2:, 2:] = 2
+    >>> iou_matrix(t, t[None] == 1).tolist()
+    [[1.0], [0.0]]
+    """
     t, p = as_masks(true), as_masks(pred)
     if t.shape[1:] != p.shape[1:]:
         raise ValueError(f"shape mismatch: truth {t.shape[1:]} vs prediction {p.shape[1:]}")
-    if len(t) == 0 or len(p) == 0:
-        return np.zeros((len(t), len(p)))
-    tf = t.reshape(len(t), -1).astype(np.float32)
-    pf = p.reshape(len(p), -1).astype(np.float32)
-    inter = tf @ pf.T
-    union = tf.sum(1)[:, None] + pf.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return iou_matrix_cells(_as_cells(t), _as_cells(p))
+
+
+def _as_cells(masks: np.ndarray) -> Cells:
+    """``N x H x W bool`` -> one sparse cell per mask, an empty mask kept as an empty box."""
+    boxes, local = [], []
+    for m in masks:
+        y0, y1, x0, x1 = mask_extent(m) or (0, 0, 0, 0)
+        boxes.append((x0, y0, x1, y1))
+        local.append(m[y0:y1, x0:x1])
+    n, (h, w) = len(masks), masks.shape[1:]
+    return Cells(h, w, np.array(boxes, np.int64).reshape(-1, 4), local, np.ones(n, np.float32), np.ones(n, np.int64))
 
 
 @dataclass(frozen=True)

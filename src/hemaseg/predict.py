@@ -174,15 +174,6 @@ def _sparse(detections: dict, resized: tuple[int, int], size: tuple[int, int], c
     return Cells(h, w, np.array(out_boxes, np.int64).reshape(-1, 4), masks, scores[kept], labels[kept].astype(np.int64))
 
 
-def predict(model: nn.Module, images: list[torch.Tensor], cfg: PredictConfig = PredictConfig()) -> list[dict]:
-    """Dense form of :func:`predict_cells`, for small images: one dict per image with ``boxes``
-    Float[N,4] XYXY, ``labels`` Int64[N], ``scores`` Float[N], ``masks`` UInt8[N,H,W] (binary, at the
-    input image's size), sorted by decreasing score, on the CPU."""
-    return [{"boxes": torch.as_tensor(c.boxes, dtype=torch.float32).reshape(-1, 4),
-             "labels": torch.as_tensor(c.labels, dtype=torch.int64), "scores": torch.as_tensor(c.scores, dtype=torch.float32),
-             "masks": torch.from_numpy(c.dense())} for c in predict_cells(model, images, cfg)]
-
-
 # ------------------------------------------------------------------------------ methods
 NUCLEUS_MODES = ("auto", "split", "off")
 EXPORTS = ("imagej", "qupath", "tiff")  # see hemaseg.export
