@@ -6,7 +6,7 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,6 +99,23 @@ def lab_counts(counts: dict[str, int]) -> dict:
             "platelets": counts.get("platelet", 0), "unidentified": counts.get(UNIDENTIFIED, 0)}
 
 
+def tally(types: Sequence[str], found: Iterable[str]) -> dict:
+    """The differential of typed cells: ``counts`` per type (each of ``types``, in order, even if none was
+    found; then any other type found, sorted), ``percent`` of all typed cells and their ``total``. The one
+    count behind ``hemaseg report`` and the review station.
+
+    >>> tally(["band", "lymphocyte"], ["lymphocyte", "blast", "lymphocyte", "blast"])
+    {'counts': {'band': 0, 'lymphocyte': 2, 'blast': 2}, 'percent': {'band': 0.0, 'lymphocyte': 50.0, 'blast': 50.0}, 'total': 4}
+    """
+    found = list(found)
+    order = list(dict.fromkeys(types))
+    counts = {t: 0 for t in order + sorted(set(found) - set(order))}
+    for t in found:
+        counts[t] += 1
+    total = len(found)
+    return {"counts": counts, "percent": {t: (100 * n / total if total else 0.0) for t, n in counts.items()}, "total": total}
+
+
 def differential(results_dir: str | Path) -> dict:
     """Read a ``segment`` output folder: counts and percentages per type (of all typed cells), the lab's
     differential (:func:`lab_counts`), per-image rows, every typed cell (with its image and bbox) and the
@@ -121,11 +138,8 @@ def differential(results_dir: str | Path) -> dict:
 
     known = [*TYPES, *WBC_TYPES, UNIDENTIFIED]
     types = [t for t in dict.fromkeys(known) if f"n_{t}" in images[0]]
-    types += sorted({c["type"] for c in cells} - set(types))
-    counts = {t: sum(c["type"] == t for c in cells) for t in types}
-    total = sum(counts.values())
-    return {"counts": counts, "percent": {t: (100 * n / total if total else 0.0) for t, n in counts.items()},
-            "total": total, "lab": lab_counts(counts), "images": images, "cells": cells,
+    d = tally(types, (c["type"] for c in cells))
+    return {**d, "lab": lab_counts(d["counts"]), "images": images, "cells": cells,
             "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
 
 

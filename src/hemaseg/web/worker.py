@@ -53,6 +53,16 @@ def _number(text: str) -> int | float | str:
     return text
 
 
+def as_written(row: dict) -> dict[str, str]:
+    """A per-cell row as ``NAME_cells.csv`` writes it (``None`` empty, NumPy scalars as their text), so the
+    station stores and exports the very values of segment's CSV, not more digits of a float32.
+
+    >>> as_written({"id": 1, "area_um2": np.float32(0.1), "type": None})
+    {'id': '1', 'area_um2': '0.1', 'type': ''}
+    """
+    return {k: "" if v is None else str(v) for k, v in row.items()}
+
+
 @dataclass
 class Segmenter:
     """What the worker segments with: a method (the bundled model by default), its settings and the
@@ -121,7 +131,7 @@ class Worker:
         if summary.failed:
             raise ValueError(summary.failed[0][1])
         cells = summary.cells[str(path)]
-        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in summary.cell_rows[str(path)]]  # as its CSV says them
+        rows = [as_written(r) for r in summary.cell_rows[str(path)]]
         records = []
         for k, (row_k, box, mask) in enumerate(zip(rows, cells.boxes, cells.masks)):
             x0, y0 = int(box[0]), int(box[1])
