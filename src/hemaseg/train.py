@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
@@ -177,9 +178,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Seed the global generators the augmentation of ``epoch`` draws from."""
     torch.manual_seed(seed * 1_000_003 + epoch)
     np.random.seed((seed * 1_000_003 + epoch) % 2**32)
+
+
+def _shuffle(seed: int, epoch: int) -> torch.Generator:
+    """The generator of ``epoch``'s order of samples."""
     return torch.Generator().manual_seed(seed * 7_919 + epoch)
 
 
@@ -362,17 +368,76 @@ def _run_state(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> tu
     return dataclasses.replace(saved, epochs=max(cfg.epochs, saved.epochs)), state
 
 
+def _model(cfg: TrainConfig, state: dict | None, device: torch.device, log: Callable[[str], None]) -> nn.Module:
+    """The model to train, on ``device``: built from ``cfg.model`` (seeded), started from ``cfg.weights``
+    in a new run (a resumed one brings its own weights), frozen but for the outline head with
+    ``cfg.outline_only``."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, download=state is None)
+    if cfg.weights and state is None:
+        skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights,
+                               allow_head_mismatch=not cfg.outline_only, fresh="outline." if cfg.outline_only else None)
+        what = "a new outline head" if cfg.outline_only else "new class heads"
+        log(f"started from {cfg.weights}" + (f" ({what}: {len(skipped)} tensors initialised)" if skipped else ""))
+    if cfg.outline_only:  # the Mask R-CNN is frozen and not even run in training: only the head's steps are paid
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("outline."))
+        model.outline_only = True
+        log("training the outline head only")
+    model.to(device)
+    if device.type == "cpu":  # channels-last: faster steps with bfloat16 (benchmarks/train_precision.py)
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _optimisation(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, device: torch.device, log: Callable[[str], None]):
+    """``(optimizer, scheduler, precision, scaler)``: AdamW over the trainable weights, the learning-rate
+    schedule over all the run's steps, the autocast precision (:func:`training_precision`) and, for
+    float16, a gradient scaler."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
+    precision = training_precision(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+    if precision is not None:
+        log(f"mixed precision: {str(precision).removeprefix('torch.')} forward passes (--no-amp: float32)")
+    return optimizer, scheduler, precision, scaler
+
+
+def _validate(net, val_loader, nucleus_label: int | None, losses: dict, row: dict, log: Callable[[str], None]) -> float:
+    """Score the epoch's model on the validation images (their scores go into ``row`` as ``val_*``) and
+    return what chooses the best epoch: the validation mean IoU; minus the training loss where there is no
+    validation or it had nothing to score (said in the log)."""
+    if val_loader is None:
+        return -losses["loss"]
+    scores = evaluate(net, val_loader, nucleus_label=nucleus_label)
+    row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
+    if math.isnan(scores["mean_iou"]):  # no true and no found cell in validation: nothing scored, the loss decides
+        log(f"warning: epoch {row['epoch']}: no true and no found cell in the validation images: scores n/a, "
+            "the best epoch is chosen by the loss")
+        return -losses["loss"]
+    return scores["mean_iou"]
+
+
+def _epoch_line(cfg: TrainConfig, row: dict, improved: bool, group) -> str:
+    """The log line of an epoch: its loss, validation scores, time, and whether it is the best so far."""
+    val_txt = (f" val mean IoU {format_score(row['val_mean_iou'], 4)} F1@0.5 {format_score(row['val_f1_50'], 3)}"
+               if "val_mean_iou" in row else "")
+    agree = f", weights equal on all {group.world} processes" if group is not None else ""
+    return f"epoch {row['epoch']}/{cfg.epochs} loss {row['loss']:.4f}{val_txt} ({row['train_s']:.0f}s{agree}){' *best' if improved else ''}"
+
+
 def _epoch_loader(train_ds, cfg: TrainConfig, epoch: int, sizes: list[int], repeat: list[float] | None, group) -> DataLoader:
     """The training batches of ``epoch``: shuffled by the epoch's seed; with ``repeat`` factors the same
     drawn order in every process, each taking its share; under several processes a distributed sampler."""
     if repeat is not None:
-        order = repeat_indices(sizes, repeat, torch.Generator().manual_seed(cfg.seed * 7_919 + epoch))
+        order = repeat_indices(sizes, repeat, _shuffle(cfg.seed, epoch))
         if group is not None:  # padded to a multiple of the processes (as DistributedSampler): equal shares
             order = (order + order[: -len(order) % group.world])[group.rank::group.world]
         return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, collate_fn=collate, num_workers=cfg.workers)
     if group is None:
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)  # as :func:`_seed_epoch`'s
-        return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate, num_workers=cfg.workers)
+        return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=_shuffle(cfg.seed, epoch),
+                          collate_fn=collate, num_workers=cfg.workers)
     sampler = DistributedSampler(train_ds, group.world, group.rank, shuffle=True, seed=cfg.seed)
     sampler.set_epoch(epoch)
     return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
@@ -401,32 +466,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
         + (f", {group.world} processes ({dist_backend()})" if group is not None else ""))
     d.log_augmentation(log)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(mcfg, download=state is None)  # a resumed run brings its own weights
-    if cfg.weights and state is None:
-        skipped = load_weights(model, read_checkpoint(cfg.weights)["model"], source=cfg.weights,
-                               allow_head_mismatch=not cfg.outline_only, fresh="outline." if cfg.outline_only else None)
-        what = "a new outline head" if cfg.outline_only else "new class heads"
-        log(f"started from {cfg.weights}" + (f" ({what}: {len(skipped)} tensors initialised)" if skipped else ""))
-    if cfg.outline_only:  # the Mask R-CNN is frozen and not even run in training: only the head's steps are paid
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("outline."))
-        model.outline_only = True
-        log("training the outline head only")
-    model.to(device)
-    if device.type == "cpu":  # x1.03 per training step on this CPU with bfloat16, as at inference (benchmarks/train_precision.py)
-        model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = _model(cfg, state, device, log)
     world = group.world if group is not None else 1
     sizes = [len(r) for _, r in train_parts]
     epoch_len = len(train_ds) if repeat is None else repeat_length(sizes, repeat)
     steps_per_epoch = math.ceil(math.ceil(epoch_len / world) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs))
-    precision = training_precision(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
-    if precision is not None:
-        log(f"mixed precision: {str(precision).removeprefix('torch.')} forward passes (--no-amp: float32)")
+    optimizer, scheduler, precision, scaler = _optimisation(model, cfg, steps_per_epoch, device, log)
 
     history: list[dict[str, float]] = []
     best_epoch, best_score, start_epoch = 0, -math.inf, 1
@@ -475,15 +520,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
             if not group.broadcast(None):  # process 0's decision: go on?
                 break
             continue
-        if val_loader is not None:
-            scores = evaluate(net, val_loader, nucleus_label=nuclei_at)
-            row.update({f"val_{k}": v for k, v in scores.items() if k != "images"})
-            score = scores["mean_iou"]
-            if math.isnan(score):  # no true and no found cell in validation: nothing scored, the loss decides
-                log(f"warning: epoch {epoch}: no true and no found cell in the validation images: scores n/a, the best epoch is chosen by the loss")
-                score = -losses["loss"]
-        else:
-            score = -losses["loss"]
+        score = _validate(net, val_loader, nuclei_at, losses, row, log)
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
         improved = score > best_score
@@ -495,11 +532,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log:
                         scaler=scaler.state_dict() if scaler is not None else {},
                         best_epoch=best_epoch, best_score=best_score)
         write_text(out / "metrics.csv", _metrics_csv(history))
-        val_txt = (f" val mean IoU {format_score(row['val_mean_iou'], 4)} F1@0.5 {format_score(row['val_f1_50'], 3)}"
-                   if "val_mean_iou" in row else "")
-        agree = f", weights equal on all {group.world} processes" if group is not None else ""
-        log(f"epoch {epoch}/{cfg.epochs} loss {losses['loss']:.4f}{val_txt} "
-            f"({row['train_s']:.0f}s{agree}){' *best' if improved else ''}")
+        log(_epoch_line(cfg, row, improved, group))
         stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
         if group is not None:
             group.broadcast(row)
