@@ -131,6 +131,18 @@ def test_the_bundled_model_segments_without_model_and_the_demo_finds_the_painted
     assert len(rows) >= 2 and rows[1].split(",")[1] == "cell" and "type" in rows[0].split(",")
 
 
+def test_every_option_of_every_command_is_in_a_named_panel():
+    import typer
+
+    group = typer.main.get_command(app)
+    panels = set()
+    for name, command in group.commands.items():
+        loose = [p.name for p in command.params if getattr(p, "rich_help_panel", None) is None]
+        assert not loose, f"{name}: {loose} in no panel"
+        panels |= {p.rich_help_panel for p in command.params}
+    assert panels == {"Input", "Model", "Training", "Scale", "Output", "Hardware", "Linear", "Painting", "Storage", "Network"}
+
+
 def test_help_groups_options_and_lists_choices_and_old_names_still_work(tmp_path):
     text = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "200"}).output
     for panel in ("Input", "Model", "Scale", "Output", "Hardware"):

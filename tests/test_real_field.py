@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hemaseg.celltypes import bundled_types
-from hemaseg.cli import DEMO_FIELDS, app
+from hemaseg.cli import app
+from hemaseg.demo import DEMO_FIELDS
 from hemaseg.data.formats import open_dataset
 from hemaseg.evaluation import evaluate_method
 from hemaseg.model import default_model

@@ -749,3 +749,24 @@ def source_crops(src: TypeSource, cfg: TypeConfig = TypeConfig(), seed: int = 0,
     if not len(parts[0]):
         raise DataError(f"{src.labels}: no labelled image of {src.folder} (image names must match the CSV's)")
     return parts[0], parts[1]
+
+
+def fit_sources(sources: Sequence[TypeSource], cfg: TypeConfig = TypeConfig(), tcfg: TypeTrainConfig = TypeTrainConfig(),
+                log: Callable[[str], None] = print, progress: bool = True) -> CellTypeClassifier:
+    """What ``hemaseg fit-classifier`` does: each source's training and held-out cells
+    (:func:`source_crops`, seeded by ``tcfg.seed``), one classifier trained on all training cells
+    (:func:`fit_celltypes`), then each source's held-out cells scored (:func:`type_scores`) into
+    ``report["held_out"]`` (folder -> scores)."""
+    if tcfg.pretrained and cfg.arch != "efficientnet_lite0":
+        raise SettingError(f"no offline ImageNet weights for {cfg.arch}: train it from random weights")
+    parts = [source_crops(s, cfg, tcfg.seed, progress) for s in sources]
+    for s, (train, held) in zip(sources, parts):
+        log(f"{s.folder}: {len(train)} training cells, {len(held)} held out")
+    clf = fit_celltypes(CropSet.join([p[0] for p in parts]), cfg, tcfg, log=log, progress=progress)
+    held_out = {}
+    for s, (_, held) in zip(sources, parts):
+        if len(held):
+            probs = clf.probabilities(held.crops)
+            held_out[str(s.folder)] = type_scores(held.labels, [clf.classes[i] for i in probs.argmax(1)])
+    clf.report["held_out"] = held_out
+    return clf

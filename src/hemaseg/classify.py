@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -246,6 +247,17 @@ def cross_validate(X: np.ndarray, y: list[str], folds: int = 5, seed: int = 0, t
             "few": [c for c in classes if (y == c).sum() < k],  # types with fewer cells than folds: unreliable figures
             "unidentified": int((~known).sum()), "threshold": threshold,
             "accuracy_identified": float((with_bin[known] == y[known]).mean()) if known.any() else 0.0}
+
+
+def fit_linear_sources(sources: Sequence, labels: Sequence[dict[str, str] | None], nuclei: str = "auto", threshold: float = 0.5,
+                       folds: int = 5, seed: int = 0) -> tuple[LinearClassifier, dict]:
+    """What ``hemaseg fit-classifier --kind linear`` does: the labelled cells of every dataset
+    (:func:`labelled_cells`, with its image table of ``labels`` or None), stacked; their cross-validation
+    (:func:`cross_validate`) and the classifier fitted on all of them. Returns ``(classifier, validation)``."""
+    parts = [labelled_cells(src, lab, nuclei) for src, lab in zip(sources, labels)]
+    X, y = np.vstack([p[0] for p in parts]), [t for p in parts for t in p[1]]
+    cv = cross_validate(X, y, folds, seed, threshold)
+    return fit_linear(X, y, threshold=threshold), cv
 
 
 def load_classifier(path: str | Path):

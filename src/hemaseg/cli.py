@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,27 +15,25 @@ from . import __version__
 from .baselines import METHODS
 from .celltypes import ARCHS as TYPE_ARCHS
 from .data.formats import FORMATS
-from .data.io import DataError, check_writable, csv_text, why, write_text
+from .data.io import DataError, check_writable, csv_text, why
 from .distributed import from_launcher, launched
 from .errors import HemasegError, SettingError
-from .metrics import format_score
 from .model import ARCHITECTURES, PRETRAINED, ModelConfig
 from .predict import NUCLEUS_MODES
 from .train import SCHEDULES
 
-DEMO_FIELDS = Path(__file__).parent / "demo_data" / "bccd"  # real fields shipped for the demo (MIT), held out of training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hemaseg: find and outline every blood cell in smear images (Mask R-CNN).")
 
 
 # options several commands share, declared once
-Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.")]
+Split = Annotated[Optional[Path], typer.Option(help="A run's split.json: use only its --subset images.", rich_help_panel="Input")]
 #: the choices of the options, the library's own (``Literal``: typer lists them in --help and refuses others)
 NucleiChoice = Literal[NUCLEUS_MODES]
 MethodChoice = Literal[("maskrcnn", "unet", *METHODS)]
 FormatChoice = Literal[FORMATS]
-Subset = Annotated[Literal["val", "train"], typer.Option(help="Which list of --split: val (held out) or train.")]
+Subset = Annotated[Literal["val", "train"], typer.Option(help="Which list of --split: val (held out) or train.", rich_help_panel="Input")]
 def _run_folder(path: Path | None) -> Path | None:
     """``--run`` callback: a `hemaseg train` output folder (its metrics.csv)."""
     if path is not None and not (path / "metrics.csv").is_file():
@@ -44,7 +41,7 @@ def _run_folder(path: Path | None) -> Path | None:
     return path
 
 
-Run = Annotated[Optional[Path], typer.Option(callback=_run_folder, help="A run folder: adds its training curves to the report.")]
+Run = Annotated[Optional[Path], typer.Option(callback=_run_folder, help="A run folder: adds its training curves to the report.", rich_help_panel="Output")]
 Format = Annotated[FormatChoice, typer.Option(help="Annotation format (auto: found from the files).", rich_help_panel="Input")]
 ScoreThreshold = Annotated[float, typer.Option(help="Minimum detection score.", rich_help_panel="Model")]
 Nuclei = Annotated[NucleiChoice, typer.Option(help="White-cell nuclei: auto (the model's learned nuclei if it has them, "
@@ -152,9 +149,9 @@ def train(
                                 "cells' outlines (hemaseg.outline; the bundled model: 16); 0: Mask R-CNN's own masks.", rich_help_panel="Model"),
     outline_levels: int = typer.Option(4, help="Depth of that U-Net (2-6 levels, each halving the resolution).", rich_help_panel="Model"),
     fields: float = typer.Option(0.0, help="Share of training samples turned into whole smear fields: their white "
-                                 "cells pasted among painted red cells (for crops that annotate white cells only)."),
+                                 "cells pasted among painted red cells (for crops that annotate white cells only).", rich_help_panel="Training"),
     field_rim: int = typer.Option(3, help="Pixels (at the training scale) of its own crop kept around each cell pasted "
-                                  "into a field, fading out: the paste's seam lies that far from the true outline."),
+                                  "into a field, fading out: the paste's seam lies that far from the true outline.", rich_help_panel="Training"),
     progress: bool = typer.Option(True, help="Show a progress bar.", rich_help_panel="Output"),
 ) -> None:
     """Train Mask R-CNN on a folder of images and masks."""
@@ -298,35 +295,6 @@ def _eval_refs(data: Path, format: str, split: Optional[Path], subset: str):
     return source, refs
 
 
-def _run_evaluations(methods, source, refs, out: Path, cfg, run: Optional[Path], title: str, progress: bool):
-    import csv as _csv
-
-    from .evaluation import evaluate_method, write_evaluation
-    from .report import compare_rows, evaluation_sections, html_page, markdown_table
-    from .viz import training_curves_png
-
-    evals, figures = [], {}
-    for m in methods:
-        ev = evaluate_method(m, source, refs, cfg, progress=progress)
-        sub = out if len(methods) == 1 else out / m.name
-        for path, err in ev.failed:
-            typer.echo(f"failed ({m.name}): {path}: {err}", err=True)
-        for key, path in write_evaluation(ev, sub).items():
-            if key.startswith("figure_"):
-                figures[f"{m.name}: {path.stem}"] = path.read_bytes()
-        evals.append(ev)
-    rows = compare_rows(evals)
-    table = markdown_table(rows)
-    write_text(out / "compare.md", table)
-    write_text(out / "compare.csv", csv_text(rows, list(rows[0])))
-    curves = None
-    if run is not None:
-        with open(run / "metrics.csv", encoding="utf-8") as fh:
-            curves = training_curves_png(list(_csv.DictReader(fh)))
-    write_text(out / "report.html", html_page(title, evaluation_sections(evals, figures, curves)))
-    return table, sum(len(ev.failed) for ev in evals)
-
-
 def _exit_if_failed(failed: int, listed: Path) -> None:
     if failed:
         typer.echo(f"{failed} image(s) could not be scored (the rest were), listed in {listed}", err=True)
@@ -337,22 +305,24 @@ def _evaluate_command(methods: list[str], data: Path, out: Path, model, unet, sp
                       segment: dict, title: str, progress: bool) -> tuple[str, int]:
     """What `evaluate` and `compare` share: build the methods, score them, write the tables and report."""
     from .predict import SegmentConfig
+    from .report import compare_methods
 
     try:
         cfg = SegmentConfig(**segment)
         source, refs = _eval_refs(data, format, split, subset)
         chosen = [_method(m, model, cfg, unet) for m in methods]
-        return _run_evaluations(chosen, source, refs, out, cfg, run, title, progress)
+        c = compare_methods(chosen, source, refs, out, cfg, run, title, progress, log=lambda m: typer.echo(m, err=True))
+        return c.table, c.failed
     except FAILURES as err:
         _fail(err)
 
 
 @app.command()
 def evaluate(
-    data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format)."),
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: per_image.csv, summary.json, figures/, report.html."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn); default: the bundled model."),
-    method: MethodChoice = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges."),
+    data: Path = typer.Option(..., "--data", help="Images with ground truth (any supported format).", rich_help_panel="Input"),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: per_image.csv, summary.json, figures/, report.html.", rich_help_panel="Output"),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for --method maskrcnn); default: the bundled model.", rich_help_panel="Model"),
+    method: MethodChoice = typer.Option("maskrcnn", help="maskrcnn or unet (with --model), otsu or edges.", rich_help_panel="Model"),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
     diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
@@ -368,13 +338,13 @@ def evaluate(
 
 @app.command()
 def compare(
-    data: Path = typer.Option(..., "--data", help="Images with ground truth."),
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: compare.md, compare.csv, report.html, one folder per method."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn); default: the bundled model."),
+    data: Path = typer.Option(..., "--data", help="Images with ground truth.", rich_help_panel="Input"),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder: compare.md, compare.csv, report.html, one folder per method.", rich_help_panel="Output"),
+    model: Optional[Path] = typer.Option(None, "--model", help="A hemaseg checkpoint (for maskrcnn); default: the bundled model.", rich_help_panel="Model"),
     method: list[str] = typer.Option(["maskrcnn", "otsu", "edges"], "--method", help="A method to compare, repeatable "
-                                     "(in this order in the table): maskrcnn, unet, otsu, edges."),
-    methods_old: Optional[str] = typer.Option(None, "--methods", hidden=True, help="Old comma-separated form of --method."),
-    unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`)."),
+                                     "(in this order in the table): maskrcnn, unet, otsu, edges.", rich_help_panel="Model"),
+    methods_old: Optional[str] = typer.Option(None, "--methods", hidden=True, help="Old comma-separated form of --method.", rich_help_panel="Model"),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="A U-Net baseline checkpoint (`hemaseg train --arch unet`).", rich_help_panel="Model"),
     split: Split = None, subset: Subset = "val", run: Run = None, format: Format = "auto",
     score_threshold: ScoreThreshold = 0.5, nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256,
     diameter: Diameter = None, pixel_size: PixelSize = None, auto_scale: AutoScale = True, progress: Progress = True,
@@ -393,14 +363,14 @@ def compare(
 @app.command("fit-classifier")
 def fit_classifier(
     data: list[Path] = typer.Option(..., "--data", help="A folder of labelled cell images (crops centred on the cell, or "
-                                    "images with a NAME.png mask beside them); repeatable.", rich_help_panel="Data"),
+                                    "images with a NAME.png mask beside them); repeatable.", rich_help_panel="Input"),
     labels: list[Path] = typer.Option([], "--labels", help="Per --data, in order: a CSV of image,type (types of "
                                       "hemaseg.celltypes.TYPES, or 'neutrophil' / 'immature_granulocyte' when a source "
-                                      "does not tell them apart; Zheng's classes_*.csv works).", rich_help_panel="Data"),
+                                      "does not tell them apart; Zheng's classes_*.csv works).", rich_help_panel="Input"),
     pixel_size: list[float] = typer.Option([], "--pixel-size", help="Per --data, in order: um per pixel (default: each "
-                                           "image's scale estimate).", rich_help_panel="Data"),
+                                           "image's scale estimate).", rich_help_panel="Input"),
     holdout: list[float] = typer.Option([0.2], "--holdout", help="Share of each --data's images held out and scored "
-                                        "(one value for all, or one per --data; 0: none).", rich_help_panel="Data"),
+                                        "(one value for all, or one per --data; 0: none).", rich_help_panel="Input"),
     out: Path = typer.Option(..., "--out", callback=_out_file, help="The classifier to write (.pt; --kind linear: .json), for `segment "
                              "--classifier`.", rich_help_panel="Output"),
     kind: Literal["cnn", "linear"] = typer.Option("cnn", help="cnn: the cell-image CNN (hemaseg.celltypes); linear: the shape/colour linear "
@@ -431,7 +401,7 @@ def fit_classifier(
     if kind == "linear":
         nuclei = _renamed("--nuclei true", "--nuclei auto", "auto" if nuclei == "true" else None, nuclei)
         return _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format)
-    from .celltypes import CropSet, TypeConfig, TypeSource, TypeTrainConfig, fit_celltypes, source_crops, type_scores
+    from .celltypes import TypeConfig, TypeSource, TypeTrainConfig, fit_sources
 
     try:
         for name, values in (("--labels", labels), ("--pixel-size", pixel_size)):
@@ -441,27 +411,17 @@ def fit_classifier(
             raise SettingError("--labels: give a CSV of image,type per --data")
         if len(holdout) not in (1, len(data)):
             raise SettingError(f"{len(holdout)} --holdout for {len(data)} --data: give one for all, or one per --data")
-        sources = [TypeSource(d, lab, pixel_size[i] if pixel_size else None, holdout[i if len(holdout) > 1 else 0])
-                   for i, (d, lab) in enumerate(zip(data, labels))]
         if init == "imagenet" and arch != "efficientnet_lite0":
             raise SettingError(f"--init imagenet: no offline ImageNet weights for {arch}; use --init random")
-        cfg = TypeConfig(stain=stain, views=views, arch=arch)
-        parts = [source_crops(s, cfg, seed, progress) for s in sources]
-        for s, (train, held) in zip(sources, parts):
-            typer.echo(f"{s.folder}: {len(train)} training cells, {len(held)} held out")
-        clf = fit_celltypes(CropSet.join([p[0] for p in parts]), cfg,
-                            TypeTrainConfig(epochs=epochs, seed=seed, target_accuracy=target_accuracy,
-                                            pretrained=init == "imagenet"),
-                            log=typer.echo, progress=progress)
-        held_out = {}
-        for s, (_, held) in zip(sources, parts):
-            if len(held):
-                probs = clf.probabilities(held.crops)
-                held_out[str(s.folder)] = type_scores(held.labels, [clf.classes[i] for i in probs.argmax(1)])
-        clf.report["held_out"] = held_out
+        sources = [TypeSource(d, lab, pixel_size[i] if pixel_size else None, holdout[i if len(holdout) > 1 else 0])
+                   for i, (d, lab) in enumerate(zip(data, labels))]
+        clf = fit_sources(sources, TypeConfig(stain=stain, views=views, arch=arch),
+                          TypeTrainConfig(epochs=epochs, seed=seed, target_accuracy=target_accuracy, pretrained=init == "imagenet"),
+                          log=typer.echo, progress=progress)
         clf.save(out)
     except FAILURES as err:
         _fail(err)
+    held_out = clf.report["held_out"]
     for folder, sc in held_out.items():
         typer.echo(f"held out {folder}: {sc['cells']} cells, accuracy {sc['accuracy']:.3f}, balanced {sc['balanced_accuracy']:.3f} ("
                    + ", ".join(f"{t} R {v['recall']:.2f}" for t, v in sc["per_type"].items()) + ")")
@@ -469,19 +429,16 @@ def fit_classifier(
 
 
 def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> None:
-    import numpy as np
-
-    from .classify import cross_validate, fit_linear, labelled_cells, read_type_labels
+    from .classify import fit_linear_sources, read_type_labels
     from .data.formats import open_dataset
 
     try:
         if labels and len(labels) != len(data):
             raise SettingError(f"{len(labels)} --labels for {len(data)} --data: give one per --data, in order, or none")
-        parts = [labelled_cells(open_dataset(d, format), read_type_labels(lab) if labels else None, nuclei)
-                 for d, lab in zip(data, labels or [None] * len(data))]
-        X, y = np.vstack([p[0] for p in parts]), [t for p in parts for t in p[1]]
-        cv = cross_validate(X, y, folds, seed, threshold)
-        fit_linear(X, y, threshold=threshold).save(out, validation=cv)
+        clf, cv = fit_linear_sources([open_dataset(d, format) for d in data],
+                                     [read_type_labels(lab) for lab in labels] if labels else [None] * len(data),
+                                     nuclei, threshold, folds, seed)
+        clf.save(out, validation=cv)
     except FAILURES as err:
         _fail(err)
     rows = [{"type": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in m.items()}} for c, m in cv["per_class"].items()]
@@ -494,13 +451,13 @@ def _fit_linear(data, labels, out, nuclei, threshold, folds, seed, format) -> No
 
 @app.command("fit-scale")
 def fit_scale_command(
-    data: list[Path] = typer.Option(..., "--data", help="A folder of smear images of one magnification; repeatable."),
-    pixel_size: list[float] = typer.Option(..., "--pixel-size", help="Micrometres per pixel of each --data, in order."),
-    out: Path = typer.Option(..., "--out", callback=_out_file, help="The scale model to write (.pt), for segment/train."),
-    steps: int = typer.Option(3000, help="Training steps (32 views each)."),
-    val_fraction: float = typer.Option(0.2, help="Share of each folder held out and scored."),
-    seed: int = typer.Option(0, help="Seed of the split and of the training."),
-    synthetic: int = typer.Option(120, help="Painted smears added to the training (0: none)."),
+    data: list[Path] = typer.Option(..., "--data", help="A folder of smear images of one magnification; repeatable.", rich_help_panel="Input"),
+    pixel_size: list[float] = typer.Option(..., "--pixel-size", help="Micrometres per pixel of each --data, in order.", rich_help_panel="Input"),
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="The scale model to write (.pt), for segment/train.", rich_help_panel="Output"),
+    steps: int = typer.Option(3000, help="Training steps (32 views each).", rich_help_panel="Training"),
+    val_fraction: float = typer.Option(0.2, help="Share of each folder held out and scored.", rich_help_panel="Input"),
+    seed: int = typer.Option(0, help="Seed of the split and of the training.", rich_help_panel="Training"),
+    synthetic: int = typer.Option(120, help="Painted smears added to the training (0: none).", rich_help_panel="Training"),
     progress: Progress = True,
 ) -> None:
     """Train the scale estimator: each image's um per pixel, read off its cells (hemaseg.scale)."""
@@ -516,7 +473,7 @@ def fit_scale_command(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` output folder."),
+    results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` output folder.", rich_help_panel="Input"),
 ) -> None:
     """(Re)build the white-cell differential report of a segment folder: HTML, CSV, JSON."""
     from .report import write_differential
@@ -530,10 +487,10 @@ def report(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (images/, labels/, nuclei/)."),
-    n: int = typer.Option(40, "-n", "--count", help="Number of images."),
-    size: int = typer.Option(192, help="Image width and height in pixels."),
-    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (images/, labels/, nuclei/).", rich_help_panel="Output"),
+    n: int = typer.Option(40, "-n", "--count", help="Number of images.", rich_help_panel="Painting"),
+    size: int = typer.Option(192, help="Image width and height in pixels.", rich_help_panel="Painting"),
+    seed: int = typer.Option(0, help="Seed of the painting (the same seed paints the same smears).", rich_help_panel="Painting"),
 ) -> None:
     """Generate synthetic blood smears with exact instance ground truth."""
     from .data.synthetic import SynthConfig, write_dataset
@@ -547,103 +504,44 @@ def synth(
 
 @app.command()
 def demo(
-    images: list[Path] = typer.Argument(None, help="Your images or folders (default: synthetic whole fields the demo paints)."),
-    out: Path = typer.Option(Path("demo"), "--out", callback=_out_folder, help="Folder for the demo's data and results (replaced on each demo)."),
+    images: list[Path] = typer.Argument(None, help="Your images or folders (default: synthetic whole fields the demo paints).", rich_help_panel="Input"),
+    out: Path = typer.Option(Path("demo"), "--out", callback=_out_folder, help="Folder for the demo's data and results (replaced on each demo).", rich_help_panel="Output"),
     diameter: Diameter = None,
-    fields: int = typer.Option(6, help="Synthetic 640x480 fields to paint when no images are given."),
-    train: bool = typer.Option(False, "--train", help="Also train a model a few minutes on synthetic smears (the CPU training demo)."),
-    epochs: int = typer.Option(12, help="Training epochs with --train."),
+    fields: int = typer.Option(6, help="Synthetic 640x480 fields to paint when no images are given.", rich_help_panel="Painting"),
+    train: bool = typer.Option(False, "--train", help="Also train a model a few minutes on synthetic smears (the CPU training demo).", rich_help_panel="Training"),
+    epochs: int = typer.Option(12, help="Training epochs with --train.", rich_help_panel="Training"),
 ) -> None:
     """The built-in default job: segment smear images with the bundled model and report (--train: also train one)."""
-    from .data.formats import list_images, open_dataset
-    from .data.synthetic import SynthConfig, write_dataset
-    from .evaluation import evaluate_method
-    from .model import default_model
+    from .classify import load_classifier
+    from .demo import clear_outputs, demo_jobs, run_job, train_demo
+    from .model import BUNDLED_CLASSIFIER, default_model
     from .predict import ModelMethod, SegmentConfig
-    from .segment import segment_files
 
     t0 = time.perf_counter()
-    for sub in ("fields", "segment", "segment-real", "run"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)  # the demo's own output from an earlier demo
+    clear_outputs(out)
     try:
         cfg = SegmentConfig(diameter=diameter)
         method = ModelMethod.from_checkpoint(default_model(), cfg)
-        from .classify import load_classifier
-        from .model import BUNDLED_CLASSIFIER
-
         clf = load_classifier(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
-        jobs = [(images, None, out / "segment", "your images")]
-        if not images:
-            truth = write_dataset(out / "fields", fields, SynthConfig.wbc_field(480, 640), seed=2024, annotate={"white_cell": "cell"})
-            typer.echo(f"painted {fields} synthetic smear fields (640x480, white cells outlined in the truth) in {truth}")
-            jobs = [([truth / "images"], truth, out / "segment", "painted fields"),
-                    ([DEMO_FIELDS], DEMO_FIELDS, out / "segment-real", "real BCCD fields (MIT; see their README)")]
-        for inputs, truth, where, what in jobs:
-            files = list_images(inputs)
-            if not files:
-                raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-            summary = segment_files(files, method, where, cfg, progress=sys.stderr.isatty(), log=typer.echo,
-                                    keep_cells=truth is not None, classifier=clf)
-            found = sum(r.get("cells", 0) for r in summary.rows)
-            typer.echo(f"\n{what}: {found} white cells in {len(files)} images -> {where} "
-                       f"(NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
-            if clf is not None:
-                _demo_types(where, truth)
-            if truth is not None:
-                source = open_dataset(truth)
-                s = evaluate_method(method, source, source.refs, cfg, progress=False, predictions=summary.cells).summary
-                typer.echo(f"against the truth: F1@0.5 {format_score(s['f1_50'], 3)}, mean IoU {format_score(s['mean_iou'], 3)}, "
-                           f"nucleus Dice {format_score(s.get('nucleus_dice', float('nan')), 3)}\n")
+        for job in demo_jobs(images, out, fields, log=typer.echo):
+            run_job(job, method, cfg, clf, log=typer.echo, progress=sys.stderr.isatty())
     except FAILURES as err:
         _fail(err)
     typer.echo(f"bundled model {default_model()}")
     if train:
-        from .train import TrainConfig
-        from .train import train as run_train
-
-        data = write_dataset(out / "run" / "data", 48, SynthConfig(height=160, width=160), seed=0)
-        result = run_train(TrainConfig(data=str(data), out=str(out / "run" / "model"), epochs=epochs, batch_size=4,
-                                       warmup_steps=30), progress=sys.stderr.isatty(), log=typer.echo)
-        best = result.best_metrics
-        typer.echo(f"trained on 48 synthetic smears: best epoch {result.best_epoch}, validation mean IoU "
-                   f"{format_score(best.get('val_mean_iou', float('nan')), 3)}, F1@0.5 {format_score(best.get('val_f1_50', float('nan')), 3)} "
-                   f"-> {result.out / 'best.pt'}")
+        train_demo(out, epochs, log=typer.echo, progress=sys.stderr.isatty())
     typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
     typer.echo("to review cells in the browser: .venv/bin/hemaseg serve, then open http://127.0.0.1:8765/")
 
 
-def _demo_types(results: Path, truth: Path | None) -> None:
-    """The demo's differential line and, where the images' expert types are known (``types.csv`` beside
-    them), each image's types against the experts'."""
-    from .classify import read_type_labels
-    from .report import write_differential
-
-    d = write_differential(results)
-    typer.echo("types (research use only): " + ", ".join(f"{t} {n}" for t, n in d["counts"].items() if n)
-               + f" -> {results / 'differential.html'}")
-    if truth is None or not (truth / "types.csv").is_file():
-        return
-    from .celltypes import to_level
-
-    experts = read_type_labels(truth / "types.csv")
-    for row in d["images"]:
-        stem = Path(row["image"]).stem
-        ours = sorted(c["type"] for c in d["cells"] if c["source"] == stem)
-        theirs = sorted(experts.get(stem, "").split("|"))
-        said = sorted(next((lab for lab in theirs if to_level(t, lab) == lab), t) for t in ours)  # at the experts' level
-        typer.echo(f"  {stem}: {', '.join(ours) or 'none'} (experts: {', '.join(theirs)})"
-                   + (" - as the experts" if said == theirs else ""))
-
-
 @app.command()
 def serve(
-    data_dir: Path = typer.Option(Path("hemaseg-data"), "--data-dir", callback=_out_folder, help="Where cases, images, results and the database live."),
-    port: int = typer.Option(8765, help="TCP port."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this computer only)."),
+    data_dir: Path = typer.Option(Path("hemaseg-data"), "--data-dir", callback=_out_folder, help="Where cases, images, results and the database live.", rich_help_panel="Storage"),
+    port: int = typer.Option(8765, help="TCP port.", rich_help_panel="Network"),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this computer only).", rich_help_panel="Network"),
     import_dir: Optional[Path] = typer.Option(None, "--import-dir", help="Server-side folders may be imported from "
-                                              "under this folder only (default: DATA_DIR/import)."),
-    max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB)."),
+                                              "under this folder only (default: DATA_DIR/import).", rich_help_panel="Storage"),
+    max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB).", rich_help_panel="Network"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
     from waitress import serve as run_server

@@ -6,13 +6,16 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .classify import UNIDENTIFIED, WBC_TYPES
 from .data.io import DataError, why
+from .data.formats import DatasetSource, SampleRef
 from .evaluation import Evaluation
+from .predict import Method, SegmentConfig
 from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
@@ -73,6 +76,49 @@ def evaluation_sections(evals: Sequence[Evaluation], figures: dict[str, bytes], 
     if figures:
         sections.append(("Worst and best images", "".join(_img(png, name) for name, png in figures.items())))
     return sections
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_methods` scored and wrote: each method's evaluation, the markdown table, and
+    how many images could not be scored (listed in each method's ``failed.csv``)."""
+
+    evaluations: list[Evaluation]
+    table: str
+    failed: int
+
+
+def compare_methods(methods: Sequence[Method], source: DatasetSource, refs: list[SampleRef], out: str | Path,
+                    cfg: SegmentConfig = SegmentConfig(), run: str | Path | None = None, title: str = "Comparison",
+                    progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
+    """Score each method on ``refs`` (:func:`~hemaseg.evaluation.evaluate_method`) and write, in ``out``,
+    each one's evaluation (in ``out`` itself for one method, else in ``out/METHOD``), ``compare.md``,
+    ``compare.csv`` and ``report.html`` (with the training curves of the run folder ``run``, if given).
+    Each image that could not be scored is said through ``log``."""
+    from .data.io import csv_text, write_text
+    from .evaluation import evaluate_method, write_evaluation
+    from .viz import training_curves_png
+
+    out = Path(out)
+    evals, figures = [], {}
+    for m in methods:
+        ev = evaluate_method(m, source, refs, cfg, progress=progress)
+        for path, err in ev.failed:
+            log(f"failed ({m.name}): {path}: {err}")
+        for key, path in write_evaluation(ev, out if len(methods) == 1 else out / m.name).items():
+            if key.startswith("figure_"):
+                figures[f"{m.name}: {path.stem}"] = path.read_bytes()
+        evals.append(ev)
+    rows = compare_rows(evals)
+    table = markdown_table(rows)
+    write_text(out / "compare.md", table)
+    write_text(out / "compare.csv", csv_text(rows, list(rows[0])))
+    curves = None
+    if run is not None:
+        with open(Path(run) / "metrics.csv", encoding="utf-8") as fh:
+            curves = training_curves_png(list(csv.DictReader(fh)))
+    write_text(out / "report.html", html_page(title, evaluation_sections(evals, figures, curves)))
+    return Comparison(evals, table, sum(len(ev.failed) for ev in evals))
 
 
 # ------------------------------------------------------------------------------ differential
