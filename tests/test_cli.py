@@ -54,13 +54,11 @@ def test_version():
     assert r.exit_code == 0 and r.output.startswith("hemaseg ")
 
 
-def test_segment_evaluate_compare_from_the_command_line(tmp_path):
+def test_segment_evaluate_compare_from_the_command_line(tiny_run, tmp_path):
     from hemaseg.data.synthetic import SynthConfig, write_dataset
-    from hemaseg.model import ModelConfig, build_model, save_checkpoint
 
     data = write_dataset(tmp_path / "d", 2, SynthConfig(height=64, width=64), seed=3)
-    cfg = ModelConfig(classes=("platelet", "red_cell", "white_cell"))
-    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
+    ckpt = tiny_run.out / "best.pt"  # the session's shared tiny run
     r = runner.invoke(app, ["segment", str(data / "images"), "--model", str(ckpt), "--out", str(tmp_path / "seg"),
                             "--no-progress", "--score-threshold", "0.0"])
     assert r.exit_code == 0, r.output
@@ -78,11 +76,13 @@ def test_segment_evaluate_compare_from_the_command_line(tmp_path):
     direct = evaluate_method(ClassicalMethod("edges"), src, src.refs, progress=False).summary  # what the CLI must have written
     assert summary["images"] == 2 and "0.90" in summary["matching"]
     assert summary["mean_iou"] == pytest.approx(direct["mean_iou"]) and summary["f1_50"] == pytest.approx(direct["f1_50"])
-    r = runner.invoke(app, ["compare", "--data", str(data), "--model", str(ckpt), "--out", str(tmp_path / "cmp"), "--no-progress"])
+    r = runner.invoke(app, ["compare", "--data", str(data), "--model", str(ckpt), "--out", str(tmp_path / "cmp"), "--no-progress",
+                            "--run", str(tiny_run.out)])
     assert r.exit_code == 0, r.output
     lines = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["maskrcnn", "otsu", "edges"]
-    assert (tmp_path / "cmp" / "report.html").is_file()
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    assert "Training curves" in page and "Instance matching: maskrcnn" in page  # --run: the run's curves are shown
     r = runner.invoke(app, ["segment", str(data / "images"), "--method", "unet", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--model or --unet is needed" in r.output  # maskrcnn alone has the bundled model
 

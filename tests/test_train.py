@@ -8,17 +8,10 @@ from hemaseg.data.synthetic import SynthConfig, write_dataset
 from hemaseg.model import load_model, read_checkpoint
 from hemaseg.train import RunExistsError, TrainConfig, lr_lambda, train
 
-from conftest import save_png
+from conftest import save_png, tiny_config
 
 
-@pytest.fixture(scope="module")
-def smears(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("smears"), 10, SynthConfig(height=112, width=112), seed=5)
-
-
-def _cfg(data, out, **kw):
-    base = dict(data=data if isinstance(data, tuple) else str(data), out=str(out), epochs=2, batch_size=2, warmup_steps=3, val_fraction=0.2, seed=1)
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_config  # the shared tiny run's settings, changed where a test says
 
 
 def test_short_training_run_loss_falls_and_writes_the_run(smears, tmp_path):
@@ -46,27 +39,26 @@ def _stop_after_epoch_1(line):
         raise Interrupted
 
 
-def test_resume_continues_exactly_where_it_stopped(smears, tmp_path):
+def test_resume_continues_exactly_where_it_stopped(tiny_run, smears, tmp_path):
     quiet = dict(progress=False, log=lambda s: None)
-    straight = train(_cfg(smears, tmp_path / "a"), **quiet)
+    straight = tiny_run.result  # the same settings, run straight through
     with pytest.raises(Interrupted):
         train(_cfg(smears, tmp_path / "b"), progress=False, log=_stop_after_epoch_1)
     resumed = train(_cfg(smears, tmp_path / "b", epochs=2), resume=True, **quiet)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"], rel=1e-4)
-    wa = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    wa = read_checkpoint(tiny_run.out / "last.pt")["model"]
     wb = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
-def test_existing_run_is_not_overwritten(smears, tmp_path):
-    train(_cfg(smears, tmp_path / "r", epochs=1), progress=False, log=lambda s: None)
-    before = (tmp_path / "r" / "last.pt").read_bytes()
+def test_existing_run_is_not_overwritten(tiny_run, smears, tmp_path):
+    before = {p.name: p.read_bytes() for p in tiny_run.out.iterdir()}
     with pytest.raises(RunExistsError, match="--resume"):
-        train(_cfg(smears, tmp_path / "r", epochs=1), progress=False, log=lambda s: None)
-    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+        train(tiny_run.cfg, progress=False, log=lambda s: None)
+    assert {p.name: p.read_bytes() for p in tiny_run.out.iterdir()} == before
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(_cfg(smears, tmp_path / "new", epochs=1), resume=True, progress=False, log=lambda s: None)
 
