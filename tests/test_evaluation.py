@@ -3,11 +3,22 @@ import pytest
 import torch
 
 from hemaseg.data.formats import open_dataset
-from hemaseg.evaluation import coco_ap, evaluate_method, write_evaluation
+from hemaseg.cells import Cells
+from hemaseg.evaluation import CocoAccumulator, evaluate_method, write_evaluation
 from hemaseg.predict import Method, SegmentConfig
 from hemaseg.report import evaluation_sections, html_page, markdown_table, compare_rows
 
 from conftest import semantic_pair
+
+
+def coco_ap(truth, preds, max_dets: int = 1000) -> dict:
+    """COCO AP of dense masks: per image ``N x H x W`` true masks and ``(M x H x W masks, M scores)``."""
+    acc = CocoAccumulator(max_dets)
+    for t, (p, s) in zip(truth, preds):
+        h, w = t.shape[1:]
+        acc.add(Cells.from_result({"masks": t, "scores": np.ones(len(t)), "labels": np.ones(len(t))}, h, w),
+                Cells.from_result({"masks": p, "scores": s, "labels": np.ones(len(p))}, h, w))
+    return acc.result()
 
 
 def _truth():

@@ -512,9 +512,9 @@ def demo(
     epochs: int = typer.Option(12, help="Training epochs with --train.", rich_help_panel="Training"),
 ) -> None:
     """The built-in default job: segment smear images with the bundled model and report (--train: also train one)."""
-    from .classify import load_classifier
+    from .celltypes import bundled_types
     from .demo import clear_outputs, demo_jobs, run_job, train_demo
-    from .model import BUNDLED_CLASSIFIER, default_model
+    from .model import default_model
     from .predict import ModelMethod, SegmentConfig
 
     t0 = time.perf_counter()
@@ -522,7 +522,7 @@ def demo(
     try:
         cfg = SegmentConfig(diameter=diameter)
         method = ModelMethod.from_checkpoint(default_model(), cfg)
-        clf = load_classifier(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
+        clf = bundled_types()
         for job in demo_jobs(images, out, fields, log=typer.echo):
             run_job(job, method, cfg, clf, log=typer.echo, progress=sys.stderr.isatty())
     except FAILURES as err:

@@ -70,11 +70,6 @@ def backend() -> str:
     return dist.get_backend() if dist.is_initialized() else "none"
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def weights_checksum(model: torch.nn.Module) -> float:
     """A position-weighted float64 sum of all parameters: equal on ranks that hold the same weights.
     (BatchNorm running statistics are left out: each process updates them on its own batches, and

@@ -24,8 +24,8 @@ class DivergedError(HemasegError, FloatingPointError):
 
 def training_precision(device: torch.device, amp: bool) -> torch.dtype | None:
     """The autocast precision of training on ``device`` (None: float32). ``amp`` asks for mixed precision:
-    float16 on CUDA (with a gradient scaler), bfloat16 on a CPU that computes it natively (x1.29 per
-    training step on this project's 2-core Xeon with AMX: benchmarks/train_precision.py), float32 on other CPUs."""
+    float16 on CUDA (with a gradient scaler), bfloat16 on a CPU that computes it natively (faster steps: the
+    figures are in docs/benchmarks.md, benchmarks/train_precision.py), float32 on other CPUs."""
     if not amp:
         return None
     if device.type == "cuda":

@@ -48,19 +48,6 @@ class Evaluation:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, error): not scored, the rest went on
 
 
-def coco_ap(truth: list[np.ndarray], preds: list[tuple[np.ndarray, np.ndarray]], max_dets: int = 1000) -> dict:
-    """Class-agnostic COCO AP, AP50, AP75 for masks (``mask_*``) and boxes (``box_*``).
-
-    ``truth``: per image ``N x H x W`` masks; ``preds``: per image ``(M x H x W masks, M scores)``.
-    """
-    acc = CocoAccumulator(max_dets)
-    for t, (p, s) in zip(truth, preds):
-        h, w = t.shape[1:]
-        acc.add(Cells.from_result({"masks": t, "scores": np.ones(len(t)), "labels": np.ones(len(t))}, h, w),
-                Cells.from_result({"masks": p, "scores": s, "labels": np.ones(len(p))}, h, w))
-    return acc.result()
-
-
 class CocoAccumulator:
     """Collects ground truth and detections image by image as RLE (compact), then runs COCOeval."""
 

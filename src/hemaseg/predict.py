@@ -258,7 +258,7 @@ class ModelMethod(Method):
         from .model import load_model
 
         model, mcfg = load_model(path, device)
-        if torch.device(device).type == "cpu":  # same cells, x1.07 on this CPU (benchmarks/channels_last.py)
+        if torch.device(device).type == "cpu":  # same cells, faster (docs/benchmarks.md: benchmarks/channels_last.py)
             model = model.to(memory_format=torch.channels_last)
         if cfg.diameter is not None:
             if mcfg.diameter is None:
@@ -397,7 +397,7 @@ def run_methods(method: Method, images: list, cfg: SegmentConfig, factors: list[
     """:func:`run_method` on each of ``images`` (each resized by its ``factors[i]``, default 1), the same
     cells; images of one size and factor that fit in one tile go through ``method.many`` up to
     ``cfg.batch`` at a time, and no more pixels at once than one tile holds (memory as for one tile),
-    larger ones tile by tile (``segment_files`` with 4: x1.34 per 120x120 crop, x1.23 per 300x300 crop:
+    larger ones tile by tile (the speed-up of ``segment_files``' batches of 4 is in docs/benchmarks.md:
     benchmarks/segment_batch.py)."""
     factors = list(factors) if factors is not None else [1.0] * len(images)
     out: list[Cells | None] = [None] * len(images)

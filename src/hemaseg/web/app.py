@@ -28,13 +28,12 @@ MAX_UPLOAD_MB = 200
 
 def default_segmenter() -> Segmenter:
     """The bundled model and its white-cell type classifier, as ``hemaseg segment`` uses them."""
-    from ..classify import load_classifier
-    from ..model import BUNDLED_CLASSIFIER, default_model
+    from ..celltypes import bundled_types
+    from ..model import default_model
     from ..predict import ModelMethod, SegmentConfig
 
     cfg = SegmentConfig()
-    clf = load_classifier(BUNDLED_CLASSIFIER) if BUNDLED_CLASSIFIER.is_file() else None
-    return Segmenter(ModelMethod.from_checkpoint(default_model(), cfg), cfg, clf)
+    return Segmenter(ModelMethod.from_checkpoint(default_model(), cfg), cfg, bundled_types())
 
 
 def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_root: str | Path | None = None,
