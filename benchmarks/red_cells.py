@@ -122,8 +122,9 @@ def painted(limit: int | None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, scale in enumerate((0.75, 1.0, 1.5)):
-            base = SynthConfig.wbc_field(round(480 * scale), round(640 * scale))  # the same cells per field, magnified
-            cfg = dataclasses.replace(base, red_radius=tuple(r * scale for r in base.red_radius),
+            base = SynthConfig.wbc_field()  # a 640x480 field seen magnified: the same cells, each wider
+            cfg = dataclasses.replace(base, height=round(480 * scale), width=round(640 * scale),
+                                      red_radius=tuple(r * scale for r in base.red_radius),
                                       white_radius=tuple(r * scale for r in base.white_radius),
                                       platelet_radius=tuple(r * scale for r in base.platelet_radius))
             data = write_dataset(Path(tmp) / f"s{k}", limit or 6, cfg, seed=10 + k)

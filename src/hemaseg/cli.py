@@ -214,6 +214,9 @@ def segment(
                                               "report; with the bundled model, the bundled classifier unless --no-types.", rich_help_panel="Model"),
     types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier.", rich_help_panel="Model"),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
+    red_cells: bool = typer.Option(False, "--red-cells/--no-red-cells", help="Also outline red cells and platelets (stain "
+                                   "and shape at each image's scale: hemaseg.redcells) and count them per field "
+                                   "(platelets and white cells per 1000 red cells).", rich_help_panel="Model"),
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable.", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again the images already done in --out "
@@ -238,7 +241,7 @@ def segment(
     try:
         cfg = SegmentConfig(score_threshold=score_threshold, min_area=min_area, drop_border=drop_border,
                             pixel_size=pixel_size, nuclei=nuclei, tile=tile, overlap=overlap, exports=tuple(export),
-                            diameter=diameter, amp=amp, batch=batch_size, auto_scale=auto_scale)
+                            diameter=diameter, amp=amp, batch=batch_size, auto_scale=auto_scale, smear_cells=red_cells)
         skipped: list[Path] = []
         files = list_images(inputs, skipped)
         if skipped:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
-from skimage.morphology import disk, opening, remove_small_objects
+from skimage.filters import apply_hysteresis_threshold, threshold_otsu
+from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
@@ -33,6 +33,7 @@ from .errors import SettingError
 
 REFERENCE_RED_PX = 40.0  # red-cell diameter (px) the finder works at
 RED_CELL, PLATELET = "red_cell", "platelet"
+SMEAR_CLASSES = (RED_CELL, PLATELET)
 
 
 @dataclass(frozen=True)
@@ -43,19 +44,29 @@ class SmearConfig:
     ``min_red_area`` / ``min_platelet_area`` / ``max_platelet_area``: object areas, in red-cell areas;
     ``seed_distance``: the least distance between two red cells' centres, in diameters (lower splits
     more); ``seed_depth``: a centre lies at least this deep inside the cell, in diameters;
-    ``purple``: how much bluer than green (in optical density) a platelet pixel is."""
+    ``purple``: how much more a platelet pixel absorbs red than blue light (optical density);
+    ``max_pallor``: the largest central pallor filled into its cell, in red-cell areas (a larger hole
+    is background ringed by touching cells); ``platelet_stain``: the ``purple`` of a platelet's most
+    stained pixel, in multiples of ``purple`` (faint specks and smudges stay out); ``pale``: pixels
+    down to this fraction of the red-cell threshold belong to a cell when they touch it (pale cells
+    and pale edges)."""
 
     min_red_area: float = 0.2
-    seed_distance: float = 0.35
+    seed_distance: float = 0.3
     seed_depth: float = 0.12
     min_platelet_area: float = 0.012
     max_platelet_area: float = 0.2
     purple: float = 0.06
+    max_pallor: float = 0.6
+    platelet_stain: float = 3.0
+    pale: float = 0.6
 
     def __post_init__(self):
-        for name in ("min_red_area", "seed_distance", "seed_depth", "min_platelet_area", "max_platelet_area", "purple"):
+        for name in ("min_red_area", "seed_distance", "seed_depth", "min_platelet_area", "max_platelet_area", "purple", "max_pallor", "pale"):
             if not 0 < getattr(self, name) < 1:
                 raise SettingError(f"{name} must lie between 0 and 1, got {getattr(self, name)}")
+        if self.platelet_stain < 1:
+            raise SettingError(f"platelet_stain must be 1 or more, got {self.platelet_stain}")
         if self.min_platelet_area >= self.max_platelet_area:
             raise SettingError("min_platelet_area must be smaller than max_platelet_area")
 
@@ -90,13 +101,18 @@ def red_cell_labels(density: np.ndarray, purple: np.ndarray, exclude: np.ndarray
     """Label image of the red cells of a field at the reference scale (``HxW`` maps of :func:`stain_maps`).
     ``exclude``: ``HxW bool`` pixels of cells found otherwise (white cells): an object lying mostly on
     them is not a red cell."""
-    if np.ptp(density) < 1e-3:
-        return np.zeros(density.shape, np.int32)
-    fg = density > threshold_otsu(density)
-    fg = ndi.binary_fill_holes(opening(fg, disk(1)))  # the central pallor belongs to its cell
+    other = purple > 2 * cfg.purple  # platelets and nuclei are not red-cell pixels
     if exclude is not None:
-        fg &= ~ndi.binary_dilation(exclude, iterations=2)
-    fg &= ~(purple > 2 * cfg.purple)  # platelets and nuclei are not red-cell pixels
+        other |= ndi.binary_dilation(exclude, iterations=2)
+    rest = density[~other]
+    if rest.size == 0 or np.ptp(rest) < 1e-3:
+        return np.zeros(density.shape, np.int32)
+    t = threshold_otsu(rest)  # red cells against the background, the stained others left out
+    # a pale cell is kept where it touches its own darker rim: hysteresis between ``pale`` x t and t
+    fg = apply_hysteresis_threshold(density, cfg.pale * t, t)
+    # the central pallor belongs to its cell; a larger hole is background ringed by touching cells
+    fg = remove_small_holes(opening(fg, disk(1)), max_size=int(cfg.max_pallor * red_area()))
+    fg &= ~other
     fg = remove_small_objects(fg, max_size=int(cfg.min_red_area * red_area()))
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg), 1.5)
     regions, _ = ndi.label(fg)
@@ -117,8 +133,11 @@ def platelet_labels(purple: np.ndarray, taken: np.ndarray, cfg: SmearConfig = Sm
         return lab.astype(np.int32)
     area = np.bincount(lab.ravel())
     on_cells = np.bincount(lab.ravel(), weights=taken.ravel().astype(np.float64))
+    stain = np.zeros(len(area))
+    stain[1:] = ndi.maximum(purple, lab, np.arange(1, len(area)))  # its darkest (most purple) pixel
     ref = red_area()
-    keep = (area >= cfg.min_platelet_area * ref) & (area <= cfg.max_platelet_area * ref) & (on_cells < 0.5 * area)
+    keep = ((area >= cfg.min_platelet_area * ref) & (area <= cfg.max_platelet_area * ref) & (on_cells < 0.5 * area)
+            & (stain >= cfg.platelet_stain * cfg.purple))  # a platelet has a densely stained core, a speck has not
     keep[0] = False
     out = np.where(keep[lab], lab, 0)
     return _renumber(out)
@@ -139,7 +158,7 @@ def _renumber(lab: np.ndarray) -> np.ndarray:
 
 
 def find_smear_cells(rgb: np.ndarray, red_cell_px: float, exclude: np.ndarray | None = None,
-                     classes: tuple[str, ...] = (RED_CELL, PLATELET), cfg: SmearConfig = SmearConfig()) -> Cells:
+                     classes: tuple[str, ...] = SMEAR_CLASSES, cfg: SmearConfig = SmearConfig()) -> Cells:
     """The red cells and platelets of an ``HxWx3 uint8`` field whose red cells are ``red_cell_px`` px
     wide, as :class:`~hemaseg.cells.Cells` of the field (labels: 1-based indices of ``red_cell`` and
     ``platelet`` in ``classes``; score 1). ``exclude``: ``HxW bool`` pixels of white cells."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cells import Cells, encode_rle_in_box
+from .cells import Cells, concat_cells, encode_rle_in_box
 from .classify import UNIDENTIFIED, LinearClassifier, cell_features
 from .data.contract import crop_image, image_to_rgb8
 from .data.io import csv_text, read_image, write_image, write_json, write_text
@@ -33,8 +33,10 @@ from .distributed import Dist
 from .export import write_imagej_rois, write_qupath_geojson
 from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
+from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .scale import ScaleEstimate
+from .redcells import SMEAR_CLASSES, find_smear_cells
+from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
 
 
@@ -56,6 +58,7 @@ class _Failure(Exception):
 
 
 SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
+SMEAR_COLUMNS = ("platelets_per_1000_red", "white_per_1000_red")  # summary.csv, with red cells and platelets
 
 
 def scale_columns(scale: ScaleEstimate) -> dict:
@@ -137,8 +140,9 @@ class ResultsMismatch(ValueError):
 
 def _settings(method: Method, cfg: SegmentConfig, classifier) -> dict:
     """What decides an image's results, to tell whether results already in the folder can be kept (not
-    ``cfg.batch``: the same cells whatever the batch)."""
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "batch"}
+    ``cfg.batch``: the same cells whatever the batch; ``smear_cells`` only when on, so that results made
+    before it existed are kept)."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "batch" and not (k == "smear_cells" and not v)}
     return json.loads(json.dumps({"method": method.name, "model": method.source, "config": config,
                                   "classifier": None if classifier is None else [type(classifier).__name__, *classifier.classes,
                                                                                   getattr(getattr(classifier, "cfg", None), "threshold", None)]}))
@@ -185,7 +189,16 @@ class Job:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.method.classes)
+        """The method's classes, then red cells and platelets when the job finds them too."""
+        extra = [c for c in SMEAR_CLASSES if c not in self.method.classes] if self.cfg.smear_cells else []
+        return [*self.method.classes, *extra]
+
+    def count_column(self, cls: str) -> str:
+        """summary.csv's column of the cells of class ``cls``: ``n_CLASS``; for the red cells and platelets
+        the job adds, ``n_red_cells`` and ``n_platelets`` (``n_platelet`` counts the cells typed platelet)."""
+        if cls in SMEAR_CLASSES and cls not in self.method.classes:
+            return f"n_{cls}s"
+        return f"n_{cls}"
 
 
 @dataclass
@@ -220,9 +233,11 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     _write_exports(out, name, cfg.exports, cells, names, rows, lab)
     row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale)}
     for c in classes:
-        row[f"n_{c}"] = names.count(c)
+        row[job.count_column(c)] = names.count(c)
     for t in job.types:
         row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
+    if cfg.smear_cells:
+        row.update(smear_counts(names))
     h, w = lab.shape
     image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
     anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
@@ -254,6 +269,29 @@ def _said(log: Callable[[str], None], path: Path, err: Exception) -> Exception:
     """``err`` of the image ``path``, logged once (its message usually names the file already)."""
     log(f"failed: {err}" if str(err).startswith(str(path)) else f"failed: {path}: {err}")
     return err
+
+
+def with_smear_cells(job: Job, raw, cells: Cells, scale: ScaleEstimate) -> Cells:
+    """``cells`` (the method's) and the image's red cells and platelets (:func:`hemaseg.redcells.find_smear_cells`,
+    at the pixel size the image is seen at: :func:`typing_pixel_size`; white cells left out)."""
+    px = typing_pixel_size(job.method, scale, job.cfg)
+    if px is None:
+        raise SettingError("red cells and platelets need the image's scale: give --pixel-size (this method has no scale model)")
+    found = find_smear_cells(image_to_rgb8(raw), RED_CELL_UM / px, exclude=cells.union(), classes=tuple(job.classes))
+    return concat_cells([cells, found])
+
+
+def smear_counts(names: list[str]) -> dict:
+    """A field's counts against its red cells: platelets and white (nucleated) cells per 1000 red cells
+    (empty without red cells).
+
+    >>> smear_counts(["red_cell"] * 400 + ["platelet"] * 10 + ["white_cell"])
+    {'platelets_per_1000_red': 25.0, 'white_per_1000_red': 2.5}
+    """
+    red = names.count("red_cell")
+    white = sum(n.lower() in NUCLEATED for n in names)
+    per = lambda n: round(1000 * n / red, 2) if red else None  # noqa: E731
+    return {"platelets_per_1000_red": per(names.count("platelet")), "white_per_1000_red": per(white)}
 
 
 def _find(method: Method, raws: list, cfg: SegmentConfig, scales: list[ScaleEstimate]) -> list:
@@ -288,7 +326,8 @@ def _write_batch_reports(job: Job, rows: list[dict], coco_images: list[dict], co
     classes = job.classes
     for k, ann in enumerate(coco_anns, start=1):
         ann["id"] = k
-    header = ["image", "name", "status", "error", "cells", *SCALE_COLUMNS] + [f"n_{c}" for c in classes] + [f"n_{t}" for t in job.types]
+    header = (["image", "name", "status", "error", "cells", *SCALE_COLUMNS] + [job.count_column(c) for c in classes] + [f"n_{t}" for t in job.types]
+              + (list(SMEAR_COLUMNS) if job.cfg.smear_cells else []))
     write_text(job.out / "summary.csv", csv_text(rows, header))
     write_json(job.out / "predictions_coco.json", {
         "info": {"description": f"hemaseg predictions ({job.method.name})"},
@@ -353,6 +392,12 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             if isinstance(cells, Exception):
                 failures[index] = _said(log, files[index], cells)
                 continue
+            if cfg.smear_cells:
+                try:
+                    cells = with_smear_cells(job, raw, cells, sc)
+                except SettingError as err:
+                    failures[index] = _said(log, files[index], err)
+                    continue
             result = write_image_results(job, files[index], names_all[index], index + 1, raw, cells, sc)
             done[index] = (result.row, result.coco_image, result.annotations)
             if keep_cells:

@@ -1,0 +1,131 @@
+"""Red cells and platelets of whole fields (hemaseg.redcells) on hand-made and painted smears with known truth."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hemaseg.cells import iou_matrix_cells
+from hemaseg.data.synthetic import SynthConfig, generate
+from hemaseg.errors import SettingError
+from hemaseg.metrics import matched_ious
+from hemaseg.redcells import REFERENCE_RED_PX, SmearConfig, find_smear_cells, red_cell_labels, stain_maps
+
+RED, PINK, PURPLE, BACKGROUND = (205, 120, 140), (225, 170, 180), (120, 80, 170), (235, 235, 230)
+
+
+def _field(h=120, w=160):
+    return np.full((h, w, 3), BACKGROUND, np.uint8)
+
+
+def _disc(img, cy, cx, r, colour, pallor=0.0):
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    img[d2 <= r * r] = colour
+    if pallor:
+        img[d2 <= (pallor * r) ** 2] = PINK  # a paler centre, as a biconcave red cell's
+    return img
+
+
+def test_two_touching_red_cells_with_pallor_are_two_and_a_platelet_is_a_platelet():
+    img = _disc(_disc(_field(), 60, 50, 20, RED, pallor=0.45), 60, 88, 20, RED, pallor=0.45)  # centres 38 px apart
+    _disc(img, 20, 130, 5, PURPLE)
+    cells = find_smear_cells(img, 40.0)
+    red, plt = cells.select(cells.labels == 1), cells.select(cells.labels == 2)
+    assert len(red) == 2 and len(plt) == 1
+    assert sorted(int(m.sum()) for m in red.masks)[0] > 0.8 * np.pi * 20**2  # the pale centre is part of the cell
+    x0, y0, x1, y1 = plt.boxes[0]
+    assert abs((x0 + x1) / 2 - 130) < 2 and abs((y0 + y1) / 2 - 20) < 2
+
+
+def test_an_empty_field_has_no_cells_and_bad_settings_are_refused():
+    assert len(find_smear_cells(_field(), 40.0)) == 0
+    with pytest.raises(SettingError, match="red-cell diameter"):
+        find_smear_cells(_field(), 0.0)
+    with pytest.raises(SettingError, match="seed_distance"):
+        SmearConfig(seed_distance=1.5)
+
+
+def test_excluded_pixels_white_cells_are_not_red_cells():
+    img = _disc(_disc(_field(), 60, 50, 20, RED), 60, 115, 20, RED)
+    exclude = np.zeros(img.shape[:2], bool)
+    exclude[30:95, 90:145] = True  # say the right one is a white cell found by the model
+    d, p = stain_maps(img)
+    lab = red_cell_labels(d, p, exclude)
+    assert lab.max() == 1 and lab[60, 50] > 0 and lab[60, 115] == 0
+
+
+def _painted(scale: float, seed: int):
+    """A painted 240x320 field seen ``scale`` times magnified: the same cells, each ``scale`` times wider."""
+    base = SynthConfig.wbc_field(240, 320)
+    cfg = dataclasses.replace(base, height=round(240 * scale), width=round(320 * scale), red_radius=(17 * scale, 21 * scale),
+                              white_radius=(34 * scale, 44 * scale), platelet_radius=(4 * scale, 7 * scale))
+    return generate(np.random.default_rng(seed), cfg)
+
+
+@pytest.mark.parametrize("scale", [0.75, 1.0, 1.6])
+def test_painted_fields_counts_and_outlines_at_any_magnification(scale):
+    from hemaseg.cells import Cells
+
+    red_n, found_n, tp, plt_true, plt_found = 0, 0, 0, 0, 0
+    for seed in range(3):
+        s = _painted(scale, seed)
+        truth = Cells.from_labels(s.labels, classes=s.classes)
+        white = np.isin(s.labels, np.flatnonzero(s.classes == 2) + 1)
+        found = find_smear_cells(s.image, 38.0 * scale, exclude=white)
+        red_t, red_f = truth.select(truth.labels == 1), found.select(found.labels == 1)
+        area = np.array([m.sum() for m in red_t.masks])
+        red_t = red_t.select(area >= 0.3 * np.pi * (19 * scale) ** 2)  # countable: not hidden under others
+        red_n, found_n = red_n + len(red_t), found_n + len(red_f)
+        tp += len(matched_ious(iou_matrix_cells(red_t, red_f), 0.5))
+        plt_true, plt_found = plt_true + int((truth.labels == 3).sum()), plt_found + int((found.labels == 2).sum())
+    assert abs(found_n - red_n) <= 0.1 * red_n, (found_n, red_n)  # the count of visible red cells, within 10%
+    assert tp >= 0.8 * red_n, (tp, red_n)  # and the outlines: most matched at IoU 0.5
+    assert abs(plt_found - plt_true) <= max(2, 0.3 * plt_true), (plt_found, plt_true)
+
+
+def test_the_reference_scale_is_a_red_cell_of_40_px():
+    assert REFERENCE_RED_PX == 40.0
+
+
+def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
+    import csv
+    import json
+
+    from hemaseg.cells import Cells
+    from hemaseg.data.io import write_image
+    from hemaseg.predict import ClassicalMethod, Method, SegmentConfig
+    from hemaseg.segment import segment_files
+
+    s = _painted(1.0, 2)
+    path = write_image(tmp_path / "field.png", s.image)
+    truth = Cells.from_labels(s.labels, classes=s.classes)
+
+    class WhiteCells(Method):  # finds the painted white cells, as the bundled model would
+        name, classes = "oracle", ("white_cell",)
+
+        def __call__(self, image):
+            white = truth.select(truth.labels == 2)
+            white.labels = np.ones(len(white), np.int64)
+            return white
+
+    cfg = SegmentConfig(pixel_size=7.5 / 38, smear_cells=True, nuclei="off")
+    summary = segment_files([path], WhiteCells(), tmp_path / "out", cfg, progress=False, log=lambda m: None)
+    row = summary.rows[0]
+    red_true = int((truth.labels == 1).sum())
+    assert row["status"] == "ok" and abs(row["n_red_cells"] - red_true) <= 0.1 * red_true, (row["n_red_cells"], red_true)
+    assert row["platelets_per_1000_red"] == round(1000 * row["n_platelets"] / row["n_red_cells"], 2)
+    with open(tmp_path / "out" / "summary.csv") as fh:
+        written = next(csv.DictReader(fh))
+    assert int(written["n_red_cells"]) == row["n_red_cells"] and "white_per_1000_red" in written
+    rows = list(csv.DictReader(open(tmp_path / "out" / "field_cells.csv")))
+    assert sum(r["class"] == "red_cell" for r in rows) == row["n_red_cells"] and "equivalent_diameter_um" in rows[0]
+    coco = json.loads((tmp_path / "out" / "predictions_coco.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["white_cell", "red_cell", "platelet"]
+    assert row["n_white_cell"] == int((truth.labels == 2).sum()) and row["white_per_1000_red"] > 0
+    plain = segment_files([path], ClassicalMethod("otsu"), tmp_path / "plain", SegmentConfig(nuclei="off"), progress=False,
+                          log=lambda m: None)
+    assert "n_red_cells" not in plain.rows[0]  # off unless asked for: the default outputs are as before
+    refused = segment_files([path], ClassicalMethod("otsu"), tmp_path / "noscale", SegmentConfig(smear_cells=True, nuclei="off"),
+                            progress=False, log=lambda m: None)
+    assert refused.rows[0]["status"] == "failed" and "--pixel-size" in refused.rows[0]["error"]
