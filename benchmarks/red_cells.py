@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_sources import DATA, PIXEL_SIZE, folder, held_out  # noqa: E402
+from real_sources import PIXEL_SIZE, folder, held_out  # noqa: E402
 
 from hemaseg.data.boxes import box_iou, read_voc  # noqa: E402
 from hemaseg.data.contract import image_to_rgb8, image_to_tensor  # noqa: E402

@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
-from skimage.transform import resize
 
 from .cells import Cells, concat_cells
 from .errors import SettingError
@@ -115,8 +115,7 @@ def red_cell_labels(density: np.ndarray, purple: np.ndarray, exclude: np.ndarray
     fg &= ~other
     fg = remove_small_objects(fg, max_size=int(cfg.min_red_area * red_area()))
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg), 1.5)
-    regions, _ = ndi.label(fg)
-    peaks = peak_local_max(dist, min_distance=max(2, round(cfg.seed_distance * REFERENCE_RED_PX)), labels=regions,
+    peaks = peak_local_max(dist, min_distance=max(2, round(cfg.seed_distance * REFERENCE_RED_PX)),
                            threshold_abs=cfg.seed_depth * REFERENCE_RED_PX, exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
@@ -143,6 +142,19 @@ def platelet_labels(purple: np.ndarray, taken: np.ndarray, cfg: SmearConfig = Sm
     return _renumber(out)
 
 
+def _nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``a`` (``HxW``) resized to ``size`` by taking, for each output pixel, the input pixel under its centre.
+
+    >>> _nearest(np.array([[1, 2], [3, 4]]), (4, 4))[:, 1].tolist(), _nearest(np.arange(16).reshape(4, 4), (2, 2)).tolist()
+    ([1, 1, 3, 3], [[5, 7], [13, 15]])
+    """
+    if a.shape == tuple(size):
+        return a
+    rows = ((np.arange(size[0]) + 0.5) * a.shape[0] / size[0]).astype(int).clip(0, a.shape[0] - 1)
+    cols = ((np.arange(size[1]) + 0.5) * a.shape[1] / size[1]).astype(int).clip(0, a.shape[1] - 1)
+    return a[rows][:, cols]
+
+
 def _drop_small(lab: np.ndarray, min_area: float) -> np.ndarray:
     area = np.bincount(lab.ravel())
     keep = area >= min_area
@@ -167,17 +179,15 @@ def find_smear_cells(rgb: np.ndarray, red_cell_px: float, exclude: np.ndarray | 
     h, w = rgb.shape[:2]
     f = REFERENCE_RED_PX / red_cell_px
     size = (max(1, round(h * f)), max(1, round(w * f)))
-    small = rgb if size == (h, w) else (resize(rgb, size, order=1, anti_aliasing=f < 1, preserve_range=True)).astype(np.uint8)
-    ex = None
-    if exclude is not None:
-        ex = exclude if size == (h, w) else resize(exclude.astype(np.float32), size, order=0) > 0.5
+    small = rgb if size == (h, w) else np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.Resampling.BILINEAR))
+    ex = None if exclude is None else _nearest(exclude, size)
     density, purple = stain_maps(small)
     red = red_cell_labels(density, purple, ex, cfg)
     taken = red > 0 if ex is None else (red > 0) | ex
     plt = platelet_labels(purple, taken, cfg)
     parts = []
     for lab, name in ((red, RED_CELL), (plt, PLATELET)):
-        full = lab if size == (h, w) else resize(lab, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+        full = _nearest(lab, (h, w))
         n = int(lab.max())
         parts.append(Cells.from_labels(full, np.arange(1, n + 1), np.full(n, classes.index(name) + 1)))
     return concat_cells(parts)
