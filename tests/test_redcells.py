@@ -120,6 +120,9 @@ def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
     assert int(written["n_red_cells"]) == row["n_red_cells"] and "white_per_1000_red" in written
     rows = list(csv.DictReader(open(tmp_path / "out" / "field_cells.csv")))
     assert sum(r["class"] == "red_cell" for r in rows) == row["n_red_cells"] and "equivalent_diameter_um" in rows[0]
+    elongation = [float(r["elongation"]) for r in rows if r["class"] == "red_cell"]
+    assert 1.0 <= np.median(elongation) < 1.3  # painted red cells are round or nearly so
+    assert all(r["elongation"] == "" and r["pallor_fraction"] == "" for r in rows if r["class"] == "white_cell")
     coco = json.loads((tmp_path / "out" / "predictions_coco.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["white_cell", "red_cell", "platelet"]
     assert row["n_white_cell"] == int((truth.labels == 2).sum()) and row["white_per_1000_red"] > 0

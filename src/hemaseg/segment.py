@@ -35,7 +35,7 @@ from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .redcells import SMEAR_CLASSES, find_smear_cells
+from .redcells import RED_COLUMNS, SMEAR_CLASSES, find_smear_cells, red_cell_measures
 from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
 
@@ -225,9 +225,13 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     rows = measure(cells, names, pixel_size, nuclei=job.with_nuclei)
     for row in rows:
         row["um_scale"] = um_scale
+    if cfg.smear_cells:
+        for row, extra in zip(rows, red_cell_measures(image_to_rgb8(raw), cells, names)):
+            row.update(extra)
     if job.types:
         type_rows(job.classifier, raw, cells, rows, typing_pixel_size(job.method, scale, cfg))
-    cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + (["um_scale"] if pixel_size else [])
+    cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + (list(RED_COLUMNS) if cfg.smear_cells else [])
+                    + (["um_scale"] if pixel_size else [])
                     + (type_columns(job.classifier) if job.classifier else []))
     write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
     _write_exports(out, name, cfg.exports, cells, names, rows, lab)
