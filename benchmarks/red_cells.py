@@ -48,7 +48,7 @@ CHULA_CLASSES = ("normal", "macrocyte", "microcyte", "spherocyte", "target", "st
                  "burr", "schistocyte", "uncategorised", "hypochromia", "elliptocyte")
 # held-out Chula fields on which every whole red cell carries a point (checked by eye on contact sheets of
 # the 62 held-out fields, before any count was computed); on the others only some cells are pointed at
-LABELLED_THROUGHOUT = ("4", "13", "44", "102", "103", "245", "254", "256", "259", "274", "275", "278", "300", "305",
+LABELLED_THROUGHOUT = ("4", "13", "44", "102", "103", "245", "254", "255", "259", "274", "275", "278", "300", "305",
                        "310", "311", "329", "331", "386", "388")
 CLASSES = (RED_CELL, PLATELET)
 
@@ -92,6 +92,7 @@ def chula(method, cfg: SegmentConfig, true_scale: bool, limit: int | None) -> di
             "recall_per_class": {c: {"points": n, "recall": round(k / n, 3) if n else None} for c, (k, n) in per_class.items()},
             "count_error_all": float(np.mean([abs(c["found"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_error_whole": float(np.mean([abs(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
+            "count_bias_whole": float(np.mean([(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "counts": counts, "seconds_per_field": float(np.mean(seconds)), "seconds_red_step": float(np.mean(step)),
             "red_cell_px_median": float(np.median(red_pxs))}
 
