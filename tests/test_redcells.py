@@ -132,3 +132,17 @@ def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
     refused = segment_files([path], ClassicalMethod("otsu"), tmp_path / "noscale", SegmentConfig(smear_cells=True, nuclei="off"),
                             progress=False, log=lambda m: None)
     assert refused.rows[0]["status"] == "failed" and "--pixel-size" in refused.rows[0]["error"]
+
+
+def test_smear_quality_tells_a_thick_field_from_a_thin_one():
+    from hemaseg.redcells import smear_quality
+
+    hints = {}
+    for kind, n in (("thin", 4), ("good", 22), ("thick", 70)):
+        cfg = dataclasses.replace(SynthConfig.wbc_field(240, 320), red_cells=(n, n), white_cells=(0, 0), platelets=(0, 0))
+        s = generate(np.random.default_rng(1), cfg)
+        found = find_smear_cells(s.image, 38.0)
+        hints[kind] = smear_quality(found, ["red_cell" if k == 1 else "platelet" for k in found.labels.tolist()])
+    assert hints["thin"]["smear_hint"] == "thin" and hints["thick"]["smear_hint"] == "thick", hints
+    assert hints["good"]["smear_hint"] == "", hints
+    assert hints["thin"]["red_coverage"] < hints["good"]["red_coverage"] < hints["thick"]["red_coverage"]

@@ -224,3 +224,33 @@ def red_cell_measures(rgb: np.ndarray, cells: Cells, names: Sequence[str]) -> li
         out.append({"elongation": round(float(p.axis_major_length / max(p.axis_minor_length, 1e-6)), 3),
                     "pallor_fraction": round(float((d < 0.5 * rim).mean()), 3) if rim > 0 else 0.0})
     return out
+
+
+THICK_TOUCHING = 0.5  # over half the red cells touching another: too thick to read single cells
+THIN_COVERAGE = 0.15  # red cells on under 15% of the field: too thin (the feathered edge)
+
+
+def smear_quality(cells: Cells, names: Sequence[str]) -> dict:
+    """Where in the smear a field lies, from its red cells (``names[i]`` the class of cell ``i``):
+    ``red_coverage`` (share of the field they cover), ``red_touching`` (share of them touching another)
+    and ``smear_hint``: ``thick`` (over :data:`THICK_TOUCHING` touching: cells overlap, not the place to
+    count or grade them), ``thin`` (under :data:`THIN_COVERAGE` covered: the feathered edge, where cells
+    flatten and lose their pallor) or empty. A rule of thumb after the ICSH advice to read where red cells
+    just touch, not a measured grade.
+
+    >>> lab = np.zeros((10, 20), int); lab[1:4, 1:4] = 1; lab[1:4, 4:7] = 2; lab[6:9, 12:15] = 3
+    >>> q = smear_quality(Cells.from_labels(lab), ["red_cell"] * 3); q["red_touching"], q["smear_hint"]
+    (0.667, 'thick')
+    """
+    red = cells.select(np.array([n == RED_CELL for n in names], bool)) if len(cells) else cells
+    if not len(red):
+        return {"red_coverage": 0.0, "red_touching": None, "smear_hint": "thin"}
+    lab = red.label_image()
+    pairs = set()
+    for a, b in ((lab[:, :-1], lab[:, 1:]), (lab[:-1, :], lab[1:, :])):
+        edge = (a != b) & (a > 0) & (b > 0)
+        pairs |= set(zip(a[edge].tolist(), b[edge].tolist()))
+    touching = {i for pair in pairs for i in pair}
+    coverage, share = float((lab > 0).mean()), len(touching) / len(red)
+    hint = "thick" if share > THICK_TOUCHING else "thin" if coverage < THIN_COVERAGE else ""
+    return {"red_coverage": round(coverage, 3), "red_touching": round(share, 3), "smear_hint": hint}

@@ -35,7 +35,7 @@ from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .redcells import RED_COLUMNS, SMEAR_CLASSES, find_smear_cells, red_cell_measures
+from .redcells import RED_COLUMNS, SMEAR_CLASSES, find_smear_cells, red_cell_measures, smear_quality
 from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
 
@@ -58,7 +58,7 @@ class _Failure(Exception):
 
 
 SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
-SMEAR_COLUMNS = ("platelets_per_1000_red", "white_per_1000_red")  # summary.csv, with red cells and platelets
+SMEAR_COLUMNS = ("platelets_per_1000_red", "white_per_1000_red", "red_coverage", "red_touching", "smear_hint")  # with red cells
 
 
 def scale_columns(scale: ScaleEstimate) -> dict:
@@ -241,7 +241,7 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     for t in job.types:
         row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
     if cfg.smear_cells:
-        row.update(smear_counts(names))
+        row.update({**smear_counts(names), **smear_quality(cells, names)})
     h, w = lab.shape
     image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
     anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
