@@ -120,6 +120,11 @@ def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
     assert int(written["n_red_cells"]) == row["n_red_cells"] and "white_per_1000_red" in written
     rows = list(csv.DictReader(open(tmp_path / "out" / "field_cells.csv")))
     assert sum(r["class"] == "red_cell" for r in rows) == row["n_red_cells"] and "equivalent_diameter_um" in rows[0]
+    from hemaseg.report import red_cell_summary
+
+    red = red_cell_summary([written], [r for r in rows if r["class"] == "red_cell"])
+    assert red["unit"] == "um" and 6.0 < red["mean_diameter"] < 8.0, red  # painted 34-42 px at 7.5/38 um per px
+    assert red["red_cells"] == row["n_red_cells"] and len(red["diameters"]) == row["n_red_cells"]
     elongation = [float(r["elongation"]) for r in rows if r["class"] == "red_cell"]
     assert 1.0 <= np.median(elongation) < 1.3  # painted red cells are round or nearly so
     assert all(r["elongation"] == "" and r["pallor_fraction"] == "" for r in rows if r["class"] == "white_cell")

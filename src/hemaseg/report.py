@@ -171,7 +171,7 @@ def differential(results_dir: str | Path) -> dict:
     images = _csv_rows(root / "summary.csv", ("image", "name", "status"), "run `hemaseg segment` into this folder again")
     if not images or f"n_{UNIDENTIFIED}" not in images[0]:
         raise DataError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
-    cells = []
+    cells, red = [], []
     for image in images:
         if image["status"] != "ok":
             continue
@@ -180,13 +180,38 @@ def differential(results_dir: str | Path) -> dict:
             if row["type"]:
                 row["source"] = image["name"]
                 cells.append(row)
+            elif row.get("class") == "red_cell":
+                red.append(row)
     from .celltypes import TYPES
 
     known = [*TYPES, *WBC_TYPES, UNIDENTIFIED]
     types = [t for t in dict.fromkeys(known) if f"n_{t}" in images[0]]
     d = tally(types, (c["type"] for c in cells))
-    return {**d, "lab": lab_counts(d["counts"]), "images": images, "cells": cells,
+    return {**d, "lab": lab_counts(d["counts"]), "images": images, "cells": cells, "red": red_cell_summary(images, red),
             "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
+
+
+def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
+    """Red cells and platelets of a segment folder made with ``--red-cells`` (None without): their counts,
+    platelets and white cells per 1000 red cells, and the red cells' diameters (µm where the scale is
+    known, else px) with their mean - the Price-Jones curve's data.
+
+    >>> s = red_cell_summary([{"n_red_cells": "2", "n_platelets": "1", "n_white_cell": "0"}],
+    ...                      [{"equivalent_diameter_um": "7.0"}, {"equivalent_diameter_um": "8.0"}])
+    >>> s["red_cells"], s["platelets_per_1000_red"], s["mean_diameter"], s["unit"]
+    (2, 500.0, 7.5, 'um')
+    """
+    if not images or "n_red_cells" not in images[0]:
+        return None
+    number = lambda r, k: int(float(r.get(k) or 0))  # noqa: E731
+    n_red = sum(number(r, "n_red_cells") for r in images)
+    n_plt = sum(number(r, "n_platelets") for r in images)
+    white = sum(number(r, k) for r in images for k in r if k in ("n_white_cell", "n_cell"))
+    unit = "um" if red and all(r.get("equivalent_diameter_um") for r in red) else "px"
+    sizes = [float(r[f"equivalent_diameter_{unit}"]) for r in red if r.get(f"equivalent_diameter_{unit}")]
+    per = lambda n: round(1000 * n / n_red, 2) if n_red else None  # noqa: E731
+    return {"red_cells": n_red, "platelets": n_plt, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
+            "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None}
 
 
 def _csv_rows(path: Path, needed: tuple[str, ...], remedy: str) -> list[dict]:
@@ -237,9 +262,23 @@ def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
     write_text(root / "differential.html", page)
     rows = [{"type": t, "count": n, "percent": round(d["percent"][t], 2)} for t, n in d["counts"].items()]
     write_text(root / "differential.csv", csv_text(rows, ["type", "count", "percent"]))
+    red = {"red_cells": {k: v for k, v in d["red"].items() if k != "diameters"}} if d["red"] else {}
     write_json(root / "differential.json", {"counts": d["counts"], "percent": d["percent"], "total": d["total"],
-                                            "lab": d["lab"], "research_use_only": True})
+                                            "lab": d["lab"], **red, "research_use_only": True})
     return d
+
+
+def _red_section(red: dict, images: list[dict]) -> tuple[str, str]:
+    """The report's red cells and platelets: counts per field, ratios, the Price-Jones curve and mean diameter."""
+    rows = [{k: r.get(k) for k in ("image", "n_red_cells", "n_platelets", "platelets_per_1000_red", "smear_hint")} for r in images]
+    unit = "µm" if red["unit"] == "um" else "px"
+    text = (f"<p>{red['red_cells']} red cells and {red['platelets']} platelets: {red['platelets_per_1000_red']} platelets "
+            f"and {red['white_per_1000_red']} white cells per 1000 red cells. Mean red-cell diameter "
+            f"{red['mean_diameter']} {unit}.</p>")
+    curve = _img(histogram_png(red["diameters"], f"red-cell diameter ({unit})", bins=30), "Price-Jones curve") if red["diameters"] else ""
+    table = html_table(rows, (("image", "image"), ("n_red_cells", "red cells"), ("n_platelets", "platelets"),
+                              ("platelets_per_1000_red", "platelets / 1000 red"), ("smear_hint", "smear")))
+    return "Red cells and platelets", text + curve + table
 
 
 def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[str, dict]:
@@ -259,6 +298,8 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
                      f"(large ones and clumps found as cells) {lab['platelets']}.</p>"))
     rows = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
     sections.append(("Every type", html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "% of typed cells")))))
+    if d["red"]:
+        sections.append(_red_section(d["red"], d["images"]))
     if d["nc_ratio"]:
         sections.append(("N:C ratio", _img(histogram_png(d["nc_ratio"], "nucleus / cytoplasm area"), "nucleus / cytoplasm area ratio per cell")))
     per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]
