@@ -333,3 +333,22 @@ def test_posts_from_another_site_are_refused(tmp_path, segmenter):
     assert client.get("/api/cases").get_json() == []
     r = client.post("/api/cases", json={"name": "x"}, headers={"Origin": "http://localhost"})  # the test client's own host
     assert r.status_code == 201
+
+
+def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cells(tmp_path, segmenter, fields):
+    import dataclasses
+
+    red = dataclasses.replace(segmenter, cfg=dataclasses.replace(segmenter.cfg, smear_cells=True))
+    app = _app(tmp_path, red)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "red"}).get_json()["id"]
+    assert _upload(client, case_id, fields[:1]).status_code == 201
+    _wait(app)
+    image = client.get(f"/api/cases/{case_id}").get_json()["images"][0]
+    assert image["status"] == "done", image
+    cells = client.get(f"/api/images/{image['id']}").get_json()["cells"]
+    kinds = [c["class"] for c in cells]
+    assert kinds.count("red_cell") > 10 and "cell" in kinds  # the bundled model's white cells; 15-22 painted red cells
+    assert all(c["type"] is None for c in cells if c["class"] == "red_cell")  # only white cells are typed
+    text = client.get(f"/api/cases/{case_id}/export.csv").get_data(as_text=True)
+    assert "red_cell" in text and "pallor_fraction" in text.splitlines()[0]

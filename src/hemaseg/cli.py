@@ -545,14 +545,16 @@ def serve(
     import_dir: Optional[Path] = typer.Option(None, "--import-dir", help="Server-side folders may be imported from "
                                               "under this folder only (default: DATA_DIR/import).", rich_help_panel="Storage"),
     max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB).", rich_help_panel="Network"),
+    red_cells: bool = typer.Option(False, "--red-cells/--no-red-cells", help="Also outline and count red cells and "
+                                   "platelets (as segment --red-cells).", rich_help_panel="Model"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
     from waitress import serve as run_server
 
-    from .web.app import create_app
+    from .web.app import create_app, default_segmenter
 
     try:
-        web = create_app(data_dir, import_root=import_dir, max_upload_mb=max_upload_mb)
+        web = create_app(data_dir, default_segmenter(smear_cells=red_cells), import_root=import_dir, max_upload_mb=max_upload_mb)
     except (*FAILURES, RuntimeError) as err:
         _fail(err)
     if host not in ("127.0.0.1", "localhost", "::1"):

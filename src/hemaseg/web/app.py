@@ -26,13 +26,14 @@ UNIDENTIFIED = "unidentified"
 MAX_UPLOAD_MB = 200
 
 
-def default_segmenter() -> Segmenter:
-    """The bundled model and its white-cell type classifier, as ``hemaseg segment`` uses them."""
+def default_segmenter(smear_cells: bool = False) -> Segmenter:
+    """The bundled model and its white-cell type classifier, as ``hemaseg segment`` uses them (with
+    ``smear_cells``, red cells and platelets too: ``segment --red-cells``)."""
     from ..celltypes import bundled_types
     from ..model import default_model
     from ..predict import ModelMethod, SegmentConfig
 
-    cfg = SegmentConfig()
+    cfg = SegmentConfig(smear_cells=smear_cells)
     return Segmenter(ModelMethod.from_checkpoint(default_model(), cfg), cfg, bundled_types())
 
 
