@@ -221,12 +221,13 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     cells.nuclei = cell_nuclei(raw, cells, names, learned=cfg.nuclei == "auto") if job.with_nuclei else None
     lab = cells.label_image()
     write_image(out / f"{name}_labels.{'png' if lab.dtype == np.uint16 else 'tif'}", lab)
-    write_image(out / f"{name}_overlay.png", overlay_cells(image_to_rgb8(raw), cells))
+    rgb = image_to_rgb8(raw)
+    write_image(out / f"{name}_overlay.png", overlay_cells(rgb, cells))
     rows = measure(cells, names, pixel_size, nuclei=job.with_nuclei)
     for row in rows:
         row["um_scale"] = um_scale
     if cfg.smear_cells:
-        for row, extra in zip(rows, red_cell_measures(image_to_rgb8(raw), cells, names)):
+        for row, extra in zip(rows, red_cell_measures(rgb, cells, names)):
             row.update(extra)
     if job.types:
         type_rows(job.classifier, raw, cells, rows, typing_pixel_size(job.method, scale, cfg))
