@@ -9,7 +9,7 @@ from hemaseg.cells import iou_matrix_cells
 from hemaseg.data.synthetic import SynthConfig, generate
 from hemaseg.errors import SettingError
 from hemaseg.metrics import matched_ious
-from hemaseg.redcells import REFERENCE_RED_PX, SmearConfig, find_smear_cells, red_cell_labels, stain_maps
+from hemaseg.redcells import SmearConfig, find_smear_cells, red_cell_labels, stain_maps
 
 RED, PINK, PURPLE, BACKGROUND = (205, 120, 140), (225, 170, 180), (120, 80, 170), (235, 235, 230)
 
@@ -82,10 +82,6 @@ def test_painted_fields_counts_and_outlines_at_any_magnification(scale):
     assert abs(found_n - red_n) <= 0.1 * red_n, (found_n, red_n)  # the count of visible red cells, within 10%
     assert tp >= 0.8 * red_n, (tp, red_n)  # and the outlines: most matched at IoU 0.5
     assert abs(plt_found - plt_true) <= max(2, 0.3 * plt_true), (plt_found, plt_true)
-
-
-def test_the_reference_scale_is_a_red_cell_of_40_px():
-    assert REFERENCE_RED_PX == 40.0
 
 
 def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
