@@ -1,5 +1,6 @@
-"""Red cells and platelets in whole fields (issue 21): the default call - the bundled model's white cells
-and scale estimate, then :func:`hemaseg.redcells.find_smear_cells` - against the truth each source has.
+"""Red cells and platelets in whole fields (issue 21): the call ``segment --red-cells`` makes - the bundled
+model's white cells and scale estimate, then :func:`hemaseg.segment.with_smear_cells` and the red cells'
+morphology - against the truth each source has.
 
     .venv/bin/python benchmarks/red_cells.py --out runs/red_cells
 
@@ -8,13 +9,16 @@ and scale estimate, then :func:`hemaseg.redcells.find_smear_cells` - against the
   per morphology class and over all; **count error** |found - points| / points per field, only on the
   :data:`LABELLED_THROUGHOUT` fields (checked by eye: on most fields the annotators pointed at the
   abnormal cells only, so their points are no count): all found red cells, and those not cut by the
-  frame;
+  frame; **morphology** - the class the bundled classifier gives each found red cell that holds a point,
+  against the point's (uncategorised left out): balanced accuracy over all classes and over those with
+  >= 30 cells, recall per class, confusion matrix;
 * bccd (the 58 held-out fields): **platelet** recall and precision at box IoU >= 0.3 against BCCD's
   platelet boxes (one to one); red-cell box recall (BCCD boxes some red cells only: no precision);
 * painted (``hemaseg synth`` whole fields, exact truth, three magnifications): count error of red cells
   and platelets;
-* seconds per 640x480 field: the default call (white cells, scale, red cells, platelets) and the red-cell
-  and platelet step alone; with the true pixel size (benchmarks/real_sources.py) beside the estimate.
+* seconds per 640x480 field: the whole call (white cells, scale, red cells, platelets, morphology), the
+  red-cell and platelet step and the morphology step alone; with the true pixel size (``--pixel-size``,
+  benchmarks/real_sources.py) beside the estimate.
 
 Chula RBC-12 (Naruenatthanaset et al. 2021, MIT); BCCD (Shenggan 2017, MIT).
 """
@@ -40,8 +44,10 @@ from hemaseg.data.contract import image_to_rgb8, image_to_tensor  # noqa: E402
 from hemaseg.data.io import read_image  # noqa: E402
 from hemaseg.metrics import matched_ious  # noqa: E402
 from hemaseg.model import default_model  # noqa: E402
+from hemaseg.cells import Cells  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
-from hemaseg.redcells import PLATELET, RED_CELL, find_smear_cells  # noqa: E402
+from hemaseg.redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL, find_smear_cells, red_morphology  # noqa: E402
+from hemaseg.segment import Job, typing_pixel_size, with_smear_cells  # noqa: E402
 from hemaseg.scale import RED_CELL_UM  # noqa: E402
 
 CHULA_CLASSES = ("normal", "macrocyte", "microcyte", "spherocyte", "target", "stomatocyte", "ovalocyte", "teardrop",
@@ -53,26 +59,57 @@ LABELLED_THROUGHOUT = ("4", "13", "44", "102", "103", "245", "254", "255", "259"
 CLASSES = (RED_CELL, PLATELET)
 
 
-def smear_cells(method, image: torch.Tensor, cfg: SegmentConfig, pixel_size: float | None = None):
-    """The default call on one field: ``(red cells, platelets, white cells, seconds of all, seconds of the
-    red-cell step, red-cell px used)``. ``pixel_size``: the true one instead of the estimate."""
+@dataclasses.dataclass
+class Field:
+    """What ``segment --red-cells`` finds in one field, as :func:`smear_cells` runs it."""
+
+    red: Cells
+    platelets: Cells
+    morphology: list[str]  # per red cell
+    seconds: float  # all of it: white cells, scale, red cells and platelets, morphology
+    seconds_red: float  # the red-cell and platelet step
+    seconds_morphology: float
+    red_px: float  # the red-cell diameter (px) it worked at
+
+
+def smear_cells(job: Job, path: Path) -> Field:
+    """The call ``segment --red-cells`` makes on one field (:func:`hemaseg.segment.with_smear_cells`, then
+    :func:`hemaseg.redcells.red_morphology`), timed step by step."""
+    raw = read_image(path)
     t0 = time.perf_counter()
-    white, scale = segment_image(method, image, cfg)
-    red_px = RED_CELL_UM / pixel_size if pixel_size else scale.red_cell_px or RED_CELL_UM / 0.1887
-    rgb = image_to_rgb8(image.permute(1, 2, 0).numpy())
+    white, scale = segment_image(job.method, image_to_tensor(raw), job.cfg)
     t1 = time.perf_counter()
-    found = find_smear_cells(rgb, red_px, exclude=white.union(), classes=CLASSES)
+    cells = with_smear_cells(job, raw, white, scale)
     t2 = time.perf_counter()
-    return found.select(found.labels == 1), found.select(found.labels == 2), white, t2 - t0, t2 - t1, red_px
+    names = [job.classes[i - 1] for i in cells.labels.tolist()]
+    px = typing_pixel_size(job.method, scale, job.cfg)
+    calls = red_morphology(job.morphology, image_to_rgb8(raw), cells, names, px)
+    t3 = time.perf_counter()
+    is_red = np.array([n == RED_CELL for n in names], bool)
+    return Field(cells.select(is_red), cells.select(np.array([n == PLATELET for n in names], bool)),
+                 [c["morphology"] for c, r in zip(calls, is_red) if r], t3 - t0, t2 - t1, t3 - t2, RED_CELL_UM / px)
 
 
-def chula(method, cfg: SegmentConfig, true_scale: bool, limit: int | None) -> dict:
+def morphology_scores(truth: list[str], said: list[str]) -> dict:
+    """Balanced accuracy (over every class, and over the classes with >= 30 cells), recall per class and the
+    confusion matrix (truth -> said -> cells) of the found red cells' classes against the experts'."""
+    from hemaseg.celltypes import type_scores
+
+    sc = type_scores(truth, said)
+    counts = {c: truth.count(c) for c in dict.fromkeys(truth)}
+    big = [c for c in MORPHOLOGY_CLASSES if counts.get(c, 0) >= 30]
+    sc["balanced_accuracy_classes_30"] = round(float(np.mean([sc["per_type"][c]["recall"] for c in big])), 3) if big else None
+    sc["classes_30"] = big
+    return sc
+
+
+def chula(job: Job, limit: int | None) -> dict:
     per_class = {c: [0, 0] for c in CHULA_CLASSES}
-    counts, seconds, step, red_pxs = [], [], [], []
+    counts, seconds, step, step_morph, red_pxs, truth, said = [], [], [], [], [], [], []
     for path in held_out("chula")[:limit]:
-        image = image_to_tensor(read_image(path))
-        red, _, _, s, s_red, red_px = smear_cells(method, image, cfg, PIXEL_SIZE["chula"] if true_scale else None)
-        seconds.append(s), step.append(s_red), red_pxs.append(red_px)
+        f = smear_cells(job, path)
+        red = f.red
+        seconds.append(f.seconds), step.append(f.seconds_red), step_morph.append(f.seconds_morphology), red_pxs.append(f.red_px)
         pts = np.loadtxt(folder("chula") / "labels" / f"{path.stem}.txt", ndmin=2).astype(int)
         lab = red.label_image()
         ids = lab[pts[:, 1].clip(0, lab.shape[0] - 1), pts[:, 0].clip(0, lab.shape[1] - 1)]
@@ -82,6 +119,8 @@ def chula(method, cfg: SegmentConfig, true_scale: bool, limit: int | None) -> di
             if i and i not in seen:
                 seen.add(i)
                 per_class[CHULA_CLASSES[c]][0] += 1
+                if CHULA_CLASSES[c] != "uncategorised":  # the found cell's class against the experts'
+                    truth.append(CHULA_CLASSES[c]), said.append(f.morphology[i - 1])
         if path.stem in LABELLED_THROUGHOUT:
             h, w = lab.shape
             b = red.boxes
@@ -94,14 +133,15 @@ def chula(method, cfg: SegmentConfig, true_scale: bool, limit: int | None) -> di
             "count_error_whole": float(np.mean([abs(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_bias_whole": float(np.mean([(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "counts": counts, "seconds_per_field": float(np.mean(seconds)), "seconds_red_step": float(np.mean(step)),
-            "red_cell_px_median": float(np.median(red_pxs))}
+            "seconds_morphology_step": float(np.mean(step_morph)), "red_cell_px_median": float(np.median(red_pxs)),
+            "morphology": morphology_scores(truth, said)}
 
 
-def bccd(method, cfg: SegmentConfig, true_scale: bool, limit: int | None) -> dict:
+def bccd(job: Job, limit: int | None) -> dict:
     tp = n_true = n_found = red_hit = red_true = 0
     for path in held_out("bccd")[:limit]:
-        image = image_to_tensor(read_image(path))
-        red, plt, _, _, _, _ = smear_cells(method, image, cfg, PIXEL_SIZE["bccd"] if true_scale else None)
+        f = smear_cells(job, path)
+        red, plt = f.red, f.platelets
         boxes, _ = read_voc(folder("bccd") / "annotations" / f"{path.stem}.xml")
         truth = boxes.only({"Platelets"}).xyxy
         matched = matched_ious(box_iou(truth, plt.boxes.astype(np.float64)), 0.3) if len(truth) and len(plt) else np.zeros(0)
@@ -149,13 +189,18 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="at most this many fields per source (a quick look)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cfg = SegmentConfig()
-    method = ModelMethod.from_checkpoint(default_model(), cfg)
+    method = ModelMethod.from_checkpoint(default_model(), SegmentConfig())
     result = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
     for true_scale in (False, True):
         key = "true_scale" if true_scale else "default_call"
-        result[key] = {"chula": chula(method, cfg, true_scale, args.limit), "bccd": bccd(method, cfg, true_scale, args.limit)}
-        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class")} for s, r in result[key].items()}), flush=True)
+        jobs = {s: Job.of(args.out, method, SegmentConfig(smear_cells=True, pixel_size=PIXEL_SIZE[s] if true_scale else None))
+                for s in ("chula", "bccd")}  # true scale: as --pixel-size gives it
+        result[key] = {"chula": chula(jobs["chula"], args.limit), "bccd": bccd(jobs["bccd"], args.limit)}
+        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology")}
+                               for s, r in result[key].items()}), flush=True)
+        m = result[key]["chula"]["morphology"]
+        print(key, "morphology", json.dumps({k: m[k] for k in ("cells", "accuracy", "balanced_accuracy", "balanced_accuracy_classes_30")}),
+              json.dumps({c: v["recall"] for c, v in m["per_type"].items()}), flush=True)
     result["painted"] = painted(args.limit)
     print("painted", json.dumps({k: v for k, v in result["painted"].items() if k != "rows"}))
     args.out.mkdir(parents=True, exist_ok=True)

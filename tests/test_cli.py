@@ -129,6 +129,15 @@ def test_the_bundled_model_segments_without_model_and_the_demo_finds_the_painted
     assert "differential of" in r.output and (tmp_path / "seg" / "differential.html").is_file()  # bundled type classifier
     rows = (tmp_path / "seg" / "synth_0000_cells.csv").read_text().splitlines()
     assert len(rows) >= 2 and rows[1].split(",")[1] == "cell" and "type" in rows[0].split(",")
+    # --red-cells: red cells and platelets counted, each red cell classed; the report grades them
+    r = runner.invoke(app, ["segment", str(field), "--out", str(tmp_path / "red"), "--red-cells", "--pixel-size", "0.19",
+                            "--export", "qupath", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    d = json.loads((tmp_path / "red" / "differential.json").read_text())["red_cells"]
+    assert d["red_cells"] >= 10 and sum(m["cells"] for m in d["morphology"]) == d["red_cells"], d
+    assert "ICSH grade" in (tmp_path / "red" / "differential.html").read_text()
+    names = {f["properties"]["classification"]["name"] for f in json.loads((tmp_path / "red" / "synth_0000.geojson").read_text())["features"]}
+    assert any(n.startswith("red_cell: ") for n in names), names  # QuPath's derived class: red_cell: MORPHOLOGY
 
 
 def test_every_option_of_every_command_is_in_a_named_panel():

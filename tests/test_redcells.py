@@ -1,6 +1,7 @@
 """Red cells and platelets of whole fields (hemaseg.redcells) on hand-made and painted smears with known truth."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +131,16 @@ def test_segment_with_red_cells_counts_them_per_field_and_writes_them(tmp_path):
     plain = segment_files([path], ClassicalMethod("otsu"), tmp_path / "plain", SegmentConfig(nuclei="off"), progress=False,
                           log=lambda m: None)
     assert "n_red_cells" not in plain.rows[0]  # off unless asked for: the default outputs are as before
+    # each red cell's morphology class (the bundled classifier) with its probability, in the CSV and COCO
+    from hemaseg.redcells import MORPHOLOGY_CLASSES
+
+    red_rows = [r for r in rows if r["class"] == "red_cell"]
+    assert all(r["morphology"] in MORPHOLOGY_CLASSES and 0 < float(r["morphology_confidence"]) <= 1 for r in red_rows)
+    assert all(r["morphology"] == "" for r in rows if r["class"] != "red_cell")
+    attrs = [a.get("attributes") for a in coco["annotations"]]
+    assert sum(a is not None for a in attrs) == len(red_rows) and {a["morphology"] for a in attrs if a} == {r["morphology"] for r in red_rows}
+    grades = {g["morphology"]: g for g in red["morphology"]}
+    assert sum(g["cells"] for g in grades.values()) == len(red_rows) and grades["normal"]["grade"] == ""
     refused = segment_files([path], ClassicalMethod("otsu"), tmp_path / "noscale", SegmentConfig(smear_cells=True, nuclei="off"),
                             progress=False, log=lambda m: None)
     assert refused.rows[0]["status"] == "failed" and "--pixel-size" in refused.rows[0]["error"]
@@ -147,3 +158,55 @@ def test_smear_quality_tells_a_thick_field_from_a_thin_one():
     assert hints["thin"]["smear_hint"] == "thin" and hints["thick"]["smear_hint"] == "thick", hints
     assert hints["good"]["smear_hint"] == "", hints
     assert hints["thin"]["red_coverage"] < hints["good"]["red_coverage"] < hints["thick"]["red_coverage"]
+
+
+def test_icsh_grades_follow_the_share_of_each_class():
+    from hemaseg.redcells import icsh_grade, morphology_grades
+
+    # size and colour: 1+ from 11 %, 2+ from 21 %, 3+ over 50 %; shapes from 5 %; schistocytes from any
+    assert [icsh_grade("microcyte", p) for p in (10, 11, 20, 21, 50, 51)] == ["none", "1+", "1+", "2+", "2+", "3+"]
+    assert [icsh_grade("teardrop", p) for p in (4, 5, 20.4, 21)] == ["none", "1+", "1+", "2+"]
+    assert [icsh_grade("schistocyte", p) for p in (0, 0.1, 0.9, 1, 2, 2.1)] == ["none", "1+", "1+", "2+", "2+", "3+"]
+    rows = {r["morphology"]: r for r in morphology_grades(["normal"] * 70 + ["spherocyte"] * 25 + ["schistocyte"] * 5)}
+    assert (rows["spherocyte"]["percent"], rows["spherocyte"]["grade"]) == (25.0, "2+")
+    assert (rows["schistocyte"]["percent"], rows["schistocyte"]["grade"]) == (5.0, "3+")
+    assert (rows["target"]["cells"], rows["target"]["grade"]) == (0, "none")
+    assert all(r["grade"] == "" and r["cells"] == 0 for r in morphology_grades([]))
+
+
+CHULA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chula-rbc12"
+
+
+def test_the_bundled_morphology_classifier_knows_real_red_cells():
+    """On Chula fields held out of its training (benchmarks/real_sources.py's split), the classes it learned
+    best (benchmarks/red_morphology.py: recall 0.93-1.0) are called right in most cells."""
+    from hemaseg.cells import Cells
+    from hemaseg.data.formats import list_images
+    from hemaseg.data.io import read_image
+    from hemaseg.redcells import bundled_morphology, red_morphology
+    from hemaseg.scale import split_images
+
+    clf = bundled_morphology()
+    assert clf is not None and len(clf.classes) == 12 and clf.classes[0] == "normal"
+    if not (CHULA / "labels").is_dir():
+        pytest.skip(f"real data not found at {CHULA}")
+    classes = ("normal", "macrocyte", "microcyte", "spherocyte", "target", "stomatocyte", "ovalocyte", "teardrop", "burr",
+               "schistocyte", "uncategorised", "hypochromia", "elliptocyte")
+    said, truth = [], []
+    for path in split_images(list_images([CHULA]), 0.2, 0)[1][:30]:
+        rgb = read_image(path)[..., :3].astype(np.uint8)
+        pts = [p for p in np.loadtxt(CHULA / "labels" / f"{path.stem}.txt", ndmin=2).astype(int)
+               if classes[p[2]] in ("target", "elliptocyte", "stomatocyte")]
+        if not pts:
+            continue
+        h, w = rgb.shape[:2]  # a 7.5 um disc at each point stands for the found cell (0.1887 um per px: 40 px across)
+        boxes = np.array([[max(0, x - 20), max(0, y - 20), min(w, x + 21), min(h, y + 21)] for x, y, _ in pts])
+        masks = [(np.mgrid[y0:y1, x0:x1][0] - y) ** 2 + (np.mgrid[y0:y1, x0:x1][1] - x) ** 2 <= 400
+                 for (x0, y0, x1, y1), (x, y, _) in zip(boxes, pts)]
+        cells = Cells(h, w, boxes, masks, np.ones(len(pts)), np.ones(len(pts), np.int64))
+        calls = red_morphology(clf, rgb, cells, ["red_cell"] * len(pts), 0.1887)
+        said += [c["morphology"] for c in calls]
+        truth += [classes[p[2]] for p in pts]
+    assert len(truth) >= 40, len(truth)
+    right = np.mean([a == b for a, b in zip(said, truth)])
+    assert right >= 0.8, (right, len(truth))

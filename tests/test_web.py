@@ -78,6 +78,7 @@ def test_upload_segments_in_the_background_and_reports_progress(case, fields):
     app, client, case_id = case
     c = client.get(f"/api/cases/{case_id}").get_json()
     assert c["progress"] == {"total": 2, "done": 2, "failed": 0, "pending": 0}
+    assert c["red"] is None  # segmented without red cells: the case page has no red-cell panel
     assert [i["name"] for i in c["images"]] == [p.name for p in fields]
     assert all(i["cells"] >= 2 for i in c["images"])  # 2-3 white cells painted in each
     d = c["differential"]
@@ -352,3 +353,14 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     assert all(c["type"] is None for c in cells if c["class"] == "red_cell")  # only white cells are typed
     text = client.get(f"/api/cases/{case_id}/export.csv").get_data(as_text=True)
     assert "red_cell" in text and "pallor_fraction" in text.splitlines()[0]
+    # the case sums its red cells as `hemaseg report` does: counts, ratios, each red cell's class, ICSH grades
+    case = client.get(f"/api/cases/{case_id}").get_json()
+    red_cells = [c for c in cells if c["class"] == "red_cell"]
+    assert case["red"]["red_cells"] == len(red_cells) and case["red"]["platelets"] == kinds.count("platelet")
+    morph = {m["morphology"]: m for m in case["red"]["morphology"]}
+    assert sum(m["cells"] for m in morph.values()) == len(red_cells)
+    detail = client.get(f"/api/cells/{red_cells[0]['id']}").get_json()["measurements"]
+    assert detail["morphology"] in morph and 0 < detail["morphology_confidence"] <= 1
+    assert all(m["grade"] in ("", "none", "1+", "2+", "3+") for m in morph.values())
+    page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
+    assert "ICSH grade" in page and "Price-Jones curve" in page and f">{detail['morphology']}<" in page

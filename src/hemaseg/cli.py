@@ -215,8 +215,9 @@ def segment(
     types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier.", rich_help_panel="Model"),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
     red_cells: bool = typer.Option(False, "--red-cells/--no-red-cells", help="Also outline red cells and platelets (stain "
-                                   "and shape at each image's scale: hemaseg.redcells) and count them per field "
-                                   "(platelets and white cells per 1000 red cells).", rich_help_panel="Model"),
+                                   "and shape at each image's scale: hemaseg.redcells), count them per field "
+                                   "(platelets and white cells per 1000 red cells) and class each red cell's morphology "
+                                   "(bundled classifier; ICSH grades in the report).", rich_help_panel="Model"),
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable.", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again the images already done in --out "

@@ -66,11 +66,12 @@ def _ring(poly: np.ndarray) -> list[list[float]]:
 def qupath_features(cells: Cells, classes: Sequence[str], measurements: Sequence[dict] | None = None) -> dict:
     """A GeoJSON ``FeatureCollection`` QuPath imports (File > Import objects): one detection per cell,
     or a *cell* object with its ``nucleusGeometry`` where the cell has a nucleus; classification = class
-    (or the white-cell ``type`` of its measurement row), numeric measurement columns as measurements."""
+    (or the white-cell ``type`` of its measurement row; a red cell's ``morphology`` as a QuPath derived
+    class, ``red_cell: target``), numeric measurement columns as measurements."""
     features = []
     for i, (box, m) in enumerate(zip(cells.boxes, cells.masks)):
         row = dict(measurements[i]) if measurements is not None else {}
-        name = row.get("type") or classes[i]
+        name = row.get("type") or (f"{classes[i]}: {row['morphology']}" if row.get("morphology") else classes[i])
         props = {"objectType": "detection", "name": f"{i + 1}",
                  "classification": {"name": name, "color": list(class_colour(int(cells.labels[i])))},
                  "measurements": {k: float(v) for k, v in row.items()

@@ -54,6 +54,7 @@ CHECKPOINT_FORMAT = "hemaseg-checkpoint"
 BUNDLED_MODEL = Path(__file__).parent / "models" / "default.pt"  # see models/MODEL_CARD.md
 BUNDLED_SHA256 = "dc3a7331249765b50ae8eb7eeb25f8f9f227522474f3e8027d52826972622684"  # of the file: checked before use
 BUNDLED_CLASSIFIER = BUNDLED_MODEL.parent / "celltypes.pt"  # its white-cell type classifier (hemaseg fit-classifier)
+BUNDLED_MORPHOLOGY = BUNDLED_MODEL.parent / "redcells.pt"  # red-cell morphology classes (benchmarks/red_morphology.py)
 CHECKPOINT_VERSION = 1
 
 

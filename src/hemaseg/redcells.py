@@ -18,6 +18,7 @@ Every size is a fraction of a red cell, so the same settings hold at any magnifi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -254,3 +255,84 @@ def smear_quality(cells: Cells, names: Sequence[str]) -> dict:
     coverage, share = float((lab > 0).mean()), len(touching) / len(red)
     hint = "thick" if share > THICK_TOUCHING else "thin" if coverage < THIN_COVERAGE else ""
     return {"red_coverage": round(coverage, 3), "red_touching": round(share, 3), "smear_hint": hint}
+
+
+# --------------------------------------------------------------------------------- morphology
+MORPHOLOGY_CLASSES = ("normal", "macrocyte", "microcyte", "spherocyte", "target", "stomatocyte", "ovalocyte",
+                      "teardrop", "burr", "schistocyte", "hypochromia", "elliptocyte")  # Chula RBC-12's, less uncategorised
+MORPHOLOGY_COLUMNS = ("morphology", "morphology_confidence")  # per red cell, in the cells CSV
+
+# ICSH 2015 grading (Palmer et al., Int J Lab Hematol 37:287, table 1) as the share of red cells, in %,
+# from which a class is graded 1+, 2+, 3+ (below the first: none). Size and colour: 11-20 / 21-50 / >50;
+# shapes: 5-20 / 21-50 / >50; schistocytes: under 1 / 1-2 / over 2 (any seen is 1+). Percentages are
+# rounded to one decimal first, so the half-way bounds put a whole-number count in ICSH's ranges.
+ICSH_GRADES: dict[str, tuple[float, float, float]] = {
+    **{c: (10.5, 20.5, 50.5) for c in ("macrocyte", "microcyte", "hypochromia")},
+    **{c: (4.5, 20.5, 50.5) for c in ("spherocyte", "target", "stomatocyte", "ovalocyte", "teardrop", "burr", "elliptocyte")},
+    "schistocyte": (0.05, 1.0, 2.05),
+}
+GRADES = ("none", "1+", "2+", "3+")
+
+
+def icsh_grade(morphology: str, percent: float) -> str:
+    """The ICSH grade (:data:`GRADES`) of ``percent`` % red cells of class ``morphology``
+    (:data:`ICSH_GRADES`; ``normal`` and unknown classes are not graded: empty).
+
+    >>> icsh_grade("target", 4.0), icsh_grade("target", 12.0), icsh_grade("microcyte", 12.0), icsh_grade("schistocyte", 1.5)
+    ('none', '1+', '1+', '2+')
+    >>> icsh_grade("spherocyte", 60), icsh_grade("normal", 90)
+    ('3+', '')
+    """
+    bounds = ICSH_GRADES.get(morphology)
+    if bounds is None:
+        return ""
+    p = round(float(percent), 1)
+    return GRADES[sum(p >= b for b in bounds)]
+
+
+def morphology_grades(morphologies: Sequence[str]) -> list[dict]:
+    """Per class of :data:`MORPHOLOGY_CLASSES`: its ``cells``, their ``percent`` of all red cells given
+    (``morphologies``: one class per red cell) and the ICSH ``grade`` (:func:`icsh_grade`).
+
+    >>> rows = morphology_grades(["normal"] * 90 + ["target"] * 8 + ["schistocyte"] * 2)
+    >>> [(r["morphology"], r["cells"], r["percent"], r["grade"]) for r in rows if r["cells"]]
+    [('normal', 90, 90.0, ''), ('target', 8, 8.0, '1+'), ('schistocyte', 2, 2.0, '2+')]
+    """
+    n = len(morphologies)
+    out = []
+    for c in MORPHOLOGY_CLASSES:
+        k = sum(m == c for m in morphologies)
+        percent = round(100 * k / n, 1) if n else 0.0
+        out.append({"morphology": c, "cells": k, "percent": percent, "grade": icsh_grade(c, percent) if n else ""})
+    return out
+
+
+def red_morphology(classifier, rgb: np.ndarray, cells: Cells, names: Sequence[str], pixel_size: float) -> list[dict]:
+    """Per cell of ``cells`` (of the ``HxWx3 uint8`` field ``rgb``, ``pixel_size`` um per px), for red cells
+    (``names[i]``) only: ``morphology``, the most probable class of ``classifier`` (a
+    :class:`~hemaseg.celltypes.CellTypeClassifier` of :data:`MORPHOLOGY_CLASSES`, e.g.
+    :func:`bundled_morphology`) for the cell seen centred on its mask's centroid, as it learned them, and
+    ``morphology_confidence``, its probability. Other cells get an empty dict."""
+    from .celltypes import context_crop
+
+    red = [k for k, n in enumerate(names) if n == RED_CELL and cells.masks[k].any()]
+    out: list[dict] = [{} for _ in names]
+    if not red:
+        return out
+    crops = []
+    for k in red:
+        ys, xs = np.nonzero(cells.masks[k])
+        crops.append(context_crop(rgb, (cells.boxes[k][1] + ys.mean(), cells.boxes[k][0] + xs.mean()), pixel_size, classifier.cfg))
+    for k, call in zip(red, classifier.calls(classifier.probabilities(np.stack(crops)))):
+        out[k] = {"morphology": call.top, "morphology_confidence": call.confidence}
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_morphology():
+    """The red-cell morphology classifier shipped with the package (``models/redcells.pt``, see
+    models/MODEL_CARD.md), or None if this installation has none. Loaded once (``weights_only``: no code runs)."""
+    from .celltypes import CellTypeClassifier
+    from .model import BUNDLED_MORPHOLOGY
+
+    return CellTypeClassifier.load(BUNDLED_MORPHOLOGY) if BUNDLED_MORPHOLOGY.is_file() else None

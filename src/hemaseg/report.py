@@ -16,6 +16,7 @@ from .data.io import DataError, why
 from .data.formats import DatasetSource, SampleRef
 from .evaluation import Evaluation
 from .predict import Method, SegmentConfig
+from .redcells import morphology_grades
 from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
@@ -192,9 +193,11 @@ def differential(results_dir: str | Path) -> dict:
 
 
 def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
-    """Red cells and platelets of a segment folder made with ``--red-cells`` (None without): their counts,
-    platelets and white cells per 1000 red cells, and the red cells' diameters (µm where the scale is
-    known, else px) with their mean - the Price-Jones curve's data.
+    """Red cells and platelets of a segment folder made with ``--red-cells`` (None without; ``images``:
+    summary.csv's rows, ``red``: the red cells' rows of the cells CSVs): their counts, platelets and white
+    cells per 1000 red cells, the red cells' diameters (µm where the scale is known, else px) with their
+    mean - the Price-Jones curve's data - and, where the red cells have a ``morphology``, the share and
+    ICSH grade of each class (:func:`hemaseg.redcells.morphology_grades`).
 
     >>> s = red_cell_summary([{"n_red_cells": "2", "n_platelets": "1", "n_white_cell": "0"}],
     ...                      [{"equivalent_diameter_um": "7.0"}, {"equivalent_diameter_um": "8.0"}])
@@ -210,8 +213,10 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     unit = "um" if red and all(r.get("equivalent_diameter_um") for r in red) else "px"
     sizes = [float(r[f"equivalent_diameter_{unit}"]) for r in red if r.get(f"equivalent_diameter_{unit}")]
     per = lambda n: round(1000 * n / n_red, 2) if n_red else None  # noqa: E731
+    morphology = [r["morphology"] for r in red if r.get("morphology")]
     return {"red_cells": n_red, "platelets": n_plt, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
-            "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None}
+            "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None,
+            "morphology": morphology_grades(morphology) if morphology else None}
 
 
 def _csv_rows(path: Path, needed: tuple[str, ...], remedy: str) -> list[dict]:
@@ -268,14 +273,22 @@ def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
     return d
 
 
-def _red_section(red: dict, images: list[dict]) -> tuple[str, str]:
-    """The report's red cells and platelets: counts per field, ratios, the Price-Jones curve and mean diameter."""
+def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
+    """The report's red cells and platelets (``red``: :func:`red_cell_summary`; ``images``: a row per field
+    with its ``image``, ``n_red_cells``, ``n_platelets``, ``platelets_per_1000_red`` and ``smear_hint``):
+    ratios, the morphology grades, the Price-Jones curve and mean diameter, counts per field."""
     rows = [{k: r.get(k) for k in ("image", "n_red_cells", "n_platelets", "platelets_per_1000_red", "smear_hint")} for r in images]
     unit = "µm" if red["unit"] == "um" else "px"
     text = (f"<p>{red['red_cells']} red cells and {red['platelets']} platelets: {red['platelets_per_1000_red']} platelets "
             f"and {red['white_per_1000_red']} white cells per 1000 red cells. Mean red-cell diameter "
             f"{red['mean_diameter']} {unit}.</p>")
     curve = _img(histogram_png(red["diameters"], f"red-cell diameter ({unit})", bins=30), "Price-Jones curve") if red["diameters"] else ""
+    if red.get("morphology"):
+        graded = [r for r in red["morphology"] if r["cells"]]
+        text += (html_table(graded, (("morphology", "morphology"), ("cells", "red cells"), ("percent", "%"), ("grade", "ICSH grade")))
+                 + f"<p>Classes of {sum(r['cells'] for r in red['morphology'])} red cells by an automatic classifier "
+                 "(its accuracy per class is in docs/benchmarks.md), graded as ICSH 2015 recommends (Palmer et al.): "
+                 "review before reporting.</p>")
     table = html_table(rows, (("image", "image"), ("n_red_cells", "red cells"), ("n_platelets", "platelets"),
                               ("platelets_per_1000_red", "platelets / 1000 red"), ("smear_hint", "smear")))
     return "Red cells and platelets", text + curve + table
@@ -299,7 +312,7 @@ def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[st
     rows = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
     sections.append(("Every type", html_table(rows, (("type", "type"), ("count", "cells"), ("percent", "% of typed cells")))))
     if d["red"]:
-        sections.append(_red_section(d["red"], d["images"]))
+        sections.append(red_section(d["red"], d["images"]))
     if d["nc_ratio"]:
         sections.append(("N:C ratio", _img(histogram_png(d["nc_ratio"], "nucleus / cytoplasm area"), "nucleus / cytoplasm area ratio per cell")))
     per_image = [{k: r.get(k) for k in r if k in ("image", "status", "cells") or k[2:] in d["counts"]} for r in d["images"]]

@@ -35,7 +35,8 @@ from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .redcells import RED_COLUMNS, SMEAR_CLASSES, find_smear_cells, red_cell_measures, smear_quality
+from .redcells import (MORPHOLOGY_COLUMNS, RED_COLUMNS, SMEAR_CLASSES, bundled_morphology, find_smear_cells, red_cell_measures,
+                       red_morphology, smear_quality)
 from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
 
@@ -143,6 +144,9 @@ def _settings(method: Method, cfg: SegmentConfig, classifier) -> dict:
     ``cfg.batch``: the same cells whatever the batch; ``smear_cells`` only when on, so that results made
     before it existed are kept)."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "batch" and not (k == "smear_cells" and not v)}
+    morphology = bundled_morphology() if cfg.smear_cells else None
+    if morphology is not None:  # red cells' classes too
+        config["morphology"] = [*morphology.classes, morphology.report.get("minutes")]
     return json.loads(json.dumps({"method": method.name, "model": method.source, "config": config,
                                   "classifier": None if classifier is None else [type(classifier).__name__, *classifier.classes,
                                                                                   getattr(getattr(classifier, "cfg", None), "threshold", None)]}))
@@ -180,12 +184,14 @@ class Job:
     with_nuclei: bool = False
     types: tuple[str, ...] = ()  # the classifier's types and unidentified, when cells are typed
     settings: dict = field(default_factory=dict)  # what decides the results (:func:`_settings`)
+    morphology: Any = None  # the red-cell morphology classifier, with red cells (:func:`hemaseg.redcells.bundled_morphology`)
 
     @classmethod
     def of(cls, out: Path, method: Method, cfg: SegmentConfig, classifier=None) -> Job:
         with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in method.classes)
         types = (*classifier.classes, UNIDENTIFIED) if classifier is not None and with_nuclei else ()
-        return cls(out, method, cfg, classifier, with_nuclei, types, _settings(method, cfg, classifier))
+        morphology = bundled_morphology() if cfg.smear_cells else None
+        return cls(out, method, cfg, classifier, with_nuclei, types, _settings(method, cfg, classifier), morphology)
 
     @property
     def classes(self) -> list[str]:
@@ -229,10 +235,13 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     if cfg.smear_cells:
         for row, extra in zip(rows, red_cell_measures(rgb, cells, names)):
             row.update(extra)
+    if job.morphology is not None:
+        for row, extra in zip(rows, red_morphology(job.morphology, rgb, cells, names, typing_pixel_size(job.method, scale, cfg))):
+            row.update(extra)
     if job.types:
         type_rows(job.classifier, raw, cells, rows, typing_pixel_size(job.method, scale, cfg))
     cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + (list(RED_COLUMNS) if cfg.smear_cells else [])
-                    + (["um_scale"] if pixel_size else [])
+                    + (list(MORPHOLOGY_COLUMNS) if job.morphology is not None else []) + (["um_scale"] if pixel_size else [])
                     + (type_columns(job.classifier) if job.classifier else []))
     write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
     _write_exports(out, name, cfg.exports, cells, names, rows, lab)
@@ -248,7 +257,8 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),
              "area": float(m.sum()),
              "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-             "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1}
+             "score": round(float(score), 5), "iscrowd": 0, "cell_id": k + 1,
+             **({"attributes": {key: rows[k][key] for key in MORPHOLOGY_COLUMNS}} if rows[k].get("morphology") else {})}
             for k, (box, m, c, score) in enumerate(zip(cells.boxes, cells.masks, cells.labels, cells.scores))]
     write_json(out / f"{name}_result.json", {"image": str(path), "settings": job.settings, "row": row,
                                               "coco_image": image_info, "annotations": anns})

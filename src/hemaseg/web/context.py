@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import numpy as np
 from flask import abort, current_app, g, request
 from PIL import Image
 
-from ..report import lab_counts, tally
+from ..nuclei import NUCLEATED
+from ..redcells import PLATELET, RED_CELL
+from ..report import lab_counts, red_cell_summary, tally
 from . import db
 from .worker import Worker
 
@@ -95,6 +98,28 @@ def differential(case_id: int) -> dict:
     return {**d, "lab": lab_counts(d["counts"])}
 
 
+def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
+    """The case's red cells and platelets as ``hemaseg report`` sums a segment folder
+    (:func:`hemaseg.report.red_cell_summary`: counts, ratios, diameters, morphology grades) and a row per
+    field (its counts and smear hint); ``(None, [])`` when the station found none (not ``--red-cells``)."""
+    fields: dict[int, dict] = {}
+    for r in con().execute("SELECT i.id, i.name, i.smear, c.class, COUNT(c.id) n FROM images i JOIN cells c ON c.image_id = i.id "
+                           "WHERE i.case_id = ? GROUP BY i.id, c.class ORDER BY i.id", (case_id,)):
+        f = fields.setdefault(r["id"], {"image": r["name"], "n_red_cells": 0, "n_platelets": 0, "n_white_cell": 0,
+                                        **json.loads(r["smear"] or "{}")})
+        key = {RED_CELL: "n_red_cells", PLATELET: "n_platelets"}.get(r["class"])
+        if key:
+            f[key] += r["n"]
+        elif r["class"].lower() in NUCLEATED:
+            f["n_white_cell"] += r["n"]
+    images = list(fields.values())
+    if not any(f["n_red_cells"] or f["n_platelets"] for f in images):
+        return None, []
+    red = [json.loads(r[0]) for r in con().execute("SELECT c.measurements FROM cells c JOIN images i ON i.id = c.image_id "
+                                                   "WHERE i.case_id = ? AND c.class = ? ORDER BY c.id", (case_id, RED_CELL))]
+    return red_cell_summary(images, red), images
+
+
 def case_dict(case_id: int) -> dict:
     """A case with its images (and their cell counts), differential, types and progress."""
     c = dict(case_row(case_id))
@@ -102,7 +127,9 @@ def case_dict(case_id: int) -> dict:
         "SELECT i.id, i.name, i.status, i.error, i.width, i.height, COUNT(c.id) cells FROM images i "
         "LEFT JOIN cells c ON c.image_id = i.id WHERE i.case_id = ? GROUP BY i.id ORDER BY i.id", (case_id,))]
     status = [i["status"] for i in images]
+    red, _ = red_cells(case_id)
     c.update(images=images, differential=differential(case_id), types=list(station().types),
+             red={k: v for k, v in red.items() if k != "diameters"} if red else None,
              progress={"total": len(images), "done": status.count("done"), "failed": status.count("failed"),
                        "pending": status.count("queued") + status.count("running")})
     return c

@@ -65,6 +65,11 @@ MIGRATIONS = (
     """
     ALTER TABLE images ADD COLUMN scale TEXT NOT NULL DEFAULT '{}';
     """,
+    # 3: each field's red-cell ratios and smear hint when it was segmented with red cells (segment's
+    # SMEAR_COLUMNS, JSON)
+    """
+    ALTER TABLE images ADD COLUMN smear TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 

@@ -8,7 +8,7 @@ import json
 
 from flask import Blueprint, render_template
 
-from .context import case_dict, case_row, con, row_or_404
+from .context import case_dict, case_row, con, red_cells, row_or_404
 
 pages = Blueprint("pages", __name__)
 
@@ -31,10 +31,12 @@ def image_page(image_id: int):
 
 @pages.get("/cases/<int:case_id>/report.html")
 def report(case_id: int):
-    """The case's differential and its reclassifications as one offline HTML page (a download)."""
-    from ..report import html_page, html_table
+    """The case's differential, its red cells (with ``--red-cells``) and its reclassifications as one offline
+    HTML page (a download)."""
+    from ..report import html_page, html_table, red_section
 
     c = case_dict(case_id)
+    red, fields = red_cells(case_id)
     d = c["differential"]
     counts = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
     changes = [dict(r) for r in con().execute(
@@ -47,6 +49,7 @@ def report(case_id: int):
                               "and the reviewers' corrections listed below.</p>"),
         ("Differential", html_table(counts, (("type", "type"), ("count", "cells"), ("percent", "%")))
          + f"<p>{d['total']} typed cells in {len(c['images'])} images.</p>"),
+        *([red_section(red, fields)] if red else []),
         ("Reclassifications", html_table(changes, (("cell", "cell"), ("old_type", "from"), ("new_type", "to"),
                                                     ("who", "who"), ("at", "when (UTC)")))),
     ])

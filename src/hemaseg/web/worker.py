@@ -20,7 +20,7 @@ from PIL import Image
 from skimage.measure import approximate_polygon, find_contours
 
 from ..predict import Method, SegmentConfig
-from ..segment import SCALE_COLUMNS, segment_files
+from ..segment import SCALE_COLUMNS, SMEAR_COLUMNS, segment_files
 from . import db
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,9 @@ class Worker:
             con.executemany("INSERT INTO cells (image_id, number, class, score, predicted_type, type_confidence, type, bbox, "
                             "outline, nucleus, measurements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
             scale = {k: summary.rows[0].get(k) for k in SCALE_COLUMNS}
-            con.execute("UPDATE images SET status = 'done', width = ?, height = ?, scale = ? WHERE id = ?",
-                        (w, h, json.dumps(scale), image_id))
+            smear = {k: summary.rows[0][k] for k in SMEAR_COLUMNS if k in summary.rows[0]}
+            con.execute("UPDATE images SET status = 'done', width = ?, height = ?, scale = ?, smear = ? WHERE id = ?",
+                        (w, h, json.dumps(scale), json.dumps(smear), image_id))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

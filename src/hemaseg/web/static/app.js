@@ -56,6 +56,18 @@ const hemaseg = (() => {
     $("#total").textContent = `${d.total} typed cells`;
   }
 
+  // red cells and platelets (serve --red-cells): ratios, mean diameter, morphology with its ICSH grade
+  function redPanel(red) {
+    $("#red").hidden = !red;
+    if (!red) return;
+    const unit = red.unit === "um" ? "µm" : "px";
+    $("#red-counts").textContent = `${red.red_cells} red cells, ${red.platelets} platelets: ${red.platelets_per_1000_red} platelets `
+      + `and ${red.white_per_1000_red} white cells per 1000 red cells; mean diameter ${red.mean_diameter} ${unit}`;
+    $("#morphology tbody").replaceChildren(...(red.morphology || []).filter((m) => m.cells).map((m) =>
+      el("tr", { "data-morphology": m.morphology }, el("td", { text: m.morphology }), el("td", { class: "count", text: m.cells }),
+        el("td", { text: m.percent.toFixed(1) }), el("td", { text: m.grade }))));
+  }
+
   async function showCell(cellId, onChange) {
     const panel = $("#cell-panel");
     const c = await api(`/api/cells/${cellId}`);
@@ -96,6 +108,7 @@ const hemaseg = (() => {
       const c = await api(`/api/cases/${caseId}`);
       window.hemasegTypes = c.types;
       differentialTable(c.differential);
+      redPanel(c.red);
       const p = c.progress;
       $("#bar").max = Math.max(1, p.total); $("#bar").value = p.done + p.failed;
       $("#progress-text").textContent = `${p.done} of ${p.total} images segmented` + (p.failed ? `, ${p.failed} failed` : "")
