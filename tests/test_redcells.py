@@ -210,3 +210,29 @@ def test_the_bundled_morphology_classifier_knows_real_red_cells():
     assert len(truth) >= 40, len(truth)
     right = np.mean([a == b for a, b in zip(said, truth)])
     assert right >= 0.8, (right, len(truth))
+
+
+def test_segment_red_cells_without_types_reports_the_red_cells_from_the_command_line(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.data.io import write_image
+
+    write_image(tmp_path / "in" / "field.png", _painted(1.0, 4).image)
+    runner = CliRunner()
+    r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--no-types", "--red-cells", "--pixel-size", str(7.5 / 38),
+                            "--out", str(tmp_path / "out"), "--no-progress"])  # the bundled model's white cells, not typed
+    assert r.exit_code == 0, r.output
+    assert "red cells" in r.output and "graded:" in r.output and "differential of" not in r.output  # no white-cell types
+    page = (tmp_path / "out" / "differential.html").read_text()
+    assert "ICSH grade" in page and "Price-Jones curve" in page
+    red = json.loads((tmp_path / "out" / "differential.json").read_text())["red_cells"]
+    assert red["red_cells"] > 10 and sum(m["cells"] for m in red["morphology"]) == red["red_cells"]
+    (tmp_path / "out" / "differential.html").unlink()
+    r = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert r.exit_code == 0 and (tmp_path / "out" / "differential.html").is_file(), r.output
+    r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--method", "otsu", "--out", str(tmp_path / "plain"), "--no-progress"])
+    r = runner.invoke(app, ["report", str(tmp_path / "plain")])
+    assert r.exit_code != 0 and "--red-cells" in r.output  # neither types nor red cells: told what to run

@@ -264,16 +264,10 @@ def segment(
                                 classifier=clf, group=group, overwrite=overwrite)
         if group is not None and not group.main:
             return
-        if clf is not None:
+        if clf is not None or cfg.smear_cells:
             from .report import write_differential
 
-            d = write_differential(out)
-            lab = d["lab"]
-            typer.echo(f"differential of {lab['white_cells']} white cells: "
-                       + ", ".join(f"{t} {n} ({lab['five_part_percent'][t]:.1f}%)" for t, n in lab["five_part"].items())
-                       + f", immature granulocytes {lab['immature_granulocyte_percent']:.1f}%, unidentified {lab['unidentified']}"
-                       f"; erythroblasts {lab['erythroblasts_per_100_wbc']:.1f}/100 white cells; platelets {lab['platelets']}"
-                       f" -> {out / 'differential.html'} (research use only)")
+            _say_report(write_differential(out), out)
     except FAILURES as err:
         _fail(err)
     n_ok = sum(r["status"] == "ok" for r in summary.rows)
@@ -477,16 +471,33 @@ def fit_scale_command(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` output folder.", rich_help_panel="Input"),
+    results: Path = typer.Argument(..., help="A `hemaseg segment --classifier` (or `--red-cells`) output folder.", rich_help_panel="Input"),
 ) -> None:
-    """(Re)build the white-cell differential report of a segment folder: HTML, CSV, JSON."""
+    """(Re)build the differential report of a segment folder (white-cell types; red cells and their ICSH grades
+    with --red-cells): HTML, CSV, JSON."""
     from .report import write_differential
 
     try:
         d = write_differential(results)
     except FAILURES as err:
         _fail(err)
-    typer.echo(f"{d['total']} white cells -> {results / 'differential.html'} (research use only)")
+    _say_report(d, results)
+
+
+def _say_report(d: dict, out: Path) -> None:
+    """One line each for the differential and the red cells of a report just written into ``out``."""
+    if d["typed"]:
+        lab = d["lab"]
+        typer.echo(f"differential of {lab['white_cells']} white cells: "
+                   + ", ".join(f"{t} {n} ({lab['five_part_percent'][t]:.1f}%)" for t, n in lab["five_part"].items())
+                   + f", immature granulocytes {lab['immature_granulocyte_percent']:.1f}%, unidentified {lab['unidentified']}"
+                   f"; erythroblasts {lab['erythroblasts_per_100_wbc']:.1f}/100 white cells; platelets {lab['platelets']}")
+    red = d["red"]
+    if red:
+        graded = [f"{m['morphology']} {m['percent']:.1f}% ({m['grade']})" for m in red["morphology"] or [] if m["grade"] not in ("", "none")]
+        typer.echo(f"{red['red_cells']} red cells, {red['platelets']} platelets ({red['platelets_per_1000_red']} per 1000 red cells); "
+                   f"graded: {', '.join(graded) or 'none'}")
+    typer.echo(f"-> {out / 'differential.html'} (research use only)")
 
 
 @app.command()

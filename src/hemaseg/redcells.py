@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
@@ -57,7 +58,7 @@ class SmearConfig:
     seed_distance: float = 0.3
     seed_depth: float = 0.12
     min_platelet_area: float = 0.012
-    max_platelet_area: float = 0.2
+    max_platelet_area: float = 0.4  # large platelets too (up to ~4.7 um): docs/benchmarks.md, issue 21
     purple: float = 0.06
     max_pallor: float = 0.6
     platelet_stain: float = 3.0
@@ -335,4 +336,8 @@ def bundled_morphology():
     from .celltypes import CellTypeClassifier
     from .model import BUNDLED_MORPHOLOGY
 
-    return CellTypeClassifier.load(BUNDLED_MORPHOLOGY) if BUNDLED_MORPHOLOGY.is_file() else None
+    if not BUNDLED_MORPHOLOGY.is_file():
+        return None
+    clf = CellTypeClassifier.load(BUNDLED_MORPHOLOGY)
+    clf.net.to(memory_format=torch.channels_last)  # a quarter faster on CPU; probabilities within 1e-6
+    return clf

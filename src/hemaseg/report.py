@@ -170,15 +170,17 @@ def differential(results_dir: str | Path) -> dict:
     or unreadable ``NAME_cells.csv`` of one of them is refused (:class:`DataError`), not skipped."""
     root = Path(results_dir)
     images = _csv_rows(root / "summary.csv", ("image", "name", "status"), "run `hemaseg segment` into this folder again")
-    if not images or f"n_{UNIDENTIFIED}" not in images[0]:
-        raise DataError(f"{root}: no white-cell types in summary.csv; run `hemaseg segment` with --classifier")
+    typed = bool(images) and f"n_{UNIDENTIFIED}" in images[0]
+    if not typed and not (images and "n_red_cells" in images[0]):
+        raise DataError(f"{root}: no white-cell types and no red cells in summary.csv; run `hemaseg segment` with "
+                        "--classifier or --red-cells")
     cells, red = [], []
     for image in images:
         if image["status"] != "ok":
             continue
-        for row in _csv_rows(root / f"{image['name']}_cells.csv", ("id", "type", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"),
-                             f"segment {image['image']} again (summary.csv lists it as done)"):
-            if row["type"]:
+        needed = ("id", "class", *(("type",) if typed else ()), "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+        for row in _csv_rows(root / f"{image['name']}_cells.csv", needed, f"segment {image['image']} again (summary.csv lists it as done)"):
+            if row.get("type"):
                 row["source"] = image["name"]
                 cells.append(row)
             elif row.get("class") == "red_cell":
@@ -188,7 +190,7 @@ def differential(results_dir: str | Path) -> dict:
     known = [*TYPES, *WBC_TYPES, UNIDENTIFIED]
     types = [t for t in dict.fromkeys(known) if f"n_{t}" in images[0]]
     d = tally(types, (c["type"] for c in cells))
-    return {**d, "lab": lab_counts(d["counts"]), "images": images, "cells": cells, "red": red_cell_summary(images, red),
+    return {**d, "typed": typed, "lab": lab_counts(d["counts"]), "images": images, "cells": cells, "red": red_cell_summary(images, red),
             "nc_ratio": [float(c["nc_ratio"]) for c in cells if c.get("nc_ratio")]}
 
 
@@ -295,12 +297,15 @@ def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
 
 
 def differential_report(results_dir: str | Path, per_type: int = 40) -> tuple[str, dict]:
-    """The white-cell differential of a ``segment`` folder as one offline HTML page, plus its numbers."""
+    """The white-cell differential of a ``segment`` folder (and its red cells, with ``--red-cells``; only
+    those without white-cell types) as one offline HTML page, plus its numbers."""
     d = differential(results_dir)
     sources = {Path(r["image"]).stem: r["image"] for r in d["images"]}
     sections = [("Research use only", "<p><b>Research use only.</b> Not for diagnosis. Types come from an automatic "
                  "classifier (its accuracy on other labs' images is in docs/benchmarks.md); review the gallery, "
                  "unidentified cells first.</p>")]
+    if not d["typed"]:
+        return html_page("Red cells and platelets", [*sections, red_section(d["red"], d["images"])]), d
     lab = d["lab"]
     five = [{"type": t, "count": n, "percent": f"{lab['five_part_percent'][t]:.1f}"} for t, n in lab["five_part"].items()]
     five += [{"type": "immature granulocytes", "count": lab["immature_granulocytes"], "percent": f"{lab['immature_granulocyte_percent']:.1f}"},
