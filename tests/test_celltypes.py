@@ -266,6 +266,6 @@ def test_the_differential_is_of_the_last_batch_and_refuses_missing_tables(tmp_pa
     with pytest.raises(DataError, match=r"b_cells\.csv: cannot read \(no such file or directory\); segment .*b\.png again"):
         write_differential(out)
     (out / "b_cells.csv").write_text("id,type\n1,lymphocyte,extra,fields\n")
-    with pytest.raises(DataError, match=r"b_cells\.csv: not a complete hemaseg table \(no column bbox_x1"):
+    with pytest.raises(DataError, match=r"b_cells\.csv: not a complete hemaseg table \(no column class, bbox_x1"):
         write_differential(out)
     assert (out / "differential.json").read_bytes() == before  # nothing overwritten

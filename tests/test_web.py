@@ -78,11 +78,12 @@ def test_upload_segments_in_the_background_and_reports_progress(case, fields):
     app, client, case_id = case
     c = client.get(f"/api/cases/{case_id}").get_json()
     assert c["progress"] == {"total": 2, "done": 2, "failed": 0, "pending": 0}
-    assert c["red"] is None  # segmented without red cells: the case page has no red-cell panel
     assert [i["name"] for i in c["images"]] == [p.name for p in fields]
-    assert all(i["cells"] >= 2 for i in c["images"])  # 2-3 white cells painted in each
+    red = c["red"]  # the station finds red cells and platelets by default, as segment does
+    assert red["red_cells"] > 10 and sum(i["cells"] for i in c["images"]) >= red["red_cells"] + 4  # 2-3 white cells painted in each
     d = c["differential"]
-    assert d["total"] == sum(i["cells"] for i in c["images"]) and set(d["counts"]) == set(c["types"])
+    assert d["total"] + red["red_cells"] + red["platelets"] == sum(i["cells"] for i in c["images"])
+    assert set(d["counts"]) == set(c["types"])
     assert c["types"][-1] == "unidentified"
     assert sum(d["percent"].values()) == pytest.approx(100, abs=0.5)
 
@@ -364,3 +365,12 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     assert all(m["grade"] in ("", "none", "1+", "2+", "3+") for m in morph.values())
     page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
     assert "ICSH grade" in page and "Price-Jones curve" in page and f">{detail['morphology']}<" in page
+    # serve --no-red-cells: white cells only, and the case page has no red-cell panel
+    white = dataclasses.replace(segmenter, cfg=dataclasses.replace(segmenter.cfg, smear_cells=False))
+    app = _app(tmp_path / "white", white)
+    client = app.test_client()
+    case_id = client.post("/api/cases", json={"name": "white"}).get_json()["id"]
+    assert _upload(client, case_id, fields[:1]).status_code == 201
+    _wait(app)
+    case = client.get(f"/api/cases/{case_id}").get_json()
+    assert case["red"] is None and case["differential"]["total"] == case["images"][0]["cells"] > 0

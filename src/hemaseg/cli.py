@@ -214,10 +214,12 @@ def segment(
                                               "report; with the bundled model, the bundled classifier unless --no-types.", rich_help_panel="Model"),
     types: bool = typer.Option(True, "--types/--no-types", help="With the bundled model: white-cell types by its bundled classifier.", rich_help_panel="Model"),
     nuclei: Nuclei = "auto", tile: Tile = 1024, overlap: Overlap = 256, diameter: Diameter = None,
-    red_cells: bool = typer.Option(False, "--red-cells/--no-red-cells", help="Also outline red cells and platelets (stain "
-                                   "and shape at each image's scale: hemaseg.redcells), count them per field "
-                                   "(platelets and white cells per 1000 red cells) and class each red cell's morphology "
-                                   "(bundled classifier; ICSH grades in the report).", rich_help_panel="Model"),
+    red_cells: Optional[bool] = typer.Option(None, "--red-cells/--no-red-cells", help="Also outline red cells and platelets "
+                                             "(stain and shape at each image's scale: hemaseg.redcells), count them per field "
+                                             "(platelets and white cells per 1000 red cells) and class each red cell's "
+                                             "morphology (bundled classifier; ICSH grades in the report). Default: on when "
+                                             "each image's scale is known (the bundled model's estimate, or --pixel-size).",
+                                             show_default=False, rich_help_panel="Model"),
     export: list[str] = typer.Option([], "--export", help="Also write, per image: imagej (NAME_rois.zip, Fiji ROI "
                                      "Manager), qupath (NAME.geojson), tiff (NAME_labels.tif for napari). Repeatable.", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Segment again the images already done in --out "
@@ -264,7 +266,7 @@ def segment(
                                 classifier=clf, group=group, overwrite=overwrite)
         if group is not None and not group.main:
             return
-        if clf is not None or cfg.smear_cells:
+        if clf is not None or any("n_red_cells" in r for r in summary.rows):
             from .report import write_differential
 
             _say_report(write_differential(out), out)
@@ -557,7 +559,7 @@ def serve(
     import_dir: Optional[Path] = typer.Option(None, "--import-dir", help="Server-side folders may be imported from "
                                               "under this folder only (default: DATA_DIR/import).", rich_help_panel="Storage"),
     max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB).", rich_help_panel="Network"),
-    red_cells: bool = typer.Option(False, "--red-cells/--no-red-cells", help="Also outline and count red cells and "
+    red_cells: bool = typer.Option(True, "--red-cells/--no-red-cells", help="Also outline, count and class red cells and "
                                    "platelets (as segment --red-cells).", rich_help_panel="Model"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""

@@ -63,8 +63,10 @@ def run_job(job: DemoJob, method, cfg, classifier=None, log: Callable[[str], Non
         raise DataError(f"no images found in {', '.join(map(str, job.inputs))}")
     summary = segment_files(files, method, job.out, cfg, progress=progress, log=log,
                             keep_cells=job.truth is not None, classifier=classifier)
-    found = sum(r.get("cells", 0) for r in summary.rows)
-    log(f"\n{job.what}: {found} white cells in {len(files)} images -> {job.out} "
+    count = lambda key: sum(int(r.get(key) or 0) for r in summary.rows)  # noqa: E731
+    white = sum(count(f"n_{c}") for c in method.classes)
+    red = f", {count('n_red_cells')} red cells and {count('n_platelets')} platelets" if "n_red_cells" in summary.rows[0] else ""
+    log(f"\n{job.what}: {white} white cells{red} in {len(files)} images -> {job.out} "
         f"(NAME_overlay.png, NAME_cells.csv, summary.csv, predictions_coco.json)")
     if classifier is not None:
         for line in type_lines(job.out, job.truth):

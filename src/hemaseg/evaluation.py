@@ -191,7 +191,7 @@ def evaluate_method(method: Method, source: DatasetSource, refs: list[SampleRef]
         try:
             image, truth = load_truth(source, refs[i])
             t0 = time.perf_counter()
-            cells, scale = segment_image(method, image, cfg) if predictions is None else (predictions[str(refs[i].image)], None)
+            cells, scale = segment_image(method, image, cfg) if predictions is None else (_own(method, predictions[str(refs[i].image)]), None)
             seconds = time.perf_counter() - t0
         except (DataError, OSError, ValueError) as err:  # one bad image or annotation must not abort the scoring
             ev.failed.append((str(refs[i].image), f"{err.__class__.__name__}: {err}"))
@@ -225,6 +225,12 @@ def _nuclei_pair(method: Method, image: torch.Tensor, truth: Cells, cells: Cells
         names = [method.classes[k - 1] for k in cells.labels.tolist()]
         cells.nuclei = cell_nuclei(image, cells, names, learned=cfg.nuclei == "auto")
     return truth.union(nuclei=True), cells.union(nuclei=True)
+
+
+def _own(method: Method, cells: Cells) -> Cells:
+    """The ``method``'s own cells of ``cells`` found by ``segment``: not the red cells and platelets it adds
+    (their labels follow the method's classes), which the method is not scored on."""
+    return cells.select(cells.labels <= len(method.classes)) if len(cells) else cells
 
 
 def _order(iou: float) -> float:

@@ -196,7 +196,9 @@ class SegmentConfig:
     amp: bool = True  # bfloat16 convolutions on a CPU that computes them natively (PredictConfig.amp)
     batch: int = 4  # images of one size per model call, at most a tile's pixels: the same cells, faster (run_methods)
     auto_scale: bool = True  # estimate each image's pixel size (hemaseg.scale) and bring it to the model's (image_scale)
-    smear_cells: bool = False  # also red cells and platelets (hemaseg.redcells), at each image's scale
+    # also red cells and platelets (hemaseg.redcells), at each image's scale; None: when that scale is known
+    # (a model with a pixel size, e.g. the bundled one, or pixel_size given): segment.Job.of decides
+    smear_cells: bool | None = None
 
     def __post_init__(self):
         if self.nuclei not in NUCLEUS_MODES:

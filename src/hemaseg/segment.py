@@ -35,7 +35,7 @@ from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .redcells import (MORPHOLOGY_COLUMNS, RED_COLUMNS, SMEAR_CLASSES, bundled_morphology, find_smear_cells, red_cell_measures,
+from .redcells import (MORPHOLOGY_COLUMNS, RED_CELL, RED_COLUMNS, SMEAR_CLASSES, bundled_morphology, find_smear_cells, red_cell_measures,
                        red_morphology, smear_quality)
 from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
@@ -188,6 +188,9 @@ class Job:
 
     @classmethod
     def of(cls, out: Path, method: Method, cfg: SegmentConfig, classifier=None) -> Job:
+        """The job of ``method`` with ``cfg``; ``cfg.smear_cells=None`` becomes on when every image's scale
+        will be known (:func:`smear_cells_on`)."""
+        cfg = dataclasses.replace(cfg, smear_cells=smear_cells_on(method, cfg))
         with_nuclei = cfg.nuclei != "off" and any(c.lower() in NUCLEATED for c in method.classes)
         types = (*classifier.classes, UNIDENTIFIED) if classifier is not None and with_nuclei else ()
         morphology = bundled_morphology() if cfg.smear_cells else None
@@ -284,6 +287,21 @@ def _said(log: Callable[[str], None], path: Path, err: Exception) -> Exception:
     """``err`` of the image ``path``, logged once (its message usually names the file already)."""
     log(f"failed: {err}" if str(err).startswith(str(path)) else f"failed: {path}: {err}")
     return err
+
+
+def smear_cells_on(method: Method, cfg: SegmentConfig) -> bool:
+    """Whether red cells and platelets are found: ``cfg.smear_cells`` when given, else when every image's
+    scale is known - the method has one (the bundled model: its estimate) or ``--pixel-size`` gives it - and
+    the method does not find red cells itself (a model trained with a ``red_cell`` class).
+
+    >>> m = Method(); smear_cells_on(m, SegmentConfig()), smear_cells_on(m, SegmentConfig(pixel_size=0.1))
+    (False, True)
+    >>> m.pixel_size = 0.16; smear_cells_on(m, SegmentConfig()), smear_cells_on(m, SegmentConfig(smear_cells=False))
+    (True, False)
+    """
+    if cfg.smear_cells is not None:
+        return cfg.smear_cells
+    return (method.pixel_size is not None or cfg.pixel_size is not None) and RED_CELL not in method.classes
 
 
 def with_smear_cells(job: Job, raw, cells: Cells, scale: ScaleEstimate) -> Cells:
@@ -407,7 +425,7 @@ def segment_files(files: list[Path], method: Method, out: str | Path, cfg: Segme
             if isinstance(cells, Exception):
                 failures[index] = _said(log, files[index], cells)
                 continue
-            if cfg.smear_cells:
+            if job.cfg.smear_cells:
                 try:
                     cells = with_smear_cells(job, raw, cells, sc)
                 except SettingError as err:

@@ -26,9 +26,9 @@ UNIDENTIFIED = "unidentified"
 MAX_UPLOAD_MB = 200
 
 
-def default_segmenter(smear_cells: bool = False) -> Segmenter:
+def default_segmenter(smear_cells: bool = True) -> Segmenter:
     """The bundled model and its white-cell type classifier, as ``hemaseg segment`` uses them (with
-    ``smear_cells``, red cells and platelets too: ``segment --red-cells``)."""
+    ``smear_cells``, red cells and platelets too, as ``segment`` finds them by default)."""
     from ..celltypes import bundled_types
     from ..model import default_model
     from ..predict import ModelMethod, SegmentConfig
