@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,10 +105,19 @@ def test_bad_uploads_are_refused_with_the_reason(tmp_path, segmenter, fields):
     r = client.post(f"/api/cases/{case_id}/images", data={"files": [(big, "big.png")]}, content_type="multipart/form-data")
     assert r.status_code == 413
     assert client.post("/api/cases/77/images", data={}, content_type="multipart/form-data").status_code == 404
-    files = [(io.BytesIO(fields[0].read_bytes()), "good.png"), (io.BytesIO(b"junk"), "bad.png")]
-    r = client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data")
-    assert r.status_code == 415 and "bad.png" in r.get_json()["error"]
     assert client.get(f"/api/cases/{case_id}").get_json()["images"] == []  # nothing half-added
+    # issue 22, bugs 2 and 3: each file is judged on its own; the same file twice is refused
+    files = [(io.BytesIO(fields[0].read_bytes()), "good.png"), (io.BytesIO(b"junk"), "bad.png"),
+             (io.BytesIO(fields[0].read_bytes()), "good copy.png")]
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 201 and len(r.get_json()["ids"]) == 1, r.get_json()
+    assert [(x["name"], x["status"]) for x in r.get_json()["refused"]] == [("bad.png", 415), ("good copy.png", 409)]
+    assert "good copy.png: already in this case (as good.png)" in r.get_json()["refused"][1]["reason"]
+    assert [i["name"] for i in client.get(f"/api/cases/{case_id}").get_json()["images"]] == ["good.png"]
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": [(io.BytesIO(fields[0].read_bytes()), "again.png")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 409 and "again.png: already in this case (as good.png)" in r.get_json()["error"]
+    assert len(client.get(f"/api/cases/{case_id}").get_json()["images"]) == 1  # counted once
 
 
 def test_a_truncated_or_oversized_image_fails_alone(tmp_path, segmenter, fields):
@@ -119,12 +129,34 @@ def test_a_truncated_or_oversized_image_fails_alone(tmp_path, segmenter, fields)
     truncated = buf.getvalue()[:-30]  # header fine, pixel data cut
     files = [(io.BytesIO(truncated), "cut.png"), (io.BytesIO(fields[0].read_bytes()), "large.png"),
              (io.BytesIO(buf.getvalue()), "small.png")]
-    assert client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data").status_code == 201
+    r = client.post(f"/api/cases/{case_id}/images", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 201
+    # issue 22, bug 7: too many pixels is refused at upload, by its header, with the limit - not after
+    assert [x["name"] for x in r.get_json()["refused"]] == ["large.png"]
+    assert "large.png: 320x240 px is more than this station segments (10,000 px)" in r.get_json()["refused"][0]["reason"]
     _wait(app)
     images = {i["name"]: i for i in client.get(f"/api/cases/{case_id}").get_json()["images"]}
+    assert set(images) == {"cut.png", "small.png"}
     assert images["cut.png"]["status"] == "failed" and "cannot read image" in images["cut.png"]["error"]
-    assert images["large.png"]["status"] == "failed" and "more than this station's limit" in images["large.png"]["error"]
     assert images["small.png"]["status"] == "done" and images["small.png"]["cells"] == 0
+    # issue 22, bug 6: no sign-off while an image failed; the report says so; retry or delete it first
+    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})
+    assert r.status_code == 409 and "1 image(s) failed (cut.png): retry or delete them" in r.get_json()["error"]
+    r = client.get(f"/cases/{case_id}/report.html")
+    assert r.headers["Content-Disposition"].startswith("inline")  # bug 7: opens in the browser, to print
+    assert "1 image(s) failed and are not counted" in r.get_data(as_text=True) and "cannot read image" in r.get_data(as_text=True)
+    cut = images["cut.png"]["id"]
+    r = client.post(f"/api/images/{images['small.png']['id']}/retry")
+    assert r.status_code == 409 and "has not failed" in r.get_json()["error"]
+    assert client.post(f"/api/images/{cut}/retry").status_code == 200
+    _wait(app)
+    assert client.get(f"/api/images/{cut}").get_json()["status"] == "failed"  # still cut: fails again, alone
+    stored = Path(db.connect(app.config["DB"]).execute("SELECT path FROM images WHERE id = ?", (cut,)).fetchone()[0])
+    assert stored.is_file() and client.delete(f"/api/images/{cut}").status_code == 200 and not stored.exists()
+    assert client.get(f"/api/images/{cut}").status_code == 404
+    assert client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"}).status_code == 200
+    assert client.delete(f"/api/images/{images['small.png']['id']}").status_code == 409  # signed off: nothing changes
+    assert (app.config["DATA"] / "import").is_dir()  # bug 7: the default import folder exists for a lab to fill
 
 
 def test_import_of_a_server_folder_stays_inside_the_import_root(tmp_path, segmenter, fields):
@@ -188,6 +220,7 @@ def test_reclassify_updates_the_differential_and_keeps_the_history(case):
     stale = cell["type"]  # what another tab still shows
     for bad, status, message in (({"type": "alien", "who": "x"}, 400, "unknown type 'alien'"),
                                  ({"type": new}, 400, "'who' must be"),
+                                 ({"type": new, "who": "x"}, 400, "'expected' (the type the reviewer saw) is required"),
                                  ({"type": "unidentified", "who": "x", "expected": stale}, 409, f"you saw '{stale}'")):
         r = client.post(f"/api/cells/{cell['id']}/type", json=bad)
         assert r.status_code == status and message in r.get_json()["error"], bad
@@ -246,7 +279,7 @@ def test_sign_off_then_nothing_changes(case, fields):
     r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Bo"})
     assert r.status_code == 409 and "already signed off by Dr Ada" in r.get_json()["error"]
     cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
-    r = client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "x"})
+    r = client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "x", "expected": cell["type"]})
     assert r.status_code == 409 and "signed off" in r.get_json()["error"]
     assert _upload(client, case_id, fields[:1]).status_code == 409
     assert client.post("/api/cases/99/signoff", json={"who": "x"}).status_code == 404
@@ -268,7 +301,7 @@ def test_exports_csv_coco_and_report(case):
 
     app, client, case_id = case
     cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
-    client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "Dr Ada"})
+    client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "Dr Ada", "expected": cell["type"]})
     r = client.get(f"/api/cases/{case_id}/export.csv")
     assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
@@ -294,7 +327,7 @@ def test_a_restart_loses_nothing_and_resumes_pending_images(tmp_path, segmenter,
     _wait(app)
     cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
     chosen = "monocyte" if cell["type"] != "monocyte" else "basophil"
-    client.post(f"/api/cells/{cell['id']}/type", json={"type": chosen, "who": "Dr Ada"})
+    client.post(f"/api/cells/{cell['id']}/type", json={"type": chosen, "who": "Dr Ada", "expected": cell["type"]})
     con = db.connect(app.config["DB"])  # an image left 'running' by a server that was killed
     stored = next((app.config["DATA"] / "cases" / str(case_id)).iterdir())
     con.execute("INSERT INTO images (case_id, name, path, status, created_at) VALUES (?, 'again.png', ?, 'running', ?)",

@@ -561,14 +561,22 @@ def serve(
     max_upload_mb: int = typer.Option(200, help="Largest upload accepted (MB).", rich_help_panel="Network"),
     red_cells: bool = typer.Option(True, "--red-cells/--no-red-cells", help="Also outline, count and class red cells and "
                                    "platelets (as segment --red-cells).", rich_help_panel="Model"),
+    max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=1, help="Largest image the station segments (pixels); "
+                                   "larger uploads are refused with the reason.", rich_help_panel="Storage"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
+    import logging
+
     from waitress import serve as run_server
 
     from .web.app import create_app, default_segmenter
 
+    # waitress warns "Task queue depth is N" whenever requests wait for a thread (the gallery asks for many
+    # crops at once): normal here, and it filled the log
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
-        web = create_app(data_dir, default_segmenter(smear_cells=red_cells), import_root=import_dir, max_upload_mb=max_upload_mb)
+        web = create_app(data_dir, default_segmenter(smear_cells=red_cells), import_root=import_dir, max_upload_mb=max_upload_mb,
+                         max_pixels=max_pixels)
     except (*FAILURES, RuntimeError) as err:
         _fail(err)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -3,9 +3,11 @@ their types, exports. The pages use it; so may scripts."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 from flask import Blueprint, abort, current_app, jsonify, request, send_file
@@ -21,28 +23,44 @@ api = Blueprint("api", __name__, url_prefix="/api")
 
 
 # ---------------------------------------------------------------------- cases and images
-def check_image(name: str, payload: bytes) -> None:
-    """Refuse (415) what is not an image by its name or its header; pixels are decoded by the worker only."""
+def image_problem(name: str, payload: bytes, max_pixels: int) -> tuple[int, str] | None:
+    """Why an uploaded file is refused, as ``(HTTP status, reason naming the file)``, or None: not an image
+    by its name or its header (415), or more pixels than the station segments (413). Only the header is
+    read here; pixels are decoded by the worker."""
     if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-        abort(415, f"{name}: not an image type this station reads ({', '.join(IMAGE_EXTENSIONS)})")
+        return 415, f"{name}: not an image type this station reads ({', '.join(IMAGE_EXTENSIONS)})"
     try:
         with Image.open(io.BytesIO(payload)) as im:
-            im.size  # noqa: B018
+            w, h = im.size
     except Exception:
-        abort(415, f"{name}: the file is not a readable image")
+        return 415, f"{name}: the file is not a readable image"
+    if w * h > max_pixels:
+        return 413, (f"{name}: {w}x{h} px is more than this station segments ({max_pixels:,} px); "
+                     "split it into fields, or ask the station's admin to start it with a larger --max-pixels")
+    return None
 
 
-def add_images(case_id: int, named: list[tuple[str, bytes]]) -> list[int]:
-    """Store and queue images, all or none: each is checked before any is added."""
-    for name, payload in named:
-        check_image(name, payload)
+def add_images(case_id: int, named: list[tuple[str, bytes]]) -> tuple[list[int], list[dict]]:
+    """Store and queue each image that passes :func:`image_problem` and is not already in the case (by its
+    SHA-256); returns the new image ids and the refused files (``name``, ``reason``, ``status``), each
+    judged on its own."""
     folder = station().data / "cases" / str(case_id)
     folder.mkdir(parents=True, exist_ok=True)
-    ids = []
+    known = {r["sha256"]: r["name"] for r in con().execute("SELECT sha256, name FROM images WHERE case_id = ? AND sha256 != ''",
+                                                           (case_id,))}
+    ids, refused = [], []
     for name, payload in named:
+        problem = image_problem(name, payload, station().worker.max_pixels)
+        digest = hashlib.sha256(payload).hexdigest()
+        if problem is None and digest in known:
+            problem = 409, f"{name}: already in this case (as {known[digest]})"
+        if problem is not None:
+            refused.append({"name": name, "status": problem[0], "reason": problem[1]})
+            continue
         shown = re.sub(r"[\x00-\x1f/\\]", "_", Path(name).name)[:MAX_NAME] or "image"
-        image_id = con().execute("INSERT INTO images (case_id, name, path, created_at) VALUES (?, ?, '', ?)",
-                                 (case_id, shown, db.now())).lastrowid
+        known[digest] = shown
+        image_id = con().execute("INSERT INTO images (case_id, name, path, created_at, sha256) VALUES (?, ?, '', ?, ?)",
+                                 (case_id, shown, db.now(), digest)).lastrowid
         path = folder / f"{image_id}{Path(name).suffix.lower()}"
         try:
             atomic_write(path, lambda tmp, payload=payload: tmp.write_bytes(payload))
@@ -53,7 +71,16 @@ def add_images(case_id: int, named: list[tuple[str, bytes]]) -> list[int]:
         ids.append(image_id)
     for image_id in ids:
         station().worker.enqueue(image_id)
-    return ids
+    return ids, refused
+
+
+def added(case_id: int, named: list[tuple[str, bytes]]):
+    """The response to images sent to a case (:func:`add_images`): 201 with the ids and the refused files
+    when any was added, else the first refusal's status naming every refused file."""
+    ids, refused = add_images(case_id, named)
+    if not ids:
+        abort(refused[0]["status"], "; ".join(r["reason"] for r in refused))
+    return jsonify(ids=ids, refused=refused, case=case_dict(case_id)), 201
 
 
 @api.get("/cases")
@@ -81,8 +108,7 @@ def upload(case_id: int):
     files = request.files.getlist("files")
     if not files:
         abort(400, "no files: send them as multipart form field 'files'")
-    ids = add_images(case_id, [(f.filename or "image", f.read()) for f in files])
-    return jsonify(ids=ids, case=case_dict(case_id)), 201
+    return added(case_id, [(f.filename or "image", f.read()) for f in files])
 
 
 @api.post("/cases/<int:case_id>/import")
@@ -97,8 +123,7 @@ def import_folder(case_id: int):
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         abort(400, f"no images in {folder.relative_to(root)}")
-    ids = add_images(case_id, [(p.name, p.read_bytes()) for p in files])
-    return jsonify(ids=ids, case=case_dict(case_id)), 201
+    return added(case_id, [(p.name, p.read_bytes()) for p in files])
 
 
 @api.post("/cases/<int:case_id>/signoff")
@@ -109,9 +134,44 @@ def signoff(case_id: int):
         abort(409, f"case {case_id} was already signed off by {c['signed_off_by']} at {c['signed_off_at']}")
     if c["progress"]["pending"]:
         abort(409, f"{c['progress']['pending']} image(s) are still being segmented")
+    failed = [i["name"] for i in c["images"] if i["status"] == "failed"]
+    if failed:
+        abort(409, f"{len(failed)} image(s) failed ({', '.join(failed)}): retry or delete them before signing off")
     con().execute("UPDATE cases SET signed_off_by = ?, signed_off_at = ? WHERE id = ? AND signed_off_at IS NULL",
                   (who, db.now(), case_id))
     return jsonify(case_dict(case_id))
+
+
+def changeable_image(image_id: int):
+    """The image, or 404; 409 when its case is signed off or it is being segmented."""
+    row = row_or_404("images", image_id, "image")
+    if case_row(row["case_id"])["signed_off_at"]:
+        abort(409, f"case {row['case_id']} is signed off: its images cannot change")
+    if row["status"] == "running":
+        abort(409, f"{row['name']} is being segmented; wait for it to finish")
+    return row
+
+
+@api.delete("/images/<int:image_id>")
+def delete_image(image_id: int):
+    """Remove an image, its cells and results (a wrong or failed upload) from its case."""
+    row = changeable_image(image_id)
+    con().execute("DELETE FROM images WHERE id = ?", (image_id,))  # its cells and their history cascade
+    if row["path"]:  # (an upload cut short before its file was written has none)
+        Path(row["path"]).unlink(missing_ok=True)
+    shutil.rmtree(station().worker.results / str(row["case_id"]) / str(image_id), ignore_errors=True)
+    return jsonify(case_dict(row["case_id"]))
+
+
+@api.post("/images/<int:image_id>/retry")
+def retry_image(image_id: int):
+    """Segment a failed image again."""
+    row = changeable_image(image_id)
+    if row["status"] != "failed":
+        abort(409, f"{row['name']} has not failed (it is {row['status']})")
+    con().execute("UPDATE images SET status = 'queued', error = '' WHERE id = ?", (image_id,))
+    station().worker.enqueue(image_id)
+    return jsonify(case_dict(row["case_id"]))
 
 
 @api.get("/images/<int:image_id>")
@@ -173,8 +233,11 @@ def set_type(cell_id: int):
         abort(400, f"cell {cell_id} is a {row['class']}: only typed (white) cells are reclassified")
     if types and new not in types:
         abort(400, f"unknown type '{new}'; choose from {', '.join(types)}")
+    if "expected" not in d:
+        abort(400, "'expected' (the type the reviewer saw) is required, so that a change made meanwhile in another "
+                   "tab is not overwritten unseen")
     try:
-        result = db.reclassify(con(), cell_id, new, who, d.get("expected"), check_expected="expected" in d)
+        result = db.reclassify(con(), cell_id, new, who, d["expected"], check_expected=True)
     except db.Conflict as err:
         abort(409, str(err))
     case_id = con().execute("SELECT case_id FROM images WHERE id = ?", (row["image_id"],)).fetchone()[0]

@@ -47,6 +47,7 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
     app.json.sort_keys = False  # keep the classifier's order of types
     app.config.update(MAX_CONTENT_LENGTH=max_upload_mb * 1024 * 1024, DATA=data, DB=data / "hemaseg.sqlite3",
                       IMPORT_ROOT=Path(import_root).resolve() if import_root else (data / "import"))
+    app.config["IMPORT_ROOT"].mkdir(parents=True, exist_ok=True)  # where a lab drops folders to import
     db.connect(app.config["DB"]).close()  # create / migrate before serving
     seg = segmenter or default_segmenter()
     worker = Worker(app.config["DB"], data / "results", seg, max_pixels=max_pixels)
@@ -66,7 +67,7 @@ def _same_origin():
     """Changes come from this station's own pages: a POST that another site's page makes the browser
     send (it carries that site's Origin) is refused."""
     origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and urlsplit(origin).netloc != request.host:
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and origin and urlsplit(origin).netloc != request.host:
         abort(403, f"requests from {origin} are not accepted; use the station's own pages")
 
 

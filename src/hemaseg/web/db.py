@@ -70,6 +70,10 @@ MIGRATIONS = (
     """
     ALTER TABLE images ADD COLUMN smear TEXT NOT NULL DEFAULT '{}';
     """,
+    # 4: each image's SHA-256, so that the same file is not added to a case twice
+    """
+    ALTER TABLE images ADD COLUMN sha256 TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -31,8 +31,8 @@ def image_page(image_id: int):
 
 @pages.get("/cases/<int:case_id>/report.html")
 def report(case_id: int):
-    """The case's differential, its red cells (with ``--red-cells``) and its reclassifications as one offline
-    HTML page (a download)."""
+    """The case's differential, its images (failed ones with their error), its red cells and its
+    reclassifications as one offline HTML page, opened in the browser (to print or save)."""
     from ..report import html_page, html_table, red_section
 
     c = case_dict(case_id)
@@ -48,10 +48,13 @@ def report(case_id: int):
         ("Research use only", f"<p>{signed}</p><p><b>Research use only.</b> Types come from an automatic classifier "
                               "and the reviewers' corrections listed below.</p>"),
         ("Differential", html_table(counts, (("type", "type"), ("count", "cells"), ("percent", "%")))
-         + f"<p>{d['total']} typed cells in {len(c['images'])} images.</p>"),
+         + f"<p>{d['total']} typed cells in {c['progress']['done']} segmented images"
+         + (f"; <b>{c['progress']['failed']} image(s) failed and are not counted</b>" if c["progress"]["failed"] else "")
+         + (f"; {c['progress']['pending']} still being segmented" if c["progress"]["pending"] else "") + ".</p>"),
+        ("Images", html_table(c["images"], (("name", "image"), ("status", "status"), ("cells", "cells"), ("error", "error")))),
         *([red_section(red, fields)] if red else []),
         ("Reclassifications", html_table(changes, (("cell", "cell"), ("old_type", "from"), ("new_type", "to"),
                                                     ("who", "who"), ("at", "when (UTC)")))),
     ])
-    return page, 200, {"Content-Disposition": f'attachment; filename="case{case_id}_differential.html"',
+    return page, 200, {"Content-Disposition": f'inline; filename="case{case_id}_differential.html"',
                        "Content-Type": "text/html; charset=utf-8"}

@@ -113,9 +113,16 @@ const hemaseg = (() => {
       $("#bar").max = Math.max(1, p.total); $("#bar").value = p.done + p.failed;
       $("#progress-text").textContent = `${p.done} of ${p.total} images segmented` + (p.failed ? `, ${p.failed} failed` : "")
         + (p.pending ? " …" : "");
-      $("#images").replaceChildren(...c.images.map((i) => el("li", {},
+      const open = !c.signed_off_at;
+      const act = (label, method, path) => el("button", { type: "button", class: "small", "data-action": label, onclick: async () => {
+        if (label === "delete" && !confirm("Remove this image and its cells from the case?")) return;
+        try { await api(path, { method }); showError(""); await refresh(); } catch (e) { showError(e.message); }
+      } }, label);
+      $("#images").replaceChildren(...c.images.map((i) => el("li", { "data-status": i.status },
         el("a", { href: `/images/${i.id}`, text: i.name }),
-        el("span", { class: `status-${i.status}`, text: ` ${i.status}${i.error ? ": " + i.error : ""}, ${i.cells} cells` }))));
+        el("span", { class: `status-${i.status}`, text: ` ${i.status}${i.error ? ": " + i.error : ""}, ${i.cells} cells ` }),
+        ...(open && i.status === "failed" ? [act("retry", "POST", `/api/images/${i.id}/retry`)] : []),
+        ...(open && i.status !== "running" ? [act("delete", "DELETE", `/api/images/${i.id}`)] : []))));
       $("#signed").textContent = c.signed_off_at ? `Signed off by ${c.signed_off_by} at ${c.signed_off_at} (UTC)` : "Not signed off.";
       $("#signoff").hidden = !!c.signed_off_at;
       if (p.pending && !polling) polling = setInterval(refresh, 1000);
@@ -151,13 +158,17 @@ const hemaseg = (() => {
       if (!files.length) { showError("choose image files first"); return; }
       const form = new FormData();
       for (const f of files) form.append("files", f);
-      try { await api(`/api/cases/${caseId}/images`, { method: "POST", body: form }); showError(""); await refresh(); }
-      catch (e) { showError(e.message); }
+      try {  // each file is accepted or refused on its own: say which were refused, and why
+        const r = await api(`/api/cases/${caseId}/images`, { method: "POST", body: form });
+        showError(r.refused.map((x) => x.reason).join("; ")); await refresh();
+      } catch (e) { showError(e.message); }
     });
     $("#import").addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      try { await api(`/api/cases/${caseId}/import`, { json: { folder: $("#folder").value } }); showError(""); await refresh(); }
-      catch (e) { showError(e.message); }
+      try {
+        const r = await api(`/api/cases/${caseId}/import`, { json: { folder: $("#folder").value } });
+        showError(r.refused.map((x) => x.reason).join("; ")); await refresh();
+      } catch (e) { showError(e.message); }
     });
     $("#signoff").addEventListener("submit", async (ev) => {
       ev.preventDefault();
