@@ -227,6 +227,38 @@ def test_reclassify_updates_the_differential_and_keeps_the_history(case):
     assert client.post("/api/cells/999/type", json={"type": new, "who": "x"}).status_code == 404
 
 
+def test_an_excluded_cell_leaves_the_differential_stays_visible_and_comes_back(case):
+    app, client, case_id = case
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    before = client.get(f"/api/cases/{case_id}").get_json()["differential"]
+    r = client.post(f"/api/cells/{cell['id']}/exclusion", json={"reason": "smudge_cell", "who": "Dr Ada"})
+    assert r.status_code == 200 and r.get_json()["result"]["changed"]
+    d = r.get_json()["differential"]
+    assert d["total"] == before["total"] - 1 and d["counts"][cell["type"]] == before["counts"][cell["type"]] - 1
+    assert d["excluded"] == {"smudge_cell": 1}
+    listed = {c["id"]: c for c in client.get(f"/api/cases/{case_id}/cells").get_json()}
+    assert listed[cell["id"]]["excluded"] == "smudge_cell" and listed[cell["id"]]["type"] == cell["type"]  # kept, typed
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/cases/{case_id}/export.csv").get_data(as_text=True))))
+    assert [r["excluded"] for r in rows if r["cell"] == str(cell["number"]) and r["class"] == cell["class"]][0] == "smudge_cell"
+    page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
+    assert "Excluded by the reviewers (not counted): smudge cell 1" in page and "excluded: smudge cell" in page
+    for bad, status, message in (({"reason": "blurry", "who": "x"}, 400, "unknown exclusion 'blurry'"),
+                                 ({"who": "x"}, 400, "'reason' is required"), ({"reason": None}, 400, "'who' must be")):
+        r = client.post(f"/api/cells/{cell['id']}/exclusion", json=bad)
+        assert r.status_code == status and message in r.get_json()["error"], bad
+    red = next((c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is None), None)
+    if red is not None:
+        assert client.post(f"/api/cells/{red['id']}/exclusion", json={"reason": "artefact", "who": "x"}).status_code == 400
+    r = client.post(f"/api/cells/{cell['id']}/exclusion", json={"reason": None, "who": "Dr Bo"})  # counted again
+    assert r.get_json()["differential"]["counts"] == before["counts"] and r.get_json()["differential"]["excluded"] == {}
+    history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
+    assert [(h["kind"], h["old_type"], h["new_type"], h["who"]) for h in history] == [
+        ("exclusion", "", "smudge_cell", "Dr Ada"), ("exclusion", "smudge_cell", "", "Dr Bo")]
+    client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})
+    r = client.post(f"/api/cells/{cell['id']}/exclusion", json={"reason": "artefact", "who": "x"})
+    assert r.status_code == 409 and "signed off" in r.get_json()["error"]
+
+
 def test_two_tabs_reclassifying_the_same_cell_end_consistent(case):
     app, client, case_id = case
     cell = client.get(f"/api/cases/{case_id}/cells").get_json()[1]

@@ -108,6 +108,15 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         assert count(old) == before_old - 1
         wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "Dr Ada"))  # the history line
         browser.save_screenshot(str(shots / "case_reclassified.png"))
+        # exclusions (issue 22): the cell leaves the differential, stays visible in "excluded", comes back
+        Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-exclusion")))).select_by_value("artefact")
+        wait.until(lambda d: count(new) == before_new)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".gallery-type[data-type='excluded'] .thumb.excluded"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "total"), "excluded: artefact 1"))
+        browser.save_screenshot(str(shots / "case_excluded.png"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "counted → excluded: artefact"))
+        Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-exclusion")))).select_by_value("")
+        wait.until(lambda d: count(new) == before_new + 1)
 
         browser.find_element(By.CSS_SELECTOR, "#images a").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#outlines polygon")) >= 2)

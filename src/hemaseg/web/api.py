@@ -195,7 +195,7 @@ def image_file(image_id: int):
 @api.get("/cases/<int:case_id>/cells")
 def case_cells(case_id: int):
     case_row(case_id)
-    rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.type, c.predicted_type, c.type_confidence, "
+    rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.type, c.excluded, c.predicted_type, c.type_confidence, "
                          "json_extract(c.measurements, '$.top_type') top_type, "
                          "json_extract(c.measurements, '$.second_type') second_type, "
                          "json_extract(c.measurements, '$.second_confidence') second_confidence, "
@@ -207,7 +207,7 @@ def case_cells(case_id: int):
 @api.get("/cells/<int:cell_id>")
 def get_cell(cell_id: int):
     d = db.cell_dict(row_or_404("cells", cell_id, "cell"))
-    d["history"] = [dict(r) for r in con().execute("SELECT old_type, new_type, who, at FROM reclassifications "
+    d["history"] = [dict(r) for r in con().execute("SELECT kind, old_type, new_type, who, at FROM reclassifications "
                                                    "WHERE cell_id = ? ORDER BY id", (cell_id,))]
     return jsonify(d)
 
@@ -244,6 +244,27 @@ def set_type(cell_id: int):
     return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", cell_id, "cell")), differential=differential(case_id))
 
 
+@api.post("/cells/<int:cell_id>/exclusion")
+def set_exclusion(cell_id: int):
+    """Leave a typed cell out of the differential (``reason``: one of ``db.EXCLUSIONS``) or, with
+    ``reason`` null, count it again."""
+    d = body()
+    who = text(d, "who")
+    if "reason" not in d:
+        abort(400, f"'reason' is required: one of {', '.join(db.EXCLUSIONS)}, or null to count the cell again")
+    row = row_or_404("cells", cell_id, "cell")
+    if row["type"] is None:
+        abort(400, f"cell {cell_id} is a {row['class']}: only typed (white) cells are in the differential")
+    try:
+        result = db.set_excluded(con(), cell_id, d["reason"], who)
+    except ValueError as err:
+        abort(400, str(err))
+    except db.Conflict as err:
+        abort(409, str(err))
+    case_id = con().execute("SELECT case_id FROM images WHERE id = ?", (row["image_id"],)).fetchone()[0]
+    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", cell_id, "cell")), differential=differential(case_id))
+
+
 # ---------------------------------------------------------------------- exports
 @api.get("/cases/<int:case_id>/export.csv")
 def export_csv(case_id: int):
@@ -254,7 +275,7 @@ def export_csv(case_id: int):
     for r in con().execute("SELECT c.*, i.name image FROM cells c JOIN images i ON i.id = c.image_id "
                            "WHERE i.case_id = ? ORDER BY c.image_id, c.number", (case_id,)):
         rows.append({"image": r["image"], "cell": r["number"], "class": r["class"], "score": r["score"],
-                     "type": r["type"] or "", "predicted_type": r["predicted_type"] or "",
+                     "type": r["type"] or "", "excluded": r["excluded"] or "", "predicted_type": r["predicted_type"] or "",
                      "type_confidence": "" if r["type_confidence"] is None else r["type_confidence"],
                      **json.loads(r["measurements"])})
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["image", "cell", "class", "score", "type"]
@@ -276,7 +297,7 @@ def export_coco(case_id: int):
                          "segmentation": [[v for xy in poly for v in xy] for poly in outline[:1]],
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": json.loads(c["measurements"]).get("area_px"),
                          "score": c["score"], "iscrowd": 0, "cell_id": c["number"],
-                         "attributes": {"type": c["type"], "predicted_type": c["predicted_type"]}})
+                         "attributes": {"type": c["type"], "predicted_type": c["predicted_type"], "excluded": c["excluded"]}})
     coco = {"info": {"description": f"hemaseg review station, case {case_id}"}, "images": images, "annotations": anns,
             "categories": [{"id": i, "name": n} for n, i in cats.items()]}
     return jsonify(coco), 200, {"Content-Disposition": f'attachment; filename="case{case_id}_coco.json"'}

@@ -91,11 +91,13 @@ def open_case(case_id: int) -> sqlite3.Row:
 
 def differential(case_id: int) -> dict:
     """The case's white-cell differential by :func:`hemaseg.report.tally` (as ``hemaseg report``
-    counts a segment folder), with the lab's counts (:func:`hemaseg.report.lab_counts`)."""
-    found = [r[0] for r in con().execute("SELECT c.type FROM cells c JOIN images i ON i.id = c.image_id "
-                                         "WHERE i.case_id = ? AND c.type IS NOT NULL ORDER BY c.id", (case_id,))]
-    d = tally(station().types, found)
-    return {**d, "lab": lab_counts(d["counts"])}
+    counts a segment folder), with the lab's counts (:func:`hemaseg.report.lab_counts`); excluded cells
+    are left out and counted per reason (``excluded``)."""
+    rows = con().execute("SELECT c.type, c.excluded FROM cells c JOIN images i ON i.id = c.image_id "
+                         "WHERE i.case_id = ? AND c.type IS NOT NULL ORDER BY c.id", (case_id,)).fetchall()
+    d = tally(station().types, [r[0] for r in rows if r[1] is None])
+    excluded = {reason: sum(r[1] == reason for r in rows) for reason in db.EXCLUSIONS}
+    return {**d, "lab": lab_counts(d["counts"]), "excluded": {k: n for k, n in excluded.items() if n}}
 
 
 def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
@@ -128,7 +130,7 @@ def case_dict(case_id: int) -> dict:
         "LEFT JOIN cells c ON c.image_id = i.id WHERE i.case_id = ? GROUP BY i.id ORDER BY i.id", (case_id,))]
     status = [i["status"] for i in images]
     red, _ = red_cells(case_id)
-    c.update(images=images, differential=differential(case_id), types=list(station().types),
+    c.update(images=images, differential=differential(case_id), types=list(station().types), exclusions=list(db.EXCLUSIONS),
              red={k: v for k, v in red.items() if k != "diameters"} if red else None,
              progress={"total": len(images), "done": status.count("done"), "failed": status.count("failed"),
                        "pending": status.count("queued") + status.count("running")})

@@ -74,7 +74,14 @@ MIGRATIONS = (
     """
     ALTER TABLE images ADD COLUMN sha256 TEXT NOT NULL DEFAULT '';
     """,
+    # 5: exclusions - a cell left out of the differential with its reason (NULL: counted); the history
+    # says which kind of change each row is (old/new hold the reasons of an exclusion, '' when counted)
+    """
+    ALTER TABLE cells ADD COLUMN excluded TEXT;
+    ALTER TABLE reclassifications ADD COLUMN kind TEXT NOT NULL DEFAULT 'type';
+    """,
 )
+EXCLUSIONS = ("artefact", "smudge_cell", "duplicate", "not_a_cell")  # why a reviewer leaves a cell out of the differential
 
 
 def now() -> str:
@@ -141,6 +148,32 @@ def reclassify(con: sqlite3.Connection, cell_id: int, new_type: str, who: str, e
         con.execute("ROLLBACK")
         raise
     return {"id": cell_id, "old": row["type"], "type": new_type, "changed": changed}
+
+
+def set_excluded(con: sqlite3.Connection, cell_id: int, reason: str | None, who: str) -> dict:
+    """Leave a cell out of the differential for ``reason`` (one of :data:`EXCLUSIONS`) or, with None,
+    count it again; recorded in the history (kind ``exclusion``), atomically. The cell, its outline and its
+    type stay: an exclusion is reversible. Refused (:class:`Conflict`) once the case is signed off."""
+    if reason is not None and reason not in EXCLUSIONS:
+        raise ValueError(f"unknown exclusion '{reason}'; choose from {', '.join(EXCLUSIONS)}")
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        row = con.execute("SELECT c.excluded, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
+                          "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
+        if row is None:
+            raise KeyError(cell_id)
+        if row["signed_off_at"]:
+            raise Conflict("the case is signed off: its cells can no longer be excluded or counted again")
+        changed = row["excluded"] != reason
+        if changed:
+            con.execute("UPDATE cells SET excluded = ? WHERE id = ?", (reason, cell_id))
+            con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'exclusion')",
+                        (cell_id, row["excluded"] or "", reason or "", who, now()))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {"id": cell_id, "old": row["excluded"], "excluded": reason, "changed": changed}
 
 
 def cell_dict(row: sqlite3.Row) -> dict:

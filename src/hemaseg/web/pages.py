@@ -29,6 +29,18 @@ def image_page(image_id: int):
     return render_template("image.html", image=row, scale=json.loads(row["scale"] or "{}"))
 
 
+def _change(r: dict) -> dict:
+    """A history row as the report words it: an exclusion's reasons as ``excluded: REASON`` / ``counted``.
+
+    >>> _change({"kind": "exclusion", "old_type": "", "new_type": "smudge_cell"})["new_type"]
+    'excluded: smudge cell'
+    """
+    if r["kind"] == "exclusion":
+        for k in ("old_type", "new_type"):
+            r[k] = f"excluded: {r[k].replace('_', ' ')}" if r[k] else "counted"
+    return r
+
+
 @pages.get("/cases/<int:case_id>/report.html")
 def report(case_id: int):
     """The case's differential, its images (failed ones with their error), its red cells and its
@@ -39,8 +51,8 @@ def report(case_id: int):
     red, fields = red_cells(case_id)
     d = c["differential"]
     counts = [{"type": t, "count": n, "percent": f"{d['percent'][t]:.1f}"} for t, n in d["counts"].items()]
-    changes = [dict(r) for r in con().execute(
-        "SELECT i.name || ' #' || c.number cell, r.old_type, r.new_type, r.who, r.at FROM reclassifications r "
+    changes = [_change(dict(r)) for r in con().execute(
+        "SELECT i.name || ' #' || c.number cell, r.kind, r.old_type, r.new_type, r.who, r.at FROM reclassifications r "
         "JOIN cells c ON c.id = r.cell_id JOIN images i ON i.id = c.image_id WHERE i.case_id = ? ORDER BY r.id", (case_id,))]
     signed = (f"Signed off by {html.escape(c['signed_off_by'])} at {c['signed_off_at']} (UTC)." if c["signed_off_at"]
               else "<b>Not signed off.</b>")
@@ -50,7 +62,9 @@ def report(case_id: int):
         ("Differential", html_table(counts, (("type", "type"), ("count", "cells"), ("percent", "%")))
          + f"<p>{d['total']} typed cells in {c['progress']['done']} segmented images"
          + (f"; <b>{c['progress']['failed']} image(s) failed and are not counted</b>" if c["progress"]["failed"] else "")
-         + (f"; {c['progress']['pending']} still being segmented" if c["progress"]["pending"] else "") + ".</p>"),
+         + (f"; {c['progress']['pending']} still being segmented" if c["progress"]["pending"] else "") + "."
+         + (" Excluded by the reviewers (not counted): " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in d["excluded"].items())
+            + "." if d["excluded"] else "") + "</p>"),
         ("Images", html_table(c["images"], (("name", "image"), ("status", "status"), ("cells", "cells"), ("error", "error")))),
         *([red_section(red, fields)] if red else []),
         ("Reclassifications", html_table(changes, (("cell", "cell"), ("old_type", "from"), ("new_type", "to"),

@@ -53,7 +53,8 @@ const hemaseg = (() => {
   function differentialTable(d) {
     $("#differential tbody").replaceChildren(...Object.entries(d.counts).map(([t, n]) =>
       el("tr", { "data-type": t }, el("td", { text: t }), el("td", { class: "count", text: n }), el("td", { text: d.percent[t].toFixed(1) }))));
-    $("#total").textContent = `${d.total} typed cells`;
+    const ex = Object.entries(d.excluded || {}).map(([k, n]) => `${k.replace("_", " ")} ${n}`).join(", ");
+    $("#total").textContent = `${d.total} typed cells` + (ex ? `; excluded: ${ex}` : "");
   }
 
   // red cells and platelets (serve --red-cells): ratios, mean diameter, morphology with its ICSH grade
@@ -89,11 +90,25 @@ const hemaseg = (() => {
       });
       const m = c.measurements || {};
       const second = m.second_type ? `; next ${m.second_type} (${Number(m.second_confidence).toFixed(2)})` : "";
+      // exclusions: left out of the differential, kept and reversible
+      const exclude = el("select", { id: "cell-exclusion" }, el("option", { value: "", text: "counted" }),
+        ...(window.hemasegExclusions || []).map((r) => el("option", { value: r, text: `excluded: ${r.replace("_", " ")}` })));
+      exclude.value = c.excluded || "";
+      exclude.addEventListener("change", async () => {
+        try {
+          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before excluding a cell");
+          const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason: exclude.value || null, who: who.value.trim() } });
+          showError("");
+          if (onChange) onChange(r);
+          await showCell(cellId, onChange);
+        } catch (e) { showError(e.message); exclude.value = c.excluded || ""; }
+      });
       children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})${second}` }),
-        el("label", { text: "type " }, select));
+        el("label", { text: "type " }, select), el("br"), el("label", { text: "in the differential: " }, exclude));
+      const said = (h, v) => (h.kind === "exclusion" ? (v ? `excluded: ${v.replace("_", " ")}` : "counted") : v);
       if (c.history.length) {
         children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
-          el("li", { text: `${h.old_type} → ${h.new_type}, ${h.who}, ${h.at}` }))));
+          el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
       }
     }
     children.push(el("table", {}, ...rows));
@@ -107,6 +122,7 @@ const hemaseg = (() => {
     async function refresh() {
       const c = await api(`/api/cases/${caseId}`);
       window.hemasegTypes = c.types;
+      window.hemasegExclusions = c.exclusions;
       differentialTable(c.differential);
       redPanel(c.red);
       const p = c.progress;
@@ -138,11 +154,12 @@ const hemaseg = (() => {
     async function gallery() {
       const cells = (await api(`/api/cases/${caseId}/cells`)).filter((c) => c.type !== null);
       const types = window.hemasegTypes.length ? window.hemasegTypes : [...new Set(cells.map((c) => c.type))];
-      $("#gallery").replaceChildren(...types.map((t) => {
-        const members = cells.filter((c) => c.type === t);
+      const groups = [...types, "excluded"];  // excluded cells stay visible, in their own group
+      $("#gallery").replaceChildren(...groups.map((t) => {
+        const members = cells.filter((c) => (t === "excluded" ? c.excluded : !c.excluded && c.type === t));
         return el("div", { class: "gallery-type", "data-type": t }, el("h3", { text: `${t} (${members.length})` }),
           el("div", { class: "thumbs" }, ...members.map((c) => el("figure", { class: "thumb-box" }, el("img", {
-            class: "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`, "data-cell": c.id,
+            class: c.excluded ? "thumb excluded" : "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`, "data-cell": c.id,
             title: `${c.image} #${c.number}: ${c.type}`,
             onclick: (ev) => {
               document.querySelectorAll(".thumb.selected").forEach((x) => x.classList.remove("selected"));
