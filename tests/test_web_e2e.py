@@ -68,6 +68,7 @@ def browser():
 def test_create_upload_reclassify_restart(tmp_path, browser):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -137,6 +138,43 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         browser.get(base + "/")
         wait.until(EC.text_to_be_present_in_element((By.ID, "cases"), "slide 42"))
         browser.save_screenshot(str(shots / "cases.png"))
+
+        # review at speed (issue 22): a number key types the selected cell and selects the next one, arrows
+        # move, a cell dropped on a group takes its type (or is excluded), a cell is shown in its image
+        browser.get(case_url)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thumb")) >= 4)
+        types = browser.execute_script("return window.hemasegTypes")
+        assert "1 " + types[0] in browser.find_element(By.ID, "keys").text
+        first = browser.find_elements(By.CSS_SELECTOR, "#gallery .thumb")[0]
+        cell_id, current = first.get_attribute("data-cell"), first.get_attribute("title").rsplit(": ", 1)[1]
+        key = next(k for k, t in enumerate(types[:9]) if t not in (current, "unidentified"))
+        before = count(types[key])
+        first.click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "area_px"))
+        browser.find_element(By.TAG_NAME, "body").send_keys(str(key + 1))
+        wait.until(lambda d: count(types[key]) == before + 1)
+        wait.until(lambda d: d.execute_script("const s = document.querySelector('#gallery .thumb.selected'); return s && s.dataset.cell")
+                   not in (None, cell_id))  # on to the next cell
+        chosen = browser.execute_script("return document.querySelector('#gallery .thumb.selected').dataset.cell")
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+        wait.until(lambda d: d.execute_script("return document.querySelector('#gallery .thumb.selected').dataset.cell") != chosen)
+        total = browser.execute_script("return document.querySelector('#total').textContent")
+        browser.execute_script(
+            "const dt = new DataTransfer(); dt.setData('text/plain', arguments[0]);"
+            "document.querySelector(`.gallery-type[data-type='excluded']`).dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}))",
+            cell_id)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f".gallery-type[data-type='excluded'] .thumb[data-cell='{cell_id}']"))
+        assert browser.execute_script("return document.querySelector('#total').textContent") != total
+        browser.find_element(By.CSS_SELECTOR, f"#gallery .thumb[data-cell='{cell_id}']").click()
+        wait.until(EC.element_to_be_clickable((By.ID, "cell-in-image"))).click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#outlines polygon.selected[data-cell='{cell_id}']"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), "area_px"))
+        assert Select(browser.find_element(By.ID, "cell-exclusion")).first_selected_option.text == "excluded: artefact"
+        box = browser.execute_script(  # the cell is centred in the viewer, zoomed in
+            "const b = document.querySelector('#outlines polygon.selected').getBoundingClientRect(), v = document.querySelector('#viewer')"
+            ".getBoundingClientRect(); return [b.left + b.width / 2 - v.left - v.width / 2, b.top + b.height / 2 - v.top - v.height / 2, b.width]")
+        assert abs(box[0]) < 60 and abs(box[1]) < 60 and box[2] > 80, box
+        browser.save_screenshot(str(shots / "cell_in_image.png"))
 
         # issue 22, bug 4: a failed image's long error wraps in its column; the gallery keeps its width
         import sqlite3

@@ -179,7 +179,7 @@ def get_image(image_id: int):
     row = row_or_404("images", image_id, "image")
     cells = [db.cell_dict(r) for r in con().execute("SELECT * FROM cells WHERE image_id = ? ORDER BY number", (image_id,))]
     d = {k: row[k] for k in row.keys() if k != "path"}
-    return jsonify({**d, "cells": cells, "types": list(station().types)})
+    return jsonify({**d, "cells": cells, "types": list(station().types), "exclusions": list(db.EXCLUSIONS)})
 
 
 @api.get("/images/<int:image_id>/file")

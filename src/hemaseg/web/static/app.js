@@ -14,6 +14,8 @@ const hemaseg = (() => {
   who.value = localStorage.getItem("hemaseg-who") || "";
   who.addEventListener("change", () => localStorage.setItem("hemaseg-who", who.value.trim()));
 
+  const LOW_CONFIDENCE = 0.8;  // a cell typed with less is flagged "?" in the gallery: a fifth or more of the probability is elsewhere
+
   function showError(msg) { const e = $("#error"); if (e) e.textContent = msg || ""; }
 
   async function api(path, options = {}) {
@@ -111,6 +113,9 @@ const hemaseg = (() => {
           el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
       }
     }
+    if (!location.pathname.startsWith("/images/")) {  // from the gallery: the cell in its image
+      children.push(el("p", {}, el("a", { id: "cell-in-image", href: `/images/${c.image_id}#cell=${c.id}`, text: "show in the image" })));
+    }
     children.push(el("table", {}, ...rows));
     panel.replaceChildren(...children);
     panel.hidden = false;
@@ -151,24 +156,74 @@ const hemaseg = (() => {
       const first = `${c.top_type || c.predicted_type} ${(c.type_confidence ?? 0).toFixed(2)}`;
       return c.second_type ? `${first}, ${c.second_type} ${Number(c.second_confidence).toFixed(2)}` : first;
     }
-    async function gallery() {
+    // review at speed: least sure first in each group, unsure cells flagged; keys 1-9 set the selected
+    // cell's type (then the next cell is selected), arrows move between cells; drag a cell onto a group
+    let byId = {};
+    const select = (thumb) => {
+      if (!thumb) return;
+      document.querySelectorAll(".thumb.selected").forEach((x) => x.classList.remove("selected"));
+      thumb.classList.add("selected");
+      thumb.scrollIntoView({ block: "nearest" });
+      showCell(Number(thumb.dataset.cell), async (r) => { differentialTable(r.differential); await gallery(); });
+    };
+    const thumbs = () => [...document.querySelectorAll("#gallery .thumb")];
+    async function setType(cellId, type) {
+      const c = byId[cellId];
+      if (!c || c.type === type) return;
+      if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before reclassifying");
+      const r = await api(`/api/cells/${cellId}/type`, { json: { type, who: who.value.trim(), expected: c.type } });
+      differentialTable(r.differential);
+    }
+    async function exclude(cellId, reason) {
+      if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before excluding a cell");
+      const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason, who: who.value.trim() } });
+      differentialTable(r.differential);
+    }
+    async function gallery(keep) {
       const cells = (await api(`/api/cases/${caseId}/cells`)).filter((c) => c.type !== null);
+      byId = Object.fromEntries(cells.map((c) => [c.id, c]));
       const types = window.hemasegTypes.length ? window.hemasegTypes : [...new Set(cells.map((c) => c.type))];
       const groups = [...types, "excluded"];  // excluded cells stay visible, in their own group
+      $("#keys").textContent = "keys: " + types.slice(0, 9).map((t, k) => `${k + 1} ${t}`).join(" · ") + " · ← → move";
       $("#gallery").replaceChildren(...groups.map((t) => {
-        const members = cells.filter((c) => (t === "excluded" ? c.excluded : !c.excluded && c.type === t));
-        return el("div", { class: "gallery-type", "data-type": t }, el("h3", { text: `${t} (${members.length})` }),
-          el("div", { class: "thumbs" }, ...members.map((c) => el("figure", { class: "thumb-box" }, el("img", {
-            class: c.excluded ? "thumb excluded" : "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`, "data-cell": c.id,
-            title: `${c.image} #${c.number}: ${c.type}`,
-            onclick: (ev) => {
-              document.querySelectorAll(".thumb.selected").forEach((x) => x.classList.remove("selected"));
-              ev.target.classList.add("selected");
-              showCell(c.id, async (r) => { differentialTable(r.differential); await gallery(); });
-            },
-          }), el("figcaption", { class: "top-two", text: topTwo(c) })))));
+        const members = cells.filter((c) => (t === "excluded" ? c.excluded : !c.excluded && c.type === t))
+          .sort((a, b) => (a.type_confidence ?? 1) - (b.type_confidence ?? 1));
+        const group = el("div", { class: "gallery-type", "data-type": t }, el("h3", { text: `${t} (${members.length})` }),
+          el("div", { class: "thumbs" }, ...members.map((c) => {
+            const unsure = (c.type_confidence ?? 1) < LOW_CONFIDENCE;
+            return el("figure", { class: unsure ? "thumb-box unsure" : "thumb-box" }, el("img", {
+              class: c.excluded ? "thumb excluded" : "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`,
+              "data-cell": c.id, title: `${c.image} #${c.number}: ${c.type}`, draggable: "true",
+              ondragstart: (ev) => ev.dataTransfer.setData("text/plain", String(c.id)),
+              onclick: (ev) => select(ev.target),
+            }), el("figcaption", { class: "top-two", text: (unsure ? "? " : "") + topTwo(c) }));
+          })));
+        group.addEventListener("dragover", (ev) => ev.preventDefault());
+        group.addEventListener("drop", async (ev) => {
+          ev.preventDefault();
+          const id = Number(ev.dataTransfer.getData("text/plain"));
+          try { await (t === "excluded" ? exclude(id, "artefact") : setType(id, t)); showError(""); await gallery(id); }
+          catch (e) { showError(e.message); }
+        });
+        return group;
       }));
+      if (keep) select(document.querySelector(`#gallery .thumb[data-cell="${keep}"]`));
     }
+    document.addEventListener("keydown", async (ev) => {
+      if (ev.target.closest && ev.target.closest("input, select, textarea")) return;
+      const current = document.querySelector("#gallery .thumb.selected");
+      const all = thumbs(), k = all.indexOf(current);
+      if (ev.key === "ArrowRight" || ev.key === "ArrowLeft") {
+        ev.preventDefault();
+        select(all[Math.min(all.length - 1, Math.max(0, k + (ev.key === "ArrowRight" ? 1 : -1)))] || all[0]);
+      } else if (/^[1-9]$/.test(ev.key) && current) {
+        const type = (window.hemasegTypes || [])[Number(ev.key) - 1];
+        if (!type) return;
+        const next = all[k + 1] && all[k + 1].dataset.cell;
+        try { await setType(Number(current.dataset.cell), type); showError(""); await gallery(next || current.dataset.cell); }
+        catch (e) { showError(e.message); }
+      }
+    });
     $("#upload").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const files = $("#files").files;
@@ -202,6 +257,7 @@ const hemaseg = (() => {
   async function imagePage(imageId) {
     const data = await api(`/api/images/${imageId}`);
     window.hemasegTypes = data.types;
+    window.hemasegExclusions = data.exclusions;
     const img = $("#picture"), svg = $("#overlay"), stage = $("#stage"), viewer = $("#viewer");
     const ns = "http://www.w3.org/2000/svg";
     let scale = 1, tx = 0, ty = 0;
@@ -242,6 +298,21 @@ const hemaseg = (() => {
       t.setAttribute("x", c.measurements.centroid_x); t.setAttribute("y", c.measurements.centroid_y);
       t.textContent = c.number;
       $("#ids").append(t);
+    }
+    const wanted = Number((location.hash.match(/cell=(\d+)/) || [])[1]);
+    const target = wanted && document.querySelector(`#outlines polygon[data-cell="${wanted}"]`);
+    if (target) {  // from the gallery: select the cell and centre it, zoomed in
+      target.classList.add("selected");
+      showCell(wanted);
+      const c = data.cells.find((x) => x.id === wanted);
+      const centre = () => {  // idempotent: the load event may come after an image already complete
+        fit();
+        scale = Math.min(4, Math.max(1, scale * 3));
+        tx = viewer.clientWidth / 2 - c.measurements.centroid_x * scale; ty = viewer.clientHeight / 2 - c.measurements.centroid_y * scale;
+        apply();
+      };
+      img.addEventListener("load", centre);
+      if (img.complete && img.naturalWidth) centre();
     }
     const layer = (box, g) => { const f = () => { $(g).style.display = $(box).checked ? "" : "none"; }; $(box).addEventListener("change", f); f(); };
     layer("#show-outlines", "#outlines"); layer("#show-nuclei", "#nuclei"); layer("#show-ids", "#ids");
