@@ -439,3 +439,21 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     _wait(app)
     case = client.get(f"/api/cases/{case_id}").get_json()
     assert case["red"] is None and case["differential"]["total"] == case["images"][0]["cells"] > 0
+
+
+def test_a_case_name_used_twice_is_asked_first_and_archived_cases_leave_the_list(tmp_path, segmenter):
+    client = _app(tmp_path, segmenter).test_client()
+    first = client.post("/api/cases", json={"name": "Slide 9"}).get_json()["id"]
+    r = client.post("/api/cases", json={"name": "slide 9"})
+    assert r.status_code == 409 and f"a case named 'slide 9' already exists (case {first}" in r.get_json()["error"]
+    second = client.post("/api/cases", json={"name": "slide 9", "duplicate": True})
+    assert second.status_code == 201
+    assert [c["id"] for c in client.get("/api/cases").get_json()] == [second.get_json()["id"], first]
+    r = client.post(f"/api/cases/{first}/archive", json={"archived": True})
+    assert r.status_code == 200 and r.get_json()["archived_at"]
+    assert [c["id"] for c in client.get("/api/cases").get_json()] == [second.get_json()["id"]]
+    assert first in [c["id"] for c in client.get("/api/cases?archived=1").get_json()]
+    assert client.post(f"/api/cases/{first}/archive", json={"archived": "yes"}).status_code == 400
+    assert client.post("/api/cases/99/archive", json={"archived": True}).status_code == 404
+    client.post(f"/api/cases/{first}/archive", json={"archived": False})
+    assert len(client.get("/api/cases").get_json()) == 2

@@ -85,16 +85,37 @@ def added(case_id: int, named: list[tuple[str, bytes]]):
 
 @api.get("/cases")
 def list_cases():
+    """The cases, newest first; archived ones only with ``?archived=1``."""
+    archived = request.args.get("archived") == "1"
     rows = con().execute("SELECT k.*, COUNT(i.id) images FROM cases k LEFT JOIN images i ON i.case_id = k.id "
-                         "GROUP BY k.id ORDER BY k.id DESC").fetchall()
+                         f"{'' if archived else 'WHERE k.archived_at IS NULL '}GROUP BY k.id ORDER BY k.id DESC").fetchall()
     return jsonify([dict(r) for r in rows])
 
 
 @api.post("/cases")
 def create_case():
-    name = text(body(), "name")
+    """A new case; a name some case already has (letter case aside) is refused (409) unless the body says
+    ``duplicate: true`` - the page asks first, so that one sample does not become two cases by mistake."""
+    d = body()
+    name = text(d, "name")
+    same = con().execute("SELECT id, created_at FROM cases WHERE lower(name) = lower(?) ORDER BY id", (name,)).fetchone()
+    if same is not None and d.get("duplicate") is not True:
+        abort(409, f"a case named '{name}' already exists (case {same['id']}, created {same['created_at']} UTC); "
+                   "create another anyway?")
     cur = con().execute("INSERT INTO cases (name, created_at) VALUES (?, ?)", (name, db.now()))
     return jsonify(case_dict(cur.lastrowid)), 201
+
+
+@api.post("/cases/<int:case_id>/archive")
+def archive(case_id: int):
+    """Archive (``archived: true``) or bring back (``false``) a case: archived cases leave the list of cases,
+    nothing else changes."""
+    d = body()
+    if not isinstance(d.get("archived"), bool):
+        abort(400, "'archived' must be true or false")
+    case_row(case_id)
+    con().execute("UPDATE cases SET archived_at = ? WHERE id = ?", (db.now() if d["archived"] else None, case_id))
+    return jsonify(case_dict(case_id))
 
 
 @api.get("/cases/<int:case_id>")

@@ -80,6 +80,10 @@ MIGRATIONS = (
     ALTER TABLE cells ADD COLUMN excluded TEXT;
     ALTER TABLE reclassifications ADD COLUMN kind TEXT NOT NULL DEFAULT 'type';
     """,
+    # 6: archived cases leave the list of cases (NULL: listed)
+    """
+    ALTER TABLE cases ADD COLUMN archived_at TEXT;
+    """,
 )
 EXCLUSIONS = ("artefact", "smudge_cell", "duplicate", "not_a_cell")  # why a reviewer leaves a cell out of the differential
 

@@ -35,16 +35,23 @@ const hemaseg = (() => {
   // ---------------------------------------------------------------- cases
   async function indexPage() {
     async function load() {
-      const cases = await api("/api/cases");
+      const cases = await api("/api/cases" + ($("#show-archived").checked ? "?archived=1" : ""));
       const body = $("#cases tbody");
       body.replaceChildren(...cases.map((c) => el("tr", {},
         el("td", {}, el("a", { href: `/cases/${c.id}`, text: c.name })), el("td", { text: c.images }),
-        el("td", { text: c.created_at }), el("td", { text: c.signed_off_at ? `${c.signed_off_by}, ${c.signed_off_at}` : "" }))));
+        el("td", { text: c.created_at }), el("td", { text: c.signed_off_at ? `${c.signed_off_by}, ${c.signed_off_at}` : "" }),
+        el("td", { text: c.archived_at ? "archived" : "" }))));
     }
+    $("#show-archived").addEventListener("change", load);
     $("#new-case").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try {
-        const c = await api("/api/cases", { json: { name: $("#case-name").value } });
+        const name = $("#case-name").value;
+        let c;
+        try { c = await api("/api/cases", { json: { name } }); } catch (e) {
+          if (!e.message.includes("already exists") || !confirm(e.message)) throw e;  // the same name: ask first
+          c = await api("/api/cases", { json: { name, duplicate: true } });
+        }
         location.href = `/cases/${c.id}`;
       } catch (e) { showError(e.message); }
     });
@@ -146,6 +153,8 @@ const hemaseg = (() => {
         ...(open && i.status !== "running" ? [act("delete", "DELETE", `/api/images/${i.id}`)] : []))));
       $("#signed").textContent = c.signed_off_at ? `Signed off by ${c.signed_off_by} at ${c.signed_off_at} (UTC)` : "Not signed off.";
       $("#signoff").hidden = !!c.signed_off_at;
+      $("#archive button").textContent = c.archived_at ? "Bring back to the list of cases" : "Archive this case";
+      $("#archive").dataset.archived = c.archived_at ? "1" : "";
       if (p.pending && !polling) polling = setInterval(refresh, 1000);
       if (!p.pending && polling) { clearInterval(polling); polling = null; await gallery(); }
       return c;
@@ -241,6 +250,11 @@ const hemaseg = (() => {
         const r = await api(`/api/cases/${caseId}/import`, { json: { folder: $("#folder").value } });
         showError(r.refused.map((x) => x.reason).join("; ")); await refresh();
       } catch (e) { showError(e.message); }
+    });
+    $("#archive").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try { await api(`/api/cases/${caseId}/archive`, { json: { archived: !$("#archive").dataset.archived } }); showError(""); await refresh(); }
+      catch (e) { showError(e.message); }
     });
     $("#signoff").addEventListener("submit", async (ev) => {
       ev.preventDefault();
