@@ -457,3 +457,50 @@ def test_a_case_name_used_twice_is_asked_first_and_archived_cases_leave_the_list
     assert client.post("/api/cases/99/archive", json={"archived": True}).status_code == 404
     client.post(f"/api/cases/{first}/archive", json={"archived": False})
     assert len(client.get("/api/cases").get_json()) == 2
+
+
+def test_the_case_as_a_lab_sees_it_sample_fields_comments_absolute_counts_and_target(case, tmp_path):
+    app, client, case_id = case
+    r = client.post(f"/api/cases/{case_id}/details", json={"sample_id": "S-17", "stain": "May-Grünwald-Giemsa",
+                                                           "wbc_count": 10.0, "target_count": 200, "comment": "left shift?"})
+    assert r.status_code == 200, r.get_json()
+    c = r.get_json()
+    assert c["details"] == {"sample_id": "S-17", "stain": "May-Grünwald-Giemsa", "wbc_count": 10.0, "target_count": 200}
+    assert c["comment"] == "left shift?" and c["differential"]["target"] == {"count": 200, "done": c["differential"]["lab"]["white_cells"]}
+    absolute = {a["type"]: a for a in c["differential"]["absolute"]}
+    pct = c["differential"]["lab"]["five_part_percent"]
+    assert absolute["neutrophil"]["absolute"] == round(pct["neutrophil"] * 10.0 / 100, 2)
+    for a in absolute.values():  # flagged exactly when outside its adult range
+        assert a["flag"] == ("L" if a["absolute"] < a["low"] else "H" if a["absolute"] > a["high"] else "")
+    for bad, message in (({"wbc_count": -1}, "'wbc_count' must be a positive number"), ({"colour": "x"}, "unknown field 'colour'"),
+                         ({"target_count": 99.5}, "whole number"), ({"stain": "x" * 201}, "at most 200")):
+        r = client.post(f"/api/cases/{case_id}/details", json=bad)
+        assert r.status_code == 400 and message in r.get_json()["error"], bad
+    r = client.post(f"/api/cases/{case_id}/details", json={"sample_id": None})  # cleared; the rest kept
+    assert r.get_json()["details"] == {"stain": "May-Grünwald-Giemsa", "wbc_count": 10.0, "target_count": 200}
+    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    r = client.post(f"/api/cells/{cell['id']}/comment", json={"comment": "toxic granulation", "who": "Dr Ada"})
+    assert r.status_code == 200 and r.get_json()["comment"] == "toxic granulation"
+    history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
+    assert [(h["kind"], h["new_type"], h["who"]) for h in history] == [("comment", "toxic granulation", "Dr Ada")]
+    assert client.post(f"/api/cells/{cell['id']}/comment", json={"comment": 3, "who": "x"}).status_code == 400
+    # a lab's own reference ranges, refused with the reason when the file is wrong
+    from hemaseg.data.io import DataError
+    from hemaseg.web.context import read_ranges
+
+    path = tmp_path / "ranges.json"
+    path.write_text(json.dumps({"neutrophil": [1.8, 7.5]}))
+    assert read_ranges(path)["neutrophil"] == (1.8, 7.5) and read_ranges(path)["lymphocyte"] == (1.0, 3.0)
+    for text_, message in (('{"blasts": [0, 1]}', "unknown type 'blasts'"), ('{"monocyte": [1, 0.2]}', "0 <= low < high"), ("[", "cannot read")):
+        path.write_text(text_)
+        with pytest.raises(DataError, match=message):
+            read_ranges(path)
+    page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)  # one printable page (A4 print CSS)
+    for part in ("@page{size:A4", "May-Grünwald-Giemsa", "Absolute counts at a white-cell count of 10.0", "left shift?",
+                 "toxic granulation", "Reviewed by: Dr Ada", "Not signed off", "data:image/png;base64,", "Research use only"):
+        assert part in page, part
+    assert "of 200 white cells counted" in page
+    client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})
+    assert "Signed off by Dr Ada" in client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
+    assert client.post(f"/api/cases/{case_id}/details", json={"stain": "Wright"}).status_code == 409
+    assert client.post(f"/api/cells/{cell['id']}/comment", json={"comment": "late", "who": "x"}).status_code == 409

@@ -194,11 +194,35 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         browser.execute_script("window.confirm = () => true")
         failed.click()
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#images li[data-status='failed']"))
+        # the case as a lab sees it: sample fields, a white-cell count -> absolute counts against the ranges
+        browser.find_element(By.CSS_SELECTOR, "#fields input[name='sample_id']").send_keys("S-42")
+        browser.find_element(By.CSS_SELECTOR, "#fields input[name='wbc_count']").send_keys("7.5")
+        browser.find_element(By.ID, "case-comment").send_keys("film well spread")
+        browser.find_element(By.CSS_SELECTOR, "#details button").click()
+        wait.until(lambda d: d.find_element(By.ID, "absolute").is_displayed())
+        wait.until(EC.text_to_be_present_in_element((By.ID, "target"), "of 100 white cells counted"))
+        browser.save_screenshot(str(shots / "case_sample.png"))
         assert browser.find_element(By.ID, "signoff").is_displayed()
         browser.find_element(By.CSS_SELECTOR, "#signoff button").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "signed"), "Signed off by Dr Ada"))
         assert not browser.find_element(By.ID, "signoff").is_displayed()  # bug 1: the button goes once signed off
         assert not browser.find_elements(By.CSS_SELECTOR, "#images button")  # nothing to delete after sign-off
+        # the printable report: opens in the browser, prints to an A4 PDF
+        import base64
+        import re
+
+        browser.get(case_url.rstrip("/") + "/report.html")
+        wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Blood film report: slide 42"))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "S-42" in body and "film well spread" in body and "Signed off by Dr Ada" in body and "10⁹/L" in body
+        browser.save_screenshot(str(shots / "report.png"))
+        pdf = base64.b64decode(browser.print_page())
+        (shots / "report.pdf").write_bytes(pdf)
+        assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 2  # the report, then the appendix
+        browser.execute_script(  # the report without its appendix (images, every change) is one A4 page
+            "const first = document.querySelector('h2.appendix'); while (first.nextSibling) first.nextSibling.remove(); first.remove()")
+        page_one = base64.b64decode(browser.print_page())
+        assert len(re.findall(rb"/Type\s*/Page[^s]", page_one)) == 1
         browser.execute_async_script(  # the browser's 6 connections at once against the server's 4 threads
             "const done = arguments[arguments.length - 1]; const ids = [...document.querySelectorAll('.thumb')].map((t) => t.src);"
             "Promise.all(Array.from({length: 48}, (_, k) => fetch(ids[k % ids.length] + '?k=' + k))).then(() => done());")

@@ -563,6 +563,9 @@ def serve(
                                    "platelets (as segment --red-cells).", rich_help_panel="Model"),
     max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=1, help="Largest image the station segments (pixels); "
                                    "larger uploads are refused with the reason.", rich_help_panel="Storage"),
+    reference_ranges: Optional[Path] = typer.Option(None, "--reference-ranges", help="Your lab's reference ranges of the "
+                                                    "five-part count, JSON {\"neutrophil\": [2.0, 7.5], ...} in 10^9/L "
+                                                    "(default: adult ranges, docs/station.md).", rich_help_panel="Storage"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
     import logging
@@ -574,9 +577,12 @@ def serve(
     # waitress warns "Task queue depth is N" whenever requests wait for a thread (the gallery asks for many
     # crops at once): normal here, and it filled the log
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    from .web.context import read_ranges
+
     try:
+        ranges = read_ranges(reference_ranges) if reference_ranges else None
         web = create_app(data_dir, default_segmenter(smear_cells=red_cells), import_root=import_dir, max_upload_mb=max_upload_mb,
-                         max_pixels=max_pixels)
+                         max_pixels=max_pixels, reference_ranges=ranges)
     except (*FAILURES, RuntimeError) as err:
         _fail(err)
     if host not in ("127.0.0.1", "localhost", "::1"):

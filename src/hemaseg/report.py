@@ -53,14 +53,23 @@ def _img(png: bytes, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    """A complete HTML document from ``(heading, inner HTML)`` sections; no external resources."""
+def html_page(title: str, sections: list[tuple[str, str]], appendix: int | None = None) -> str:
+    """A complete HTML document from ``(heading, inner HTML)`` sections; no external resources. Printed
+    (A4), the sections from index ``appendix`` on start on a new page."""
     css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
            "figure{display:inline-block;margin:6px}img{image-rendering:pixelated;max-width:100%}"
-           "figcaption{font-size:small;color:#555}")
+           "figcaption{font-size:small;color:#555}"
+           "@page{size:A4;margin:12mm}@media print{body{margin:0;max-width:none;font-size:10pt}h2{break-after:avoid}"
+           "figure,tr{break-inside:avoid}img{max-width:85mm}figure img{width:16mm}figure{margin:2px}"
+           "h2.appendix{break-before:page;column-span:all}td,th{padding:0 4px}h2{font-size:12pt;margin:6px 0 3px}"
+           "h1{font-size:15pt;column-span:all}p{margin:3px 0}.print-columns{columns:2;column-gap:8mm}}")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(f"<h2>{html.escape(h)}</h2>{inner}" for h, inner in sections)
+    main = sections if appendix is None else sections[:appendix]
+    body = "".join(f"<h2>{html.escape(h)}</h2>{inner}" for h, inner in main)
+    if appendix is not None:  # printed in two columns to fit a page; the appendix after it, on its own pages
+        body = f"<div class=print-columns>{body}</div>" + "".join(
+            f"<h2 class=appendix>{html.escape(h)}</h2>{inner}" for h, inner in sections[appendix:])
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1><p>hemaseg, {stamp}</p>{body}</body></html>\n")
 

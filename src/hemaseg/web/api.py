@@ -16,7 +16,7 @@ from PIL import Image
 from ..data.formats import IMAGE_EXTENSIONS
 from ..data.io import atomic_write
 from . import db
-from .context import (MAX_NAME, body, case_dict, case_row, con, differential, image_rgb, open_case, png, row_or_404,
+from .context import (MAX_NAME, body, case_dict, case_row, cell_png, con, differential, image_rgb, open_case, png, row_or_404,
                       station, text)
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -104,6 +104,54 @@ def create_case():
                    "create another anyway?")
     cur = con().execute("INSERT INTO cases (name, created_at) VALUES (?, ?)", (name, db.now()))
     return jsonify(case_dict(cur.lastrowid)), 201
+
+
+@api.post("/cases/<int:case_id>/details")
+def set_details(case_id: int):
+    """Set the case's sample fields (``db.CASE_FIELDS``; null clears one) and its ``comment``; not once
+    signed off."""
+    d = body()
+    case = open_case(case_id, "its details cannot change")
+    details = json.loads(case["details"] or "{}")
+    for key, value in d.items():
+        if key == "comment":
+            continue
+        if key not in db.CASE_FIELDS:
+            abort(400, f"unknown field '{key}'; choose from {', '.join(db.CASE_FIELDS)} or comment")
+        kind = db.CASE_FIELDS[key][0]
+        if value is None or value == "":
+            details.pop(key, None)
+        elif kind == "text" and isinstance(value, str) and len(value) <= MAX_NAME:
+            details[key] = value.strip()
+        elif kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e6:
+            details[key] = value
+        else:
+            abort(400, f"'{key}' must be {'a text of at most 200 characters' if kind == 'text' else 'a positive number'}")
+    if "target_count" in details and details["target_count"] != int(details["target_count"]):
+        abort(400, "'target_count' must be a whole number of cells")
+    comment = d.get("comment", case["comment"])
+    if not isinstance(comment, str) or len(comment) > 5000:
+        abort(400, "'comment' must be a text of at most 5000 characters")
+    con().execute("UPDATE cases SET details = ?, comment = ? WHERE id = ?", (json.dumps(details), comment.strip(), case_id))
+    return jsonify(case_dict(case_id))
+
+
+@api.post("/cells/<int:cell_id>/comment")
+def set_comment(cell_id: int):
+    """A reviewer's comment on a cell (empty removes it), kept in its history (kind ``comment``)."""
+    d = body()
+    who = text(d, "who")
+    comment = d.get("comment")
+    if not isinstance(comment, str) or len(comment) > 2000:
+        abort(400, "'comment' must be a text of at most 2000 characters")
+    row = row_or_404("cells", cell_id, "cell")
+    image = row_or_404("images", row["image_id"], "image")
+    open_case(image["case_id"], "its cells cannot change")
+    if comment.strip() != row["comment"]:
+        con().execute("UPDATE cells SET comment = ? WHERE id = ?", (comment.strip(), cell_id))
+        con().execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'comment')",
+                      (cell_id, row["comment"], comment.strip(), who, db.now()))
+    return jsonify(db.cell_dict(row_or_404("cells", cell_id, "cell")))
 
 
 @api.post("/cases/<int:case_id>/archive")
@@ -235,13 +283,7 @@ def get_cell(cell_id: int):
 
 @api.get("/cells/<int:cell_id>/crop.png")
 def cell_crop(cell_id: int):
-    row = row_or_404("cells", cell_id, "cell")
-    x0, y0, x1, y1 = json.loads(row["bbox"])
-    rgb = image_rgb(row["image_id"])
-    pad = max(4, (x1 - x0) // 6)
-    h, w = rgb.shape[:2]
-    crop = rgb[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)]
-    return send_file(io.BytesIO(png(crop)), mimetype="image/png", max_age=3600)
+    return send_file(io.BytesIO(cell_png(row_or_404("cells", cell_id, "cell"))), mimetype="image/png", max_age=3600)
 
 
 @api.post("/cells/<int:cell_id>/type")

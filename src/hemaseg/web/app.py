@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import db
 from .api import api
-from .context import Station, close
+from .context import ADULT_RANGES, Station, close
 from .pages import pages
 from .worker import MAX_PIXELS, Segmenter, Worker
 
@@ -38,7 +38,7 @@ def default_segmenter(smear_cells: bool = True) -> Segmenter:
 
 
 def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_root: str | Path | None = None,
-               max_upload_mb: int = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS) -> Flask:
+               max_upload_mb: int = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS, reference_ranges: dict | None = None) -> Flask:
     """The app over ``data_dir`` (created if needed). Images queued or running when the last server
     stopped are queued again."""
     data = Path(data_dir).resolve()
@@ -54,7 +54,7 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
     worker.resume()
     app.extensions["hemaseg_worker"] = worker
     types = (*getattr(seg.classifier, "classes", ()), UNIDENTIFIED) if seg.classifier is not None else ()
-    app.extensions["hemaseg_station"] = Station(data, worker, types)
+    app.extensions["hemaseg_station"] = Station(data, worker, types, dict(reference_ranges or ADULT_RANGES))
     app.teardown_appcontext(close)
     app.before_request(_same_origin)
     app.register_error_handler(HTTPException, _error)

@@ -7,7 +7,7 @@ import functools
 import io
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,60 @@ from .worker import Worker
 MAX_NAME = 200
 
 
+# adult reference ranges of the five-part count, 10^9 cells per litre (Bain, Dacie and Lewis Practical
+# Haematology, 12th ed., table 2.3, rounded); a lab sets its own with `serve --reference-ranges FILE.json`
+ADULT_RANGES = {"neutrophil": (2.0, 7.0), "lymphocyte": (1.0, 3.0), "monocyte": (0.2, 1.0), "eosinophil": (0.02, 0.5),
+                "basophil": (0.02, 0.1)}
+
+
 @dataclass(frozen=True)
 class Station:
-    """One app's state beside its config: ``data`` (the data folder), the background ``worker``, and
-    ``types``, the white-cell types a reviewer may choose (empty without a classifier)."""
+    """One app's state beside its config: ``data`` (the data folder), the background ``worker``,
+    ``types``, the white-cell types a reviewer may choose (empty without a classifier), and the reference
+    ``ranges`` of absolute counts (type -> (low, high), 10^9/L)."""
 
     data: Path
     worker: Worker
     types: tuple[str, ...]
+    ranges: dict = field(default_factory=lambda: dict(ADULT_RANGES))
+
+
+def read_ranges(path: Path) -> dict:
+    """A lab's reference ranges from a JSON file ``{"neutrophil": [2.0, 7.5], ...}`` (10^9/L; the types of
+    :data:`ADULT_RANGES`, any left out keep theirs); a bad file is refused naming it and what is wrong."""
+    from ..data.io import DataError
+
+    try:
+        given = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read reference ranges ({err})") from err
+    if not isinstance(given, dict):
+        raise DataError(f"{path}: reference ranges must be a JSON object of type -> [low, high]")
+    ranges = dict(ADULT_RANGES)
+    for t, pair in given.items():
+        if t not in ADULT_RANGES:
+            raise DataError(f"{path}: unknown type '{t}'; reference ranges are for {', '.join(ADULT_RANGES)}")
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair)
+                or not 0 <= pair[0] < pair[1]):
+            raise DataError(f"{path}: the range of '{t}' must be [low, high] with 0 <= low < high (10^9/L), got {pair!r}")
+        ranges[t] = (float(pair[0]), float(pair[1]))
+    return ranges
+
+
+def absolute_counts(percent: dict[str, float], wbc: float, ranges: dict) -> list[dict]:
+    """Per five-part type: its share of white cells (``percent``) as 10^9/L of a white-cell count ``wbc``
+    (10^9/L), its reference range and ``flag`` L / H outside it.
+
+    >>> absolute_counts({"neutrophil": 80.0, "lymphocyte": 10.0}, 10.0, ADULT_RANGES)[0]
+    {'type': 'neutrophil', 'percent': 80.0, 'absolute': 8.0, 'low': 2.0, 'high': 7.0, 'flag': 'H'}
+    """
+    out = []
+    for t, p in percent.items():
+        n = round(p * wbc / 100, 2)
+        low, high = ranges.get(t, (None, None))
+        flag = "L" if low is not None and n < low else "H" if high is not None and n > high else ""
+        out.append({"type": t, "percent": p, "absolute": n, "low": low, "high": high, "flag": flag})
+    return out
 
 
 def station() -> Station:
@@ -81,11 +127,11 @@ def case_row(case_id: int) -> sqlite3.Row:
     return row_or_404("cases", case_id, "case")
 
 
-def open_case(case_id: int) -> sqlite3.Row:
-    """The case, or 409 when it is signed off (no more images)."""
+def open_case(case_id: int, what: str = "no more images can be added") -> sqlite3.Row:
+    """The case, or 409 when it is signed off (``what`` says what it refuses)."""
     row = case_row(case_id)
     if row["signed_off_at"]:
-        abort(409, f"case {case_id} is signed off: no more images can be added")
+        abort(409, f"case {case_id} is signed off: {what}")
     return row
 
 
@@ -97,7 +143,12 @@ def differential(case_id: int) -> dict:
                          "WHERE i.case_id = ? AND c.type IS NOT NULL ORDER BY c.id", (case_id,)).fetchall()
     d = tally(station().types, [r[0] for r in rows if r[1] is None])
     excluded = {reason: sum(r[1] == reason for r in rows) for reason in db.EXCLUSIONS}
-    return {**d, "lab": lab_counts(d["counts"]), "excluded": {k: n for k, n in excluded.items() if n}}
+    lab = lab_counts(d["counts"])
+    details = json.loads(case_row(case_id)["details"] or "{}")
+    absolute = absolute_counts(lab["five_part_percent"], details["wbc_count"], station().ranges) if details.get("wbc_count") else []
+    target = int(details.get("target_count") or 100)
+    return {**d, "lab": lab, "excluded": {k: n for k, n in excluded.items() if n}, "absolute": absolute,
+            "target": {"count": target, "done": lab["white_cells"]}}
 
 
 def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
@@ -130,7 +181,9 @@ def case_dict(case_id: int) -> dict:
         "LEFT JOIN cells c ON c.image_id = i.id WHERE i.case_id = ? GROUP BY i.id ORDER BY i.id", (case_id,))]
     status = [i["status"] for i in images]
     red, _ = red_cells(case_id)
+    c["details"] = json.loads(c["details"] or "{}")
     c.update(images=images, differential=differential(case_id), types=list(station().types), exclusions=list(db.EXCLUSIONS),
+             fields={k: {"kind": kind, "label": label} for k, (kind, label) in db.CASE_FIELDS.items()},
              red={k: v for k, v in red.items() if k != "diameters"} if red else None,
              progress={"total": len(images), "done": status.count("done"), "failed": status.count("failed"),
                        "pending": status.count("queued") + status.count("running")})
@@ -154,6 +207,15 @@ def image_rgb(image_id: int) -> np.ndarray:
         return _decoded(row["path"])
     except Exception as err:
         abort(422, f"image {image_id} cannot be read: {err}")
+
+
+def cell_png(row: sqlite3.Row) -> bytes:
+    """A cell's crop (its box and a margin of a sixth of its width) from its stored image, as PNG."""
+    x0, y0, x1, y1 = json.loads(row["bbox"])
+    rgb = image_rgb(row["image_id"])
+    pad = max(4, (x1 - x0) // 6)
+    h, w = rgb.shape[:2]
+    return png(rgb[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)])
 
 
 def png(arr: np.ndarray) -> bytes:

@@ -84,7 +84,17 @@ MIGRATIONS = (
     """
     ALTER TABLE cases ADD COLUMN archived_at TEXT;
     """,
+    # 7: the case as a lab sees it (CASE_FIELDS) and comments on cases and cells
+    """
+    ALTER TABLE cases ADD COLUMN details TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE cases ADD COLUMN comment TEXT NOT NULL DEFAULT '';
+    ALTER TABLE cells ADD COLUMN comment TEXT NOT NULL DEFAULT '';
+    """,
 )
+# a case's sample fields: name -> (kind, what the page shows); text fields hold at most 200 characters
+CASE_FIELDS = {"sample_id": ("text", "sample ID"), "collected": ("text", "date collected"), "stain": ("text", "stain"),
+               "magnification": ("text", "magnification"), "pixel_size_um": ("number", "µm per pixel"),
+               "wbc_count": ("number", "white-cell count (10⁹/L)"), "target_count": ("number", "cells to count")}
 EXCLUSIONS = ("artefact", "smudge_cell", "duplicate", "not_a_cell")  # why a reviewer leaves a cell out of the differential
 
 

@@ -64,6 +64,12 @@ const hemaseg = (() => {
       el("tr", { "data-type": t }, el("td", { text: t }), el("td", { class: "count", text: n }), el("td", { text: d.percent[t].toFixed(1) }))));
     const ex = Object.entries(d.excluded || {}).map(([k, n]) => `${k.replace("_", " ")} ${n}`).join(", ");
     $("#total").textContent = `${d.total} typed cells` + (ex ? `; excluded: ${ex}` : "");
+    if (d.target) $("#target").textContent = `${d.target.done} of ${d.target.count} white cells counted`
+      + (d.target.done >= d.target.count ? " ✓" : "");
+    $("#absolute").hidden = !(d.absolute && d.absolute.length);
+    $("#absolute tbody").replaceChildren(...(d.absolute || []).map((a) => el("tr", { "data-type": a.type, class: a.flag ? "flagged" : "" },
+      el("td", { text: a.type }), el("td", { text: a.percent.toFixed(1) }), el("td", { class: "absolute", text: a.absolute.toFixed(2) }),
+      el("td", { text: a.low === null ? "" : `${a.low}-${a.high}` }), el("td", { class: "flag", text: a.flag }))));
   }
 
   // red cells and platelets (serve --red-cells): ratios, mean diameter, morphology with its ICSH grade
@@ -114,11 +120,24 @@ const hemaseg = (() => {
       });
       children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})${second}` }),
         el("label", { text: "type " }, select), el("br"), el("label", { text: "in the differential: " }, exclude));
-      const said = (h, v) => (h.kind === "exclusion" ? (v ? `excluded: ${v.replace("_", " ")}` : "counted") : v);
+      const said = (h, v) => (h.kind === "exclusion" ? (v ? `excluded: ${v.replace("_", " ")}` : "counted")
+        : h.kind === "comment" ? `“${v}”` : v);
       if (c.history.length) {
         children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
           el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
       }
+    }
+    if (c.type !== null) {  // a reviewer's comment on the cell
+      const note = el("textarea", { id: "cell-comment", rows: "2", cols: "30", maxlength: "2000" });
+      note.value = c.comment || "";
+      const save = el("button", { type: "button", id: "save-comment", onclick: async () => {
+        try {
+          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before commenting");
+          await api(`/api/cells/${cellId}/comment`, { json: { comment: note.value, who: who.value.trim() } });
+          showError(""); await showCell(cellId, onChange);
+        } catch (e) { showError(e.message); }
+      } }, "save comment");
+      children.push(el("p", {}, el("label", { text: "comment " }, note), save));
     }
     if (!location.pathname.startsWith("/images/")) {  // from the gallery: the cell in its image
       children.push(el("p", {}, el("a", { id: "cell-in-image", href: `/images/${c.image_id}#cell=${c.id}`, text: "show in the image" })));
@@ -135,6 +154,12 @@ const hemaseg = (() => {
       const c = await api(`/api/cases/${caseId}`);
       window.hemasegTypes = c.types;
       window.hemasegExclusions = c.exclusions;
+      if (!$("#fields").childElementCount) {  // the sample fields, filled once (not while someone types)
+        $("#fields").replaceChildren(...Object.entries(c.fields).map(([k, f]) => el("label", {}, `${f.label} `,
+          el("input", { name: k, "data-kind": f.kind, size: f.kind === "number" ? "6" : "14", value: c.details[k] ?? "" }))));
+        $("#case-comment").value = c.comment || "";
+      }
+      for (const input of $("#details").querySelectorAll("input, textarea, button")) input.disabled = !!c.signed_off_at;
       differentialTable(c.differential);
       redPanel(c.red);
       const p = c.progress;
@@ -250,6 +275,16 @@ const hemaseg = (() => {
         const r = await api(`/api/cases/${caseId}/import`, { json: { folder: $("#folder").value } });
         showError(r.refused.map((x) => x.reason).join("; ")); await refresh();
       } catch (e) { showError(e.message); }
+    });
+    $("#details").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const d = { comment: $("#case-comment").value };
+      for (const input of $("#fields").querySelectorAll("input")) {
+        const v = input.value.trim();
+        d[input.name] = v === "" ? null : input.dataset.kind === "number" ? Number(v) : v;
+      }
+      try { await api(`/api/cases/${caseId}/details`, { json: d }); showError(""); await refresh(); }
+      catch (e) { showError(e.message); }
     });
     $("#archive").addEventListener("submit", async (ev) => {
       ev.preventDefault();
