@@ -303,8 +303,13 @@ def set_type(cell_id: int):
         result = db.reclassify(con(), cell_id, new, who, d["expected"], check_expected=True)
     except db.Conflict as err:
         abort(409, str(err))
+    return changed_cell(row, result)
+
+
+def changed_cell(row, result: dict):
+    """The answer to a change of the cell ``row``: the change, the cell as it is now, its case's differential."""
     case_id = con().execute("SELECT case_id FROM images WHERE id = ?", (row["image_id"],)).fetchone()[0]
-    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", cell_id, "cell")), differential=differential(case_id))
+    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", row["id"], "cell")), differential=differential(case_id))
 
 
 @api.post("/cells/<int:cell_id>/exclusion")
@@ -324,8 +329,7 @@ def set_exclusion(cell_id: int):
         abort(400, str(err))
     except db.Conflict as err:
         abort(409, str(err))
-    case_id = con().execute("SELECT case_id FROM images WHERE id = ?", (row["image_id"],)).fetchone()[0]
-    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", cell_id, "cell")), differential=differential(case_id))
+    return changed_cell(row, result)
 
 
 # ---------------------------------------------------------------------- exports

@@ -137,31 +137,44 @@ class Conflict(Exception):
     """The cell's type changed since the client read it (another tab or reviewer), or the case is signed off."""
 
 
+def _change_cell(con: sqlite3.Connection, cell_id: int, column: str, value: str | None, who: str, kind: str, what: str,
+                 check=None) -> tuple[str | None, bool]:
+    """Set a cell's ``column`` (``type`` or ``excluded``) to ``value`` and record the change in its history
+    as ``kind``, atomically: refused (:class:`Conflict`) once the case is signed off (``what`` names the
+    change) or by ``check(old value)``. Returns the old value and whether anything changed."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        row = con.execute(f"SELECT c.{column} old, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
+                          "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
+        if row is None:
+            raise KeyError(cell_id)
+        if row["signed_off_at"]:
+            raise Conflict(f"the case is signed off: its cells can no longer be {what}")
+        if check is not None:
+            check(row["old"])
+        changed = row["old"] != value
+        if changed:
+            con.execute(f"UPDATE cells SET {column} = ? WHERE id = ?", (value, cell_id))
+            con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                        (cell_id, row["old"] or "", value or "", who, now(), kind))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return row["old"], changed
+
+
 def reclassify(con: sqlite3.Connection, cell_id: int, new_type: str, who: str, expected: str | None = None,
                check_expected: bool = False) -> dict:
     """Set a cell's type and record the change, atomically. With ``check_expected``, refuse
     (:class:`Conflict`) unless the type is still ``expected``: two tabs that both saw type A and chose B
     and C end with one change applied and the other told to reload, never a lost history."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        row = con.execute("SELECT c.type, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
-                          "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
-        if row is None:
-            raise KeyError(cell_id)
-        if row["signed_off_at"]:
-            raise Conflict("the case is signed off: its cells can no longer be reclassified")
-        if check_expected and row["type"] != expected:
-            raise Conflict(f"the cell is now '{row['type']}' (you saw '{expected}'): reload and try again")
-        changed = row["type"] != new_type
-        if changed:
-            con.execute("UPDATE cells SET type = ? WHERE id = ?", (new_type, cell_id))
-            con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at) VALUES (?, ?, ?, ?, ?)",
-                        (cell_id, row["type"], new_type, who, now()))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return {"id": cell_id, "old": row["type"], "type": new_type, "changed": changed}
+    def still_expected(old):
+        if check_expected and old != expected:
+            raise Conflict(f"the cell is now '{old}' (you saw '{expected}'): reload and try again")
+
+    old, changed = _change_cell(con, cell_id, "type", new_type, who, "type", "reclassified", still_expected)
+    return {"id": cell_id, "old": old, "type": new_type, "changed": changed}
 
 
 def set_excluded(con: sqlite3.Connection, cell_id: int, reason: str | None, who: str) -> dict:
@@ -170,24 +183,8 @@ def set_excluded(con: sqlite3.Connection, cell_id: int, reason: str | None, who:
     type stay: an exclusion is reversible. Refused (:class:`Conflict`) once the case is signed off."""
     if reason is not None and reason not in EXCLUSIONS:
         raise ValueError(f"unknown exclusion '{reason}'; choose from {', '.join(EXCLUSIONS)}")
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        row = con.execute("SELECT c.excluded, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
-                          "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
-        if row is None:
-            raise KeyError(cell_id)
-        if row["signed_off_at"]:
-            raise Conflict("the case is signed off: its cells can no longer be excluded or counted again")
-        changed = row["excluded"] != reason
-        if changed:
-            con.execute("UPDATE cells SET excluded = ? WHERE id = ?", (reason, cell_id))
-            con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'exclusion')",
-                        (cell_id, row["excluded"] or "", reason or "", who, now()))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return {"id": cell_id, "old": row["excluded"], "excluded": reason, "changed": changed}
+    old, changed = _change_cell(con, cell_id, "excluded", reason, who, "exclusion", "excluded or counted again")
+    return {"id": cell_id, "old": old, "excluded": reason, "changed": changed}
 
 
 def cell_dict(row: sqlite3.Row) -> dict:
