@@ -149,7 +149,7 @@ def test_every_option_of_every_command_is_in_a_named_panel():
         loose = [p.name for p in command.params if getattr(p, "rich_help_panel", None) is None]
         assert not loose, f"{name}: {loose} in no panel"
         panels |= {p.rich_help_panel for p in command.params}
-    assert panels == {"Input", "Model", "Training", "Scale", "Output", "Hardware", "Linear", "Painting", "Storage", "Network"}
+    assert panels == {"Input", "Model", "Training", "Scale", "Output", "Hardware", "Linear", "Painting", "Storage", "Network", "Accounts"}
 
 
 def test_help_groups_options_and_lists_choices_and_old_names_still_work(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from hemaseg.data.synthetic import SynthConfig, write_dataset
+from flask.testing import FlaskClient
+
 from hemaseg.web import db
 from hemaseg.web.app import create_app, default_segmenter
 
@@ -28,9 +30,35 @@ def fields(tmp_path_factory):
     return sorted((d / "images").glob("*.png"))
 
 
+PASSWORD = "correct horse battery"
+USERS = {"Dr Ada": "admin", "Dr Bo": "supervisor", "Rev Cy": "reviewer"}
+
+
+class LoggedIn(FlaskClient):
+    """A test client logged in as ``user`` (of :data:`USERS`), sending its session's CSRF token."""
+
+    def __init__(self, *args, user: str | None = "Dr Ada", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environ_base["HTTP_X_CSRF_TOKEN"] = self.get("/login").headers["X-CSRF-Token"]
+        if user is not None:
+            r = self.post("/login", json={"name": user, "password": PASSWORD})
+            assert r.status_code == 200, r.get_json()
+            self.environ_base["HTTP_X_CSRF_TOKEN"] = r.get_json()["csrf"]
+
+
 def _app(tmp_path, segmenter, **kw):
+    """The station over ``tmp_path``, with the users of :data:`USERS`; its test clients log in as Dr Ada
+    (admin) unless told ``user=``."""
+    from hemaseg.web.auth import add_user
+
     app = create_app(tmp_path / "data", segmenter=segmenter, **kw)
     app.testing = True
+    con = db.connect(app.config["DB"])
+    for name, role in USERS.items():
+        if con.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+            add_user(con, name, PASSWORD, role)
+    con.close()
+    app.test_client_class = LoggedIn
     return app
 
 
@@ -40,6 +68,11 @@ def _wait(app, timeout=120):
     while not worker.idle():
         assert time.monotonic() - t < timeout, "segmentation did not finish"
         time.sleep(0.05)
+
+
+def _typed(client, case_id) -> list[dict]:
+    """The case's typed (white) cells; its red cells and platelets are not typed."""
+    return [c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is not None]
 
 
 def _upload(client, case_id, paths):
@@ -206,8 +239,7 @@ def test_image_cells_crops_and_viewer_files(case):
 
 def test_reclassify_updates_the_differential_and_keeps_the_history(case):
     app, client, case_id = case
-    cells = client.get(f"/api/cases/{case_id}/cells").get_json()
-    cell = cells[0]
+    cell = _typed(client, case_id)[0]
     before = client.get(f"/api/cases/{case_id}").get_json()["differential"]["counts"]
     new = next(t for t in before if t != cell["type"] and t != "unidentified")
     r = client.post(f"/api/cells/{cell['id']}/type", json={"type": new, "who": "Dr Ada", "expected": cell["type"]})
@@ -219,7 +251,6 @@ def test_reclassify_updates_the_differential_and_keeps_the_history(case):
     assert [(h["old_type"], h["new_type"], h["who"]) for h in detail["history"]] == [(cell["type"], new, "Dr Ada")]
     stale = cell["type"]  # what another tab still shows
     for bad, status, message in (({"type": "alien", "who": "x"}, 400, "unknown type 'alien'"),
-                                 ({"type": new}, 400, "'who' must be"),
                                  ({"type": new, "who": "x"}, 400, "'expected' (the type the reviewer saw) is required"),
                                  ({"type": "unidentified", "who": "x", "expected": stale}, 409, f"you saw '{stale}'")):
         r = client.post(f"/api/cells/{cell['id']}/type", json=bad)
@@ -229,7 +260,7 @@ def test_reclassify_updates_the_differential_and_keeps_the_history(case):
 
 def test_an_excluded_cell_leaves_the_differential_stays_visible_and_comes_back(case):
     app, client, case_id = case
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     before = client.get(f"/api/cases/{case_id}").get_json()["differential"]
     r = client.post(f"/api/cells/{cell['id']}/exclusion", json={"reason": "smudge_cell", "who": "Dr Ada"})
     assert r.status_code == 200 and r.get_json()["result"]["changed"]
@@ -243,13 +274,13 @@ def test_an_excluded_cell_leaves_the_differential_stays_visible_and_comes_back(c
     page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
     assert "Excluded by the reviewers (not counted): smudge cell 1" in page and "excluded: smudge cell" in page
     for bad, status, message in (({"reason": "blurry", "who": "x"}, 400, "unknown exclusion 'blurry'"),
-                                 ({"who": "x"}, 400, "'reason' is required"), ({"reason": None}, 400, "'who' must be")):
+                                 ({"who": "x"}, 400, "'reason' is required")):
         r = client.post(f"/api/cells/{cell['id']}/exclusion", json=bad)
         assert r.status_code == status and message in r.get_json()["error"], bad
     red = next((c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is None), None)
     if red is not None:
         assert client.post(f"/api/cells/{red['id']}/exclusion", json={"reason": "artefact", "who": "x"}).status_code == 400
-    r = client.post(f"/api/cells/{cell['id']}/exclusion", json={"reason": None, "who": "Dr Bo"})  # counted again
+    r = app.test_client(user="Dr Bo").post(f"/api/cells/{cell['id']}/exclusion", json={"reason": None})  # counted again
     assert r.get_json()["differential"]["counts"] == before["counts"] and r.get_json()["differential"]["excluded"] == {}
     history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
     assert [(h["kind"], h["old_type"], h["new_type"], h["who"]) for h in history] == [
@@ -261,27 +292,27 @@ def test_an_excluded_cell_leaves_the_differential_stays_visible_and_comes_back(c
 
 def test_two_tabs_reclassifying_the_same_cell_end_consistent(case):
     app, client, case_id = case
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[1]
+    cell = _typed(client, case_id)[1]
     seen = cell["type"]  # both tabs loaded the cell with this type
     first, second = [t for t in ("monocyte", "eosinophil", "basophil") if t != seen][:2]
-    a = client.post(f"/api/cells/{cell['id']}/type", json={"type": first, "who": "tab A", "expected": seen})
-    b = client.post(f"/api/cells/{cell['id']}/type", json={"type": second, "who": "tab B", "expected": seen})
+    tab_b = app.test_client(user="Dr Bo")  # another reviewer, in another tab
+    a = client.post(f"/api/cells/{cell['id']}/type", json={"type": first, "expected": seen})
+    b = tab_b.post(f"/api/cells/{cell['id']}/type", json={"type": second, "expected": seen})
     assert a.status_code == 200 and b.status_code == 409
     assert f"now '{first}'" in b.get_json()["error"]
     detail = client.get(f"/api/cells/{cell['id']}").get_json()
-    assert detail["type"] == first and [h["who"] for h in detail["history"]] == ["tab A"]
-    # tab B reloads and tries again: both changes recorded in order
-    assert client.post(f"/api/cells/{cell['id']}/type", json={"type": second, "who": "tab B",
-                                                              "expected": first}).status_code == 200
+    assert detail["type"] == first and [h["who"] for h in detail["history"]] == ["Dr Ada"]
+    # tab B reloads and tries again: both changes recorded in order, each under its user's name
+    assert tab_b.post(f"/api/cells/{cell['id']}/type", json={"type": second, "expected": first}).status_code == 200
     history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
-    assert [(h["old_type"], h["new_type"]) for h in history] == [(seen, first), (first, second)]
+    assert [(h["old_type"], h["new_type"], h["who"]) for h in history] == [(seen, first, "Dr Ada"), (first, second, "Dr Bo")]
 
 
 def test_concurrent_reclassifications_in_threads_lose_nothing(case):
     import threading
 
     app, client, case_id = case
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     con = db.connect(app.config["DB"])
     types = ["neutrophil", "lymphocyte", "monocyte", "eosinophil"]
 
@@ -304,13 +335,14 @@ def test_concurrent_reclassifications_in_threads_lose_nothing(case):
 
 def test_sign_off_then_nothing_changes(case, fields):
     app, client, case_id = case
-    for bad in ({}, {"who": ""}):
-        assert client.post(f"/api/cases/{case_id}/signoff", json=bad).status_code == 400
-    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})
+    r = app.test_client(user="Rev Cy").post(f"/api/cases/{case_id}/signoff", json={})
+    assert r.status_code == 403 and "needs the supervisor role" in r.get_json()["error"]  # a reviewer cannot sign off
+    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "someone else"})  # a typed name is ignored
     assert r.status_code == 200 and r.get_json()["signed_off_by"] == "Dr Ada" and r.get_json()["signed_off_at"]
-    r = client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Bo"})
+    bo = app.test_client(user="Dr Bo")
+    r = bo.post(f"/api/cases/{case_id}/signoff", json={})
     assert r.status_code == 409 and "already signed off by Dr Ada" in r.get_json()["error"]
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     r = client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "x", "expected": cell["type"]})
     assert r.status_code == 409 and "signed off" in r.get_json()["error"]
     assert _upload(client, case_id, fields[:1]).status_code == 409
@@ -332,7 +364,7 @@ def test_exports_csv_coco_and_report(case):
     from pycocotools.coco import COCO
 
     app, client, case_id = case
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     client.post(f"/api/cells/{cell['id']}/type", json={"type": "basophil", "who": "Dr Ada", "expected": cell["type"]})
     r = client.get(f"/api/cases/{case_id}/export.csv")
     assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"]
@@ -357,7 +389,7 @@ def test_a_restart_loses_nothing_and_resumes_pending_images(tmp_path, segmenter,
     case_id = client.post("/api/cases", json={"name": "c"}).get_json()["id"]
     _upload(client, case_id, fields[:1])
     _wait(app)
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     chosen = "monocyte" if cell["type"] != "monocyte" else "basophil"
     client.post(f"/api/cells/{cell['id']}/type", json={"type": chosen, "who": "Dr Ada", "expected": cell["type"]})
     con = db.connect(app.config["DB"])  # an image left 'running' by a server that was killed
@@ -478,7 +510,7 @@ def test_the_case_as_a_lab_sees_it_sample_fields_comments_absolute_counts_and_ta
         assert r.status_code == 400 and message in r.get_json()["error"], bad
     r = client.post(f"/api/cases/{case_id}/details", json={"sample_id": None})  # cleared; the rest kept
     assert r.get_json()["details"] == {"stain": "May-Grünwald-Giemsa", "wbc_count": 10.0, "target_count": 200}
-    cell = client.get(f"/api/cases/{case_id}/cells").get_json()[0]
+    cell = _typed(client, case_id)[0]
     r = client.post(f"/api/cells/{cell['id']}/comment", json={"comment": "toxic granulation", "who": "Dr Ada"})
     assert r.status_code == 200 and r.get_json()["comment"] == "toxic granulation"
     history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
@@ -504,3 +536,80 @@ def test_the_case_as_a_lab_sees_it_sample_fields_comments_absolute_counts_and_ta
     assert "Signed off by Dr Ada" in client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
     assert client.post(f"/api/cases/{case_id}/details", json={"stain": "Wright"}).status_code == 409
     assert client.post(f"/api/cells/{cell['id']}/comment", json={"comment": "late", "who": "x"}).status_code == 409
+
+
+def test_accounts_every_change_needs_a_logged_in_user_with_the_role_and_the_csrf_token(tmp_path, segmenter):
+    app = _app(tmp_path, segmenter)
+    anonymous = app.test_client(user=None)  # has a CSRF token, no login
+    changes = [(r.rule, m) for r in app.url_map.iter_rules() for m in r.methods & {"POST", "PUT", "PATCH", "DELETE"}
+               if r.endpoint not in ("auth.login", "auth.logout")]
+    assert len(changes) >= 14
+    for rule, method in changes:
+        url = rule.replace("<int:case_id>", "1").replace("<int:image_id>", "1").replace("<int:cell_id>", "1").replace("<int:user_id>", "1")
+        r = anonymous.open(url, method=method, json={})
+        assert r.status_code == 401 and "log in first" in r.get_json()["error"], (rule, method, r.status_code)
+    assert anonymous.get("/api/cases").status_code == 401
+    r = anonymous.get("/cases/1")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login?next=/cases/1")
+    # no CSRF token: refused even when logged in
+    client = app.test_client()
+    del client.environ_base["HTTP_X_CSRF_TOKEN"]
+    r = client.post("/api/cases", json={"name": "x"})
+    assert r.status_code == 400 and "CSRF" in r.get_json()["error"]
+    # roles: a reviewer cannot sign off, reopen or manage users; a supervisor cannot manage users
+    reviewer, supervisor, admin = (app.test_client(user=u) for u in ("Rev Cy", "Dr Bo", "Dr Ada"))
+    case_id = reviewer.post("/api/cases", json={"name": "c"}).get_json()["id"]
+    for c, url, body, status in ((reviewer, f"/api/cases/{case_id}/signoff", {}, 403), (reviewer, f"/api/cases/{case_id}/reopen", {"reason": "x"}, 403),
+                                 (reviewer, "/api/users", {}, 403), (supervisor, "/api/users", {"name": "n", "password": "p" * 8, "role": "admin"}, 403)):
+        r = c.post(url, json=body)
+        assert r.status_code == status and "needs the" in r.get_json()["error"], (url, r.get_json())
+    assert reviewer.get("/users").status_code == 403 and admin.get("/users").status_code == 200
+    # a supervisor signs off and reopens with a reason, both under their own names
+    assert supervisor.post(f"/api/cases/{case_id}/signoff", json={}).get_json()["signed_off_by"] == "Dr Bo"
+    assert supervisor.post(f"/api/cases/{case_id}/reopen", json={}).status_code == 400  # a reason is required
+    r = supervisor.post(f"/api/cases/{case_id}/reopen", json={"reason": "wrong slide"})
+    assert r.status_code == 200 and r.get_json()["signed_off_at"] is None
+    con = db.connect(app.config["DB"])
+    assert [tuple(x) for x in con.execute("SELECT signed_off_by, reason, who FROM reopenings")] == [("Dr Bo", "wrong slide", "Dr Bo")]
+    assert supervisor.post(f"/api/cases/{case_id}/reopen", json={"reason": "again"}).status_code == 409  # not signed off
+    # users: the admin adds, refuses bad ones, deactivates; an admin cannot remove their own rights
+    for body, message in (({"name": "Eve", "password": "short", "role": "reviewer"}, "at least 8"),
+                          ({"name": "Rev Cy", "password": "p" * 8, "role": "reviewer"}, "already exists"),
+                          ({"name": "Eve", "password": "p" * 8, "role": "boss"}, "unknown role")):
+        r = admin.post("/api/users", json=body)
+        assert r.status_code == 400 and message in r.get_json()["error"], body
+    eve = admin.post("/api/users", json={"name": "Eve", "password": "p" * 8, "role": "reviewer"}).get_json()["id"]
+    assert admin.post(f"/api/users/{eve}", json={"active": False}).get_json()["active"] == 0
+    r = app.test_client(user=None).post("/login", json={"name": "Eve", "password": "p" * 8})
+    assert r.status_code == 401
+    ada = next(u["id"] for u in admin.get("/api/users").get_json() if u["name"] == "Dr Ada")
+    assert admin.post(f"/api/users/{ada}", json={"role": "reviewer"}).status_code == 400
+    assert "password_hash" not in admin.get("/api/users").get_data(as_text=True)
+    stored = con.execute("SELECT password_hash FROM users WHERE name = 'Dr Ada'").fetchone()[0]
+    assert PASSWORD not in stored and stored.startswith("scrypt:")  # hashed, never stored
+
+
+def test_failed_logins_are_slowed_down(tmp_path, segmenter):
+    app = _app(tmp_path, segmenter)
+    client = app.test_client(user=None)
+    for _ in range(5):
+        assert client.post("/login", json={"name": "Dr Ada", "password": "guess"}).status_code == 401
+    r = client.post("/login", json={"name": "Dr Ada", "password": PASSWORD})  # even the right one must wait now
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 29 and "too many failed logins" in r.get_json()["error"]
+    assert app.test_client(user="Dr Bo").get("/api/me").get_json()["name"] == "Dr Bo"  # others are not held up
+
+
+def test_serve_create_admin_makes_the_first_user_once(tmp_path, monkeypatch):
+    import typer
+
+    from hemaseg.cli import _create_admin
+
+    monkeypatch.setenv("HEMASEG_ADMIN_PASSWORD", PASSWORD)
+    _create_admin(tmp_path, "Dr Ada")
+    con = db.connect(tmp_path / "hemaseg.sqlite3")
+    assert [tuple(r) for r in con.execute("SELECT name, role FROM users")] == [("Dr Ada", "admin")]
+    with pytest.raises(typer.Exit):  # "a user named 'Dr Ada' already exists", said on one line
+        _create_admin(tmp_path, "Dr Ada")
+    monkeypatch.setenv("HEMASEG_ADMIN_PASSWORD", "short")
+    with pytest.raises(typer.Exit):
+        _create_admin(tmp_path, "Dr Bo")

@@ -27,9 +27,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "hemaseg", "serve", "--data-dir", str(data), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+PASSWORD = "correct horse battery"
+
+
+def _serve(data: Path, port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "hemaseg", "serve", "--data-dir", str(data), "--port", str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "2", "HEMASEG_ADMIN_PASSWORD": PASSWORD})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()
@@ -77,12 +81,21 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
     images = sorted((write_dataset(tmp_path / "fields", 2, SynthConfig.wbc_field(300, 400, white=(2, 3)), seed=21,
                                    annotate={"white_cell": "cell"}) / "images").glob("*.png"))
     data, port = tmp_path / "station", _free_port()
-    server = _serve(data, port)
+    server = _serve(data, port, "--create-admin", "Dr Ada")  # the first start makes the first user
     try:
         base = f"http://127.0.0.1:{port}"
         wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
-        browser.get(base + "/")
-        browser.find_element(By.ID, "who").send_keys("Dr Ada")
+        browser.get(base + "/")  # an anonymous browser is sent to log in; a wrong password is refused
+        wait.until(EC.presence_of_element_located((By.ID, "login")))
+        browser.find_element(By.ID, "name").send_keys("Dr Ada")
+        browser.find_element(By.ID, "password").send_keys("wrong password")
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "error"), "wrong name or password"))
+        browser.save_screenshot(str(shots / "login.png"))
+        browser.find_element(By.ID, "name").send_keys("Dr Ada")
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "#login button").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "who"), "Dr Ada"))
         browser.find_element(By.ID, "case-name").send_keys("slide 42")
         browser.find_element(By.CSS_SELECTOR, "#new-case button").click()
         wait.until(EC.presence_of_element_located((By.ID, "upload")))

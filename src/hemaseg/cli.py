@@ -566,6 +566,11 @@ def serve(
     reference_ranges: Optional[Path] = typer.Option(None, "--reference-ranges", help="Your lab's reference ranges of the "
                                                     "five-part count, JSON {\"neutrophil\": [2.0, 7.5], ...} in 10^9/L "
                                                     "(default: adult ranges, docs/station.md).", rich_help_panel="Storage"),
+    secure_cookies: bool = typer.Option(False, "--secure-cookies", help="Send the session cookie over HTTPS only (behind "
+                                        "a reverse proxy with TLS).", rich_help_panel="Network"),
+    create_admin: Optional[str] = typer.Option(None, "--create-admin", help="Add an admin user of this name first (asks "
+                                               "for the password; HEMASEG_ADMIN_PASSWORD gives it without asking).",
+                                               rich_help_panel="Accounts"),
 ) -> None:
     """The review station in your browser: cases, upload, segmentation, gallery by type, reclassify, sign off."""
     import logging
@@ -579,16 +584,44 @@ def serve(
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     from .web.context import read_ranges
 
+    if create_admin:
+        _create_admin(data_dir, create_admin)
     try:
         ranges = read_ranges(reference_ranges) if reference_ranges else None
         web = create_app(data_dir, default_segmenter(smear_cells=red_cells), import_root=import_dir, max_upload_mb=max_upload_mb,
-                         max_pixels=max_pixels, reference_ranges=ranges)
+                         max_pixels=max_pixels, reference_ranges=ranges, secure_cookies=secure_cookies)
     except (*FAILURES, RuntimeError) as err:
         _fail(err)
+    from .web import db as station_db
+    from .web.auth import has_users
+
+    con = station_db.connect(web.config["DB"])
+    if not has_users(con):
+        typer.secho("no users yet: stop the station and start it with --create-admin YOUR-NAME", fg=typer.colors.YELLOW, err=True)
+    con.close()
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host}: anyone who can reach this address can use the station", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"hemaseg review station: http://{host}:{port}/  (data in {data_dir.resolve()}; Ctrl+C to stop)")
     run_server(web, host=host, port=port, threads=4, ident="hemaseg")
+
+
+def _create_admin(data_dir: Path, name: str) -> None:
+    """Add the admin ``name`` to the station in ``data_dir`` (password asked twice, or $HEMASEG_ADMIN_PASSWORD)."""
+    import os
+
+    from .web import db
+    from .web.auth import AccountError, add_user
+
+    password = os.environ.get("HEMASEG_ADMIN_PASSWORD") or typer.prompt(f"password for {name}", hide_input=True,
+                                                                        confirmation_prompt=True)
+    con = db.connect(Path(data_dir) / "hemaseg.sqlite3")
+    try:
+        add_user(con, name, password, "admin")
+    except AccountError as err:
+        _fail(err)
+    finally:
+        con.close()
+    typer.echo(f"admin {name} added")
 
 
 def _version(value: bool) -> None:

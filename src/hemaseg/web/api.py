@@ -16,6 +16,7 @@ from PIL import Image
 from ..data.formats import IMAGE_EXTENSIONS
 from ..data.io import atomic_write
 from . import db
+from .auth import requires, user_name
 from .context import (MAX_NAME, body, case_dict, case_row, cell_png, con, differential, image_rgb, open_case, png, row_or_404,
                       station, text)
 
@@ -140,7 +141,7 @@ def set_details(case_id: int):
 def set_comment(cell_id: int):
     """A reviewer's comment on a cell (empty removes it), kept in its history (kind ``comment``)."""
     d = body()
-    who = text(d, "who")
+    who = user_name()
     comment = d.get("comment")
     if not isinstance(comment, str) or len(comment) > 2000:
         abort(400, "'comment' must be a text of at most 2000 characters")
@@ -196,8 +197,11 @@ def import_folder(case_id: int):
 
 
 @api.post("/cases/<int:case_id>/signoff")
+@requires("supervisor")
 def signoff(case_id: int):
-    who = text(body(), "who")
+    """Sign the case off under the logged-in supervisor's name: nothing in it changes afterwards, unless a
+    supervisor reopens it with a reason."""
+    who = user_name()
     c = case_dict(case_id)
     if c["signed_off_at"]:
         abort(409, f"case {case_id} was already signed off by {c['signed_off_by']} at {c['signed_off_at']}")
@@ -208,6 +212,20 @@ def signoff(case_id: int):
         abort(409, f"{len(failed)} image(s) failed ({', '.join(failed)}): retry or delete them before signing off")
     con().execute("UPDATE cases SET signed_off_by = ?, signed_off_at = ? WHERE id = ? AND signed_off_at IS NULL",
                   (who, db.now(), case_id))
+    return jsonify(case_dict(case_id))
+
+
+@api.post("/cases/<int:case_id>/reopen")
+@requires("supervisor")
+def reopen(case_id: int):
+    """Reopen a signed-off case, with a ``reason`` (kept, with the sign-off it undoes, in ``reopenings``)."""
+    reason = text(body(), "reason")
+    c = case_row(case_id)
+    if not c["signed_off_at"]:
+        abort(409, f"case {case_id} is not signed off")
+    con().execute("INSERT INTO reopenings (case_id, signed_off_by, signed_off_at, reason, who, at) VALUES (?, ?, ?, ?, ?, ?)",
+                  (case_id, c["signed_off_by"], c["signed_off_at"], reason, user_name(), db.now()))
+    con().execute("UPDATE cases SET signed_off_by = NULL, signed_off_at = NULL WHERE id = ?", (case_id,))
     return jsonify(case_dict(case_id))
 
 
@@ -289,7 +307,7 @@ def cell_crop(cell_id: int):
 @api.post("/cells/<int:cell_id>/type")
 def set_type(cell_id: int):
     d = body()
-    new, who = text(d, "type"), text(d, "who")
+    new, who = text(d, "type"), user_name()
     row = row_or_404("cells", cell_id, "cell")
     types = station().types
     if row["type"] is None:
@@ -317,7 +335,7 @@ def set_exclusion(cell_id: int):
     """Leave a typed cell out of the differential (``reason``: one of ``db.EXCLUSIONS``) or, with
     ``reason`` null, count it again."""
     d = body()
-    who = text(d, "who")
+    who = user_name()
     if "reason" not in d:
         abort(400, f"'reason' is required: one of {', '.join(db.EXCLUSIONS)}, or null to count the cell again")
     row = row_or_404("cells", cell_id, "cell")

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import db
 from .api import api
+from .auth import auth, csrf_token, current_user, guard, secret_key
 from .context import ADULT_RANGES, Station, close
 from .pages import pages
 from .worker import MAX_PIXELS, Segmenter, Worker
@@ -38,7 +39,8 @@ def default_segmenter(smear_cells: bool = True) -> Segmenter:
 
 
 def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_root: str | Path | None = None,
-               max_upload_mb: int = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS, reference_ranges: dict | None = None) -> Flask:
+               max_upload_mb: int = MAX_UPLOAD_MB, max_pixels: int = MAX_PIXELS, reference_ranges: dict | None = None,
+               secure_cookies: bool = False) -> Flask:
     """The app over ``data_dir`` (created if needed). Images queued or running when the last server
     stopped are queued again."""
     data = Path(data_dir).resolve()
@@ -55,9 +57,15 @@ def create_app(data_dir: str | Path, segmenter: Segmenter | None = None, import_
     app.extensions["hemaseg_worker"] = worker
     types = (*getattr(seg.classifier, "classes", ()), UNIDENTIFIED) if seg.classifier is not None else ()
     app.extensions["hemaseg_station"] = Station(data, worker, types, dict(reference_ranges or ADULT_RANGES))
+    app.secret_key = secret_key(data)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=12 * 3600,
+                      SESSION_COOKIE_SECURE=secure_cookies)  # behind a TLS proxy: the cookie over HTTPS only
     app.teardown_appcontext(close)
     app.before_request(_same_origin)
+    app.before_request(guard)
+    app.context_processor(lambda: {"csrf": csrf_token(), "user": current_user()})
     app.register_error_handler(HTTPException, _error)
+    app.register_blueprint(auth)
     app.register_blueprint(pages)
     app.register_blueprint(api)
     return app

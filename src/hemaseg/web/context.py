@@ -112,7 +112,7 @@ def text(d: dict, key: str) -> str:
     return v.strip()
 
 
-_BY_ID = {table: f"SELECT * FROM {table} WHERE id = ?" for table in ("cases", "images", "cells")}
+_BY_ID = {table: f"SELECT * FROM {table} WHERE id = ?" for table in ("cases", "images", "cells", "users")}
 
 
 def row_or_404(table: str, row_id: int, what: str) -> sqlite3.Row:

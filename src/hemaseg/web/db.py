@@ -90,6 +90,27 @@ MIGRATIONS = (
     ALTER TABLE cases ADD COLUMN comment TEXT NOT NULL DEFAULT '';
     ALTER TABLE cells ADD COLUMN comment TEXT NOT NULL DEFAULT '';
     """,
+    # 8: accounts (hemaseg.web.auth): a password hash (werkzeug scrypt) and a role per user; a case's
+    # reopenings with their reason
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('reviewer', 'supervisor', 'admin')),
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE reopenings (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+        signed_off_by TEXT NOT NULL,
+        signed_off_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        who TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    """,
 )
 # a case's sample fields: name -> (kind, what the page shows); text fields hold at most 200 characters
 CASE_FIELDS = {"sample_id": ("text", "sample ID"), "collected": ("text", "date collected"), "stain": ("text", "stain"),

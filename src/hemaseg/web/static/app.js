@@ -10,19 +10,19 @@ const hemaseg = (() => {
     for (const c of children) e.append(c);
     return e;
   };
-  const who = $("#who");
-  who.value = localStorage.getItem("hemaseg-who") || "";
-  who.addEventListener("change", () => localStorage.setItem("hemaseg-who", who.value.trim()));
+  // the logged-in user's session: every change sends its CSRF token (the page carries it)
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const role = ($("#who") && $("#who").dataset.role) || "";
 
   const LOW_CONFIDENCE = 0.8;  // a cell typed with less is flagged "?" in the gallery: a fifth or more of the probability is elsewhere
 
   function showError(msg) { const e = $("#error"); if (e) e.textContent = msg || ""; }
 
   async function api(path, options = {}) {
-    const opts = { ...options };
+    const opts = { ...options, headers: { "X-CSRF-Token": csrf } };
     if (opts.json !== undefined) {
       opts.method = opts.method || "POST";
-      opts.headers = { "Content-Type": "application/json" };
+      opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(opts.json);
       delete opts.json;
     }
@@ -96,8 +96,7 @@ const hemaseg = (() => {
       const seen = c.type;
       select.addEventListener("change", async () => {
         try {
-          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before reclassifying");
-          const r = await api(`/api/cells/${cellId}/type`, { json: { type: select.value, who: who.value.trim(), expected: seen } });
+          const r = await api(`/api/cells/${cellId}/type`, { json: { type: select.value, expected: seen } });
           showError("");
           if (onChange) onChange(r);
           await showCell(cellId, onChange);
@@ -111,8 +110,7 @@ const hemaseg = (() => {
       exclude.value = c.excluded || "";
       exclude.addEventListener("change", async () => {
         try {
-          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before excluding a cell");
-          const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason: exclude.value || null, who: who.value.trim() } });
+          const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason: exclude.value || null } });
           showError("");
           if (onChange) onChange(r);
           await showCell(cellId, onChange);
@@ -132,8 +130,7 @@ const hemaseg = (() => {
       note.value = c.comment || "";
       const save = el("button", { type: "button", id: "save-comment", onclick: async () => {
         try {
-          if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before commenting");
-          await api(`/api/cells/${cellId}/comment`, { json: { comment: note.value, who: who.value.trim() } });
+          await api(`/api/cells/${cellId}/comment`, { json: { comment: note.value } });
           showError(""); await showCell(cellId, onChange);
         } catch (e) { showError(e.message); }
       } }, "save comment");
@@ -177,7 +174,8 @@ const hemaseg = (() => {
         ...(open && i.status === "failed" ? [act("retry", "POST", `/api/images/${i.id}/retry`)] : []),
         ...(open && i.status !== "running" ? [act("delete", "DELETE", `/api/images/${i.id}`)] : []))));
       $("#signed").textContent = c.signed_off_at ? `Signed off by ${c.signed_off_by} at ${c.signed_off_at} (UTC)` : "Not signed off.";
-      $("#signoff").hidden = !!c.signed_off_at;
+      $("#signoff").hidden = !!c.signed_off_at || !["supervisor", "admin"].includes(role);
+      $("#reopen").hidden = !c.signed_off_at || !["supervisor", "admin"].includes(role);
       $("#archive button").textContent = c.archived_at ? "Bring back to the list of cases" : "Archive this case";
       $("#archive").dataset.archived = c.archived_at ? "1" : "";
       if (p.pending && !polling) polling = setInterval(refresh, 1000);
@@ -204,13 +202,11 @@ const hemaseg = (() => {
     async function setType(cellId, type) {
       const c = byId[cellId];
       if (!c || c.type === type) return;
-      if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before reclassifying");
-      const r = await api(`/api/cells/${cellId}/type`, { json: { type, who: who.value.trim(), expected: c.type } });
+      const r = await api(`/api/cells/${cellId}/type`, { json: { type, expected: c.type } });
       differentialTable(r.differential);
     }
     async function exclude(cellId, reason) {
-      if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) before excluding a cell");
-      const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason, who: who.value.trim() } });
+      const r = await api(`/api/cells/${cellId}/exclusion`, { json: { reason } });
       differentialTable(r.differential);
     }
     async function gallery(keep) {
@@ -286,6 +282,11 @@ const hemaseg = (() => {
       try { await api(`/api/cases/${caseId}/details`, { json: d }); showError(""); await refresh(); }
       catch (e) { showError(e.message); }
     });
+    $("#reopen").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try { await api(`/api/cases/${caseId}/reopen`, { json: { reason: $("#reopen-reason").value } }); showError(""); await refresh(); }
+      catch (e) { showError(e.message); }
+    });
     $("#archive").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try { await api(`/api/cases/${caseId}/archive`, { json: { archived: !$("#archive").dataset.archived } }); showError(""); await refresh(); }
@@ -294,8 +295,7 @@ const hemaseg = (() => {
     $("#signoff").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       try {
-        if (!who.value.trim()) throw new Error("enter your name (Reviewer, top right) to sign off");
-        await api(`/api/cases/${caseId}/signoff`, { json: { who: who.value.trim() } }); showError(""); await refresh();
+        await api(`/api/cases/${caseId}/signoff`, { json: {} }); showError(""); await refresh();
       } catch (e) { showError(e.message); }
     });
     const c = await refresh();
@@ -379,5 +379,33 @@ const hemaseg = (() => {
     window.addEventListener("mouseup", () => { drag = null; });
   }
 
-  return { indexPage, casePage, imagePage, api };
+  // ---------------------------------------------------------------- users (admin)
+  async function usersPage(roles) {
+    async function load() {
+      const users = await api("/api/users");
+      $("#users tbody").replaceChildren(...users.map((u) => {
+        const pick = el("select", { "data-user": u.id }, ...roles.map((r) => el("option", { value: r, text: r })));
+        pick.value = u.role;
+        pick.addEventListener("change", async () => {
+          try { await api(`/api/users/${u.id}`, { json: { role: pick.value } }); showError(""); } catch (e) { showError(e.message); await load(); }
+        });
+        const active = el("input", { type: "checkbox" });
+        active.checked = !!u.active;
+        active.addEventListener("change", async () => {
+          try { await api(`/api/users/${u.id}`, { json: { active: active.checked } }); showError(""); } catch (e) { showError(e.message); await load(); }
+        });
+        return el("tr", {}, el("td", { text: u.name }), el("td", {}, pick), el("td", {}, active), el("td", { text: u.created_at }));
+      }));
+    }
+    $("#new-user").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        await api("/api/users", { json: { name: $("#user-name").value, password: $("#user-password").value, role: $("#user-role").value } });
+        $("#user-password").value = ""; showError(""); await load();
+      } catch (e) { showError(e.message); }
+    });
+    await load();
+  }
+
+  return { indexPage, casePage, imagePage, usersPage, api };
 })();
