@@ -613,3 +613,29 @@ def test_serve_create_admin_makes_the_first_user_once(tmp_path, monkeypatch):
     monkeypatch.setenv("HEMASEG_ADMIN_PASSWORD", "short")
     with pytest.raises(typer.Exit):
         _create_admin(tmp_path, "Dr Bo")
+
+
+def test_two_outlines_of_one_cell_merge_into_one(case):
+    app, client, case_id = case
+    image_id = _typed(client, case_id)[0]["image_id"]
+    cells = [c for c in client.get(f"/api/images/{image_id}").get_json()["cells"] if c["type"] is not None]
+    assert len(cells) >= 2  # 2-3 white cells painted in each field
+    a, b = cells[0], cells[1]
+    client.post(f"/api/cells/{b['id']}/comment", json={"comment": "same cell as the next"})
+    before = client.get(f"/api/cases/{case_id}").get_json()["differential"]["total"]
+    r = client.post(f"/api/cells/{a['id']}/merge", json={"with": b["id"]})
+    assert r.status_code == 200, r.get_json()
+    merged = r.get_json()["cell"]
+    area = merged["measurements"]["area_px"]
+    assert max(a["measurements"]["area_px"], b["measurements"]["area_px"]) < area <= (a["measurements"]["area_px"]
+                                                                                        + b["measurements"]["area_px"]) * 1.05
+    x0, y0, x1, y1 = merged["bbox"]
+    assert x0 <= min(a["bbox"][0], b["bbox"][0]) + 1 and x1 >= max(a["bbox"][2], b["bbox"][2]) - 1
+    assert r.get_json()["differential"]["total"] == before - 1 and client.get(f"/api/cells/{b['id']}").status_code == 404
+    history = client.get(f"/api/cells/{a['id']}").get_json()["history"]
+    assert [h["kind"] for h in history] == ["comment", "merge"]  # the other cell's history comes along
+    for body, status in (({"with": a["id"]}, 400), ({"with": "x"}, 400), ({"with": 99999}, 404)):
+        assert client.post(f"/api/cells/{a['id']}/merge", json=body).status_code == status, body
+    elsewhere = next(c for c in _typed(client, case_id) if c["image_id"] != image_id)
+    r = client.post(f"/api/cells/{a['id']}/merge", json={"with": elsewhere["id"]})
+    assert r.status_code == 400 and "different images" in r.get_json()["error"]

@@ -96,6 +96,13 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "who"), "Dr Ada"))
+        browser.get(base + "/users")  # the admin adds a reviewer
+        browser.find_element(By.ID, "user-name").send_keys("Rev Cy")
+        browser.find_element(By.ID, "user-password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "#new-user button").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "users"), "Rev Cy"))
+        browser.save_screenshot(str(shots / "users.png"))
+        browser.get(base + "/")
         browser.find_element(By.ID, "case-name").send_keys("slide 42")
         browser.find_element(By.CSS_SELECTOR, "#new-case button").click()
         wait.until(EC.presence_of_element_located((By.ID, "upload")))

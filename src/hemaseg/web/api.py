@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 from flask import Blueprint, abort, current_app, jsonify, request, send_file
 from PIL import Image
 
@@ -348,6 +349,47 @@ def set_exclusion(cell_id: int):
     except db.Conflict as err:
         abort(409, str(err))
     return changed_cell(row, result)
+
+
+@api.post("/cells/<int:cell_id>/merge")
+def merge_cells(cell_id: int):
+    """Merge the cell ``with`` (another cell of the same image: one cell found as two) into this one: its
+    outline becomes the union of both, its shape measured again, the other cell removed and its history
+    moved here with a ``merge`` line. The type stays this cell's."""
+    from ..cells import Cells
+    from ..measure import measure
+    from .worker import outline_mask, polygons
+
+    d = body()
+    other_id = d.get("with")
+    if not isinstance(other_id, int) or other_id == cell_id:
+        abort(400, "'with' must be the id of another cell of the same image")
+    a, b = row_or_404("cells", cell_id, "cell"), row_or_404("cells", other_id, "cell")
+    if a["image_id"] != b["image_id"]:
+        abort(400, f"cells {cell_id} and {other_id} lie in different images")
+    open_case(row_or_404("images", a["image_id"], "image")["case_id"], "its cells cannot change")
+    mask, x0, y0 = outline_mask(json.loads(a["outline"]) + json.loads(b["outline"]))
+    kept = json.loads(a["measurements"])
+    px = (kept["area_um2"] / kept["area_px"]) ** 0.5 if kept.get("area_um2") and kept.get("area_px") else None
+    h, w = mask.shape
+    shape = measure(Cells(y0 + h, x0 + w, np.array([[x0, y0, x0 + w, y0 + h]]), [mask], np.ones(1), np.ones(1, np.int64)),
+                    [a["class"]], px, nuclei=False)[0]
+    kept.update({k: v for k, v in shape.items() if k in kept and k != "id"})
+    nucleus = json.loads(a["nucleus"]) + json.loads(b["nucleus"])
+    con().execute("BEGIN IMMEDIATE")
+    try:
+        con().execute("UPDATE reclassifications SET cell_id = ? WHERE cell_id = ?", (cell_id, other_id))
+        con().execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'merge')",
+                      (cell_id, f"#{b['number']} ({b['type'] or b['class']})", f"#{a['number']}", user_name(), db.now()))
+        con().execute("UPDATE cells SET outline = ?, nucleus = ?, bbox = ?, measurements = ? WHERE id = ?",
+                      (json.dumps(polygons(mask, x0, y0)), json.dumps(nucleus), json.dumps([x0, y0, x0 + w, y0 + h]),
+                       json.dumps(kept), cell_id))
+        con().execute("DELETE FROM cells WHERE id = ?", (other_id,))
+        con().execute("COMMIT")
+    except BaseException:
+        con().execute("ROLLBACK")
+        raise
+    return changed_cell(a, {"id": cell_id, "merged": other_id})
 
 
 # ---------------------------------------------------------------------- exports

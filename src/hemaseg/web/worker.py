@@ -43,6 +43,28 @@ def polygons(mask: np.ndarray, x0: int, y0: int, tolerance: float = 0.7) -> list
     return out
 
 
+def outline_mask(outlines: list[list[list[float]]]) -> tuple[np.ndarray, int, int]:
+    """The pixels inside polygons of ``[x, y]`` pixel-edge coordinates (as :func:`polygons` writes them),
+    as ``(HW bool mask, x0, y0)`` of their bounding box; the inverse of :func:`polygons` up to its tolerance.
+
+    >>> m, x0, y0 = outline_mask([[[11.0, 21.0], [13.0, 21.0], [13.0, 23.0], [11.0, 23.0]]])
+    >>> int(m.sum()), (x0, y0)
+    (4, (11, 21))
+    """
+    from skimage.draw import polygon as fill
+
+    pts = np.concatenate([np.asarray(p, float) for p in outlines if len(p) >= 3])
+    x0, y0 = int(np.floor(pts[:, 0].min())), int(np.floor(pts[:, 1].min()))
+    w, h = int(np.ceil(pts[:, 0].max())) - x0, int(np.ceil(pts[:, 1].max())) - y0
+    mask = np.zeros((h, w), bool)
+    for p in outlines:
+        if len(p) >= 3:
+            p = np.asarray(p, float)
+            rr, cc = fill(p[:, 1] - y0 - 0.5, p[:, 0] - x0 - 0.5, mask.shape)  # pixel centres inside the outline
+            mask[rr, cc] = True
+    return mask, x0, y0
+
+
 def _number(text: str) -> int | float | str:
     """A CSV field as the number it writes, else as it is."""
     for kind in (int, float):

@@ -119,7 +119,7 @@ const hemaseg = (() => {
       children.push(el("p", { text: `classifier: ${c.predicted_type} (${(c.type_confidence ?? 0).toFixed(2)})${second}` }),
         el("label", { text: "type " }, select), el("br"), el("label", { text: "in the differential: " }, exclude));
       const said = (h, v) => (h.kind === "exclusion" ? (v ? `excluded: ${v.replace("_", " ")}` : "counted")
-        : h.kind === "comment" ? `“${v}”` : v);
+        : h.kind === "comment" ? `“${v}”` : h.kind === "merge" ? `merged ${v}` : v);
       if (c.history.length) {
         children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
           el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
@@ -135,6 +135,19 @@ const hemaseg = (() => {
         } catch (e) { showError(e.message); }
       } }, "save comment");
       children.push(el("p", {}, el("label", { text: "comment " }, note), save));
+    }
+    if (c.type !== null) {  // one cell found as two: merge another cell of this image into this one
+      const other = el("input", { id: "merge-number", size: "4", placeholder: "#" });
+      const merge = el("button", { type: "button", id: "merge", onclick: async () => {
+        try {
+          const image = await api(`/api/images/${c.image_id}`);
+          const target = image.cells.find((x) => String(x.number) === other.value.trim().replace("#", ""));
+          if (!target) throw new Error(`no cell #${other.value} in this image (show the ids to see them)`);
+          const r = await api(`/api/cells/${cellId}/merge`, { json: { with: target.id } });
+          showError(""); if (onChange) onChange(r); await showCell(cellId, onChange);
+        } catch (e) { showError(e.message); }
+      } }, "merge");
+      children.push(el("p", {}, el("label", { text: "merge cell " }, other), " into this one ", merge));
     }
     if (!location.pathname.startsWith("/images/")) {  // from the gallery: the cell in its image
       children.push(el("p", {}, el("a", { id: "cell-in-image", href: `/images/${c.image_id}#cell=${c.id}`, text: "show in the image" })));
