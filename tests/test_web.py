@@ -498,6 +498,7 @@ def test_the_case_as_a_lab_sees_it_sample_fields_comments_absolute_counts_and_ta
     assert r.status_code == 200, r.get_json()
     c = r.get_json()
     assert c["details"] == {"sample_id": "S-17", "stain": "May-Grünwald-Giemsa", "wbc_count": 10.0, "target_count": 200}
+    assert 0.15 < c["estimated_pixel_size"] < 0.25  # the painted fields' red cells: about 0.19 um per px
     assert c["comment"] == "left shift?" and c["differential"]["target"] == {"count": 200, "done": c["differential"]["lab"]["white_cells"]}
     absolute = {a["type"]: a for a in c["differential"]["absolute"]}
     pct = c["differential"]["lab"]["five_part_percent"]
@@ -529,7 +530,8 @@ def test_the_case_as_a_lab_sees_it_sample_fields_comments_absolute_counts_and_ta
             read_ranges(path)
     page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)  # one printable page (A4 print CSS)
     for part in ("@page{size:A4", "May-Grünwald-Giemsa", "Absolute counts at a white-cell count of 10.0", "left shift?",
-                 "toxic granulation", "Reviewed by: Dr Ada", "Not signed off", "data:image/png;base64,", "Research use only"):
+                 "toxic granulation", "Reviewed by: Dr Ada", "Not signed off", "data:image/png;base64,", "Research use only",
+                 "µm per pixel (read off the images)"):
         assert part in page, part
     assert "of 200 white cells counted" in page
     client.post(f"/api/cases/{case_id}/signoff", json={"who": "Dr Ada"})

@@ -182,6 +182,10 @@ def case_dict(case_id: int) -> dict:
     status = [i["status"] for i in images]
     red, _ = red_cells(case_id)
     c["details"] = json.loads(c["details"] or "{}")
+    scales = [json.loads(r[0] or "{}").get("pixel_size_um") for r in con().execute(
+        "SELECT scale FROM images WHERE case_id = ? AND status = 'done'", (case_id,))]
+    scales = [s for s in scales if s]
+    c["estimated_pixel_size"] = round(float(np.median(scales)), 4) if scales else None  # as segment read the images
     c.update(images=images, differential=differential(case_id), types=list(station().types), exclusions=list(db.EXCLUSIONS),
              fields={k: {"kind": kind, "label": label} for k, (kind, label) in db.CASE_FIELDS.items()},
              red={k: v for k, v in red.items() if k != "diameters"} if red else None,

@@ -64,6 +64,8 @@ def report(case_id: int):
     signed = (f"Signed off by {html.escape(c['signed_off_by'])} at {c['signed_off_at']} (UTC)." if c["signed_off_at"]
               else "<b>Not signed off.</b>")
     sample = [{"field": label, "value": str(c["details"].get(k, ""))} for k, (_, label) in db.CASE_FIELDS.items() if k in c["details"]]
+    if "pixel_size_um" not in c["details"] and c["estimated_pixel_size"]:
+        sample.append({"field": "µm per pixel (read off the images)", "value": str(c["estimated_pixel_size"])})
     sections = [
         ("Research use only", f"<p>{signed} Reviewed by: {html.escape(', '.join(reviewers)) or 'nobody yet'}.</p>"
                               "<p><b>Research use only.</b> Not for diagnosis. Cells are found and typed automatically and "

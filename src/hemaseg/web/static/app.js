@@ -166,7 +166,8 @@ const hemaseg = (() => {
       window.hemasegExclusions = c.exclusions;
       if (!$("#fields").childElementCount) {  // the sample fields, filled once (not while someone types)
         $("#fields").replaceChildren(...Object.entries(c.fields).map(([k, f]) => el("label", {}, `${f.label} `,
-          el("input", { name: k, "data-kind": f.kind, size: f.kind === "number" ? "6" : "14", value: c.details[k] ?? "" }))));
+          el("input", { name: k, "data-kind": f.kind, size: f.kind === "number" ? "6" : "14", value: c.details[k] ?? "",
+            placeholder: k === "pixel_size_um" && c.estimated_pixel_size ? `${c.estimated_pixel_size} read` : "" }))));
         $("#case-comment").value = c.comment || "";
       }
       for (const input of $("#details").querySelectorAll("input, textarea, button")) input.disabled = !!c.signed_off_at;
