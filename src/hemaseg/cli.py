@@ -548,7 +548,8 @@ def demo(
     if train:
         train_demo(out, epochs, log=typer.echo, progress=sys.stderr.isatty())
     typer.echo(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
-    typer.echo("to review cells in the browser: .venv/bin/hemaseg serve, then open http://127.0.0.1:8765/")
+    typer.echo("to review cells in the browser: .venv/bin/hemaseg serve --create-admin YOUR-NAME (the first time), "
+               "then open http://127.0.0.1:8765/")
 
 
 @app.command()
