@@ -72,7 +72,9 @@ def _wait(app, timeout=120):
 
 def _typed(client, case_id) -> list[dict]:
     """The case's typed (white) cells; its red cells and platelets are not typed."""
-    return [c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is not None]
+    typed = client.get(f"/api/cases/{case_id}/cells?typed=1").get_json()
+    assert typed == [c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is not None]
+    return typed
 
 
 def _upload(client, case_id, paths):

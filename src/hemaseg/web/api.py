@@ -282,12 +282,15 @@ def image_file(image_id: int):
 # ---------------------------------------------------------------------- cells
 @api.get("/cases/<int:case_id>/cells")
 def case_cells(case_id: int):
+    """The case's cells (``?typed=1``: the typed white cells only, as the gallery shows them - a field holds
+    hundreds of red cells)."""
     case_row(case_id)
+    typed = "AND c.type IS NOT NULL " if request.args.get("typed") == "1" else ""
     rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.type, c.excluded, c.predicted_type, c.type_confidence, "
                          "json_extract(c.measurements, '$.top_type') top_type, "
                          "json_extract(c.measurements, '$.second_type') second_type, "
                          "json_extract(c.measurements, '$.second_confidence') second_confidence, "
-                         "i.name image FROM cells c JOIN images i ON i.id = c.image_id WHERE i.case_id = ? "
+                         f"i.name image FROM cells c JOIN images i ON i.id = c.image_id WHERE i.case_id = ? {typed}"
                          "ORDER BY c.image_id, c.number", (case_id,)).fetchall()
     return jsonify([dict(r) for r in rows])
 

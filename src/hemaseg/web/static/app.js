@@ -224,7 +224,7 @@ const hemaseg = (() => {
       differentialTable(r.differential);
     }
     async function gallery(keep) {
-      const cells = (await api(`/api/cases/${caseId}/cells`)).filter((c) => c.type !== null);
+      const cells = await api(`/api/cases/${caseId}/cells?typed=1`);
       byId = Object.fromEntries(cells.map((c) => [c.id, c]));
       const types = window.hemasegTypes.length ? window.hemasegTypes : [...new Set(cells.map((c) => c.type))];
       const groups = [...types, "excluded"];  // excluded cells stay visible, in their own group
