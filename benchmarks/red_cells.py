@@ -8,8 +8,11 @@ morphology - against the truth each source has.
   annotated point inside a found red cell, one point per cell (two points in one cell: one is missed),
   per morphology class and over all; **count error** |found - points| / points per field, only on the
   :data:`LABELLED_THROUGHOUT` fields (checked by eye: on most fields the annotators pointed at the
-  abnormal cells only, so their points are no count): all found red cells, and those not cut by the
-  frame; **morphology** - the class the bundled classifier gives each found red cell that holds a point,
+  abnormal cells only, so their points are no count): the count ``segment`` reports (whole cells, and
+  cells cut by the frame with at least :data:`hemaseg.redcells.FRAME_SHARE` of a cell in view:
+  :func:`hemaseg.redcells.counted_cells`), beside all found red cells, the whole ones only, and the cells
+  (by their centre) against the points of the inner frame one red cell in from each edge, where no
+  convention for cells cut by the frame matters (the finder's own error); **morphology** - the class the bundled classifier gives each found red cell that holds a point,
   against the point's (uncategorised left out): balanced accuracy over all classes and over those with
   >= 30 cells, recall per class, confusion matrix;
 * bccd (the 58 held-out fields): **platelet** recall and precision at box IoU >= 0.3 against BCCD's
@@ -46,7 +49,7 @@ from hemaseg.metrics import matched_ious  # noqa: E402
 from hemaseg.model import default_model  # noqa: E402
 from hemaseg.cells import Cells  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
-from hemaseg.redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL, find_smear_cells, red_morphology  # noqa: E402
+from hemaseg.redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL, counted_cells, cut_by_frame, find_smear_cells, red_morphology  # noqa: E402
 from hemaseg.segment import Job, typing_pixel_size, with_smear_cells  # noqa: E402
 from hemaseg.scale import RED_CELL_UM  # noqa: E402
 
@@ -123,12 +126,19 @@ def chula(job: Job, limit: int | None) -> dict:
                     truth.append(CHULA_CLASSES[c]), said.append(f.morphology[i - 1])
         if path.stem in LABELLED_THROUGHOUT:
             h, w = lab.shape
-            b = red.boxes
-            whole = int(((b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < w) & (b[:, 3] < h)).sum())
-            counts.append({"field": path.stem, "points": len(pts), "found": len(red), "found_whole": whole})
+            m = f.red_px  # inner frame: one red cell in from each edge, where no convention for cut cells matters
+            inside = lambda y, x: (y >= m) & (y < h - m) & (x >= m) & (x < w - m)  # noqa: E731
+            centres = np.array([(b[1] + np.nonzero(k)[0].mean(), b[0] + np.nonzero(k)[1].mean()) for b, k in zip(red.boxes, red.masks)]).reshape(-1, 2)
+            counts.append({"field": path.stem, "points": len(pts), "found": len(red), "found_whole": int((~cut_by_frame(red)).sum()),
+                           "counted": int(counted_cells(red, [RED_CELL] * len(red)).sum()),
+                           "points_inner": int(inside(pts[:, 1], pts[:, 0]).sum()), "found_inner": int(inside(centres[:, 0], centres[:, 1]).sum())})
     hit, total = (sum(v[i] for v in per_class.values()) for i in (0, 1))
     return {"fields": len(seconds), "points": total, "point_recall": hit / total,
             "recall_per_class": {c: {"points": n, "recall": round(k / n, 3) if n else None} for c, (k, n) in per_class.items()},
+            "count_error": float(np.mean([abs(c["counted"] - c["points"]) / c["points"] for c in counts])) if counts else None,
+            "count_bias": float(np.mean([(c["counted"] - c["points"]) / c["points"] for c in counts])) if counts else None,
+            "count_error_inner": float(np.mean([abs(c["found_inner"] - c["points_inner"]) / c["points_inner"] for c in counts])) if counts else None,
+            "count_bias_inner": float(np.mean([(c["found_inner"] - c["points_inner"]) / c["points_inner"] for c in counts])) if counts else None,
             "count_error_all": float(np.mean([abs(c["found"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_error_whole": float(np.mean([abs(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_bias_whole": float(np.mean([(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,

@@ -118,7 +118,7 @@ def test_upload_segments_in_the_background_and_reports_progress(case, fields):
     red = c["red"]  # the station finds red cells and platelets by default, as segment does
     assert red["red_cells"] > 10 and sum(i["cells"] for i in c["images"]) >= red["red_cells"] + 4  # 2-3 white cells painted in each
     d = c["differential"]
-    assert d["total"] + red["red_cells"] + red["platelets"] == sum(i["cells"] for i in c["images"])
+    assert d["total"] + red["red_cells"] + red["platelets"] + red["cut_by_frame"] == sum(i["cells"] for i in c["images"])
     assert set(d["counts"]) == set(c["types"])
     assert c["types"][-1] == "unidentified"
     assert sum(d["percent"].values()) == pytest.approx(100, abs=0.5)
@@ -455,8 +455,10 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     assert "red_cell" in text and "pallor_fraction" in text.splitlines()[0]
     # the case sums its red cells as `hemaseg report` does: counts, ratios, each red cell's class, ICSH grades
     case = client.get(f"/api/cases/{case_id}").get_json()
-    red_cells = [c for c in cells if c["class"] == "red_cell"]
-    assert case["red"]["red_cells"] == len(red_cells) and case["red"]["platelets"] == kinds.count("platelet")
+    red_cells = [c for c in cells if c["class"] == "red_cell" and c["measurements"]["counted"] == "True"]  # not slivers cut by the frame
+    platelets = [c for c in cells if c["class"] == "platelet" and c["measurements"]["counted"] == "True"]
+    assert case["red"]["red_cells"] == len(red_cells) and case["red"]["platelets"] == len(platelets)
+    assert case["red"]["cut_by_frame"] == len(cells) - len(red_cells) - len(platelets) - kinds.count("cell")
     morph = {m["morphology"]: m for m in case["red"]["morphology"]}
     assert sum(m["cells"] for m in morph.values()) == len(red_cells)
     detail = client.get(f"/api/cells/{red_cells[0]['id']}").get_json()["measurements"]

@@ -44,7 +44,7 @@ class SameConv2d(nn.Conv2d):
         k, s = self.kernel_size[0], self.stride[0]
         top, bottom = same_padding(x.shape[-2], k, s)
         left, right = same_padding(x.shape[-1], k, s)
-        return super().forward(F.pad(x, (left, right, top, bottom)))
+        return super().forward(F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x)
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -99,6 +99,32 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
+
+
+def fold_batchnorm(net: EfficientNetLite0) -> EfficientNetLite0:
+    """``net`` (in eval mode) with each BatchNorm folded into the convolution before it (a bias added,
+    the BatchNorm replaced by identity): the same function in fewer steps, for inference only - a third
+    faster on CPU (benchmarks/red_cells.py). Changes ``net`` in place and returns it.
+
+    >>> net = EfficientNetLite0(3).eval(); x = torch.rand(2, 3, 64, 64)
+    >>> bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    >>> _ = [(m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)) for m in bns]
+    >>> before = net(x); after = fold_batchnorm(net)(x)
+    >>> bool((before - after).abs().max() < 1e-4), sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    (True, 0)
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if net.training:
+        raise ValueError("fold_batchnorm is for a network in eval mode")
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for b in net._blocks:
+        pairs += [(b, "_expand_conv", "_bn0")] if b.expand else []
+        pairs += [(b, "_depthwise_conv", "_bn1"), (b, "_project_conv", "_bn2")]
+    for owner, conv, bn in pairs:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+    return net
 
 
 def imagenet_lite0_weights() -> dict[str, torch.Tensor]:

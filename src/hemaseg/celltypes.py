@@ -147,6 +147,43 @@ def context_crop(image: np.ndarray, center: tuple[float, float], pixel_size: flo
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def context_crops(image: np.ndarray, centers: Sequence[tuple[float, float]], pixel_size: float,
+                  cfg: TypeConfig = TypeConfig()) -> np.ndarray:
+    """:func:`context_crop` of each of ``centers`` (``(y, x)``, image pixels) of ``image`` (``HWC`` uint8 RGB,
+    ``pixel_size`` um per px) from one resampling of the whole (mirror-padded) image instead of one per
+    window (PIL's bilinear filter, antialiased when shrinking): the same windows to within a fraction of a
+    pixel, a twentieth of the time for the hundred red cells of a field. Returns ``N x context x context x 3`` uint8.
+
+    >>> im = np.zeros((40, 40, 3), np.uint8); im[10:30, 10:30] = 200
+    >>> cfg = TypeConfig(pixel_size=1.0, context=16, size=16)
+    >>> c = context_crops(im, [(20, 20), (10, 1)], 0.5, cfg)
+    >>> c.shape, int(c[0, 8, 8, 0]), int(c[0, 0, 0, 0])
+    ((2, 16, 16, 3), 200, 0)
+    >>> bool(np.abs(c.astype(int) - np.stack([context_crop(im, (20, 20), 0.5, cfg), context_crop(im, (10, 1), 0.5, cfg)])).mean() < 10)
+    True
+    """
+    from PIL import Image
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"context_crops needs an HxWx3 uint8 image, not {image.shape} {image.dtype}")
+    check_pixel_size(pixel_size)
+    if not len(centers):
+        return np.zeros((0, cfg.context, cfg.context, 3), np.uint8)
+    half = cfg.context * cfg.pixel_size / pixel_size / 2  # window half-side in image pixels
+    m = int(math.ceil(half)) + 2
+    padded = np.pad(image, ((m, m), (m, m), (0, 0)), mode="symmetric")
+    h, w = padded.shape[:2]
+    size = (max(1, round(h * pixel_size / cfg.pixel_size)), max(1, round(w * pixel_size / cfg.pixel_size)))
+    big = np.asarray(Image.fromarray(padded).resize(size[::-1], Image.Resampling.BILINEAR))  # antialiased when shrinking
+    big = np.pad(big, ((cfg.context, cfg.context), (cfg.context, cfg.context), (0, 0)), mode="edge")
+    fy, fx, c = size[0] / h, size[1] / w, cfg.context
+    out = np.empty((len(centers), c, c, 3), np.uint8)
+    for k, (y, x) in enumerate(centers):
+        y0, x0 = int(round((y + m) * fy - c / 2)) + c, int(round((x + m) * fx - c / 2)) + c
+        out[k] = big[y0: y0 + c, x0: x0 + c]
+    return out
+
+
 # --------------------------------------------------------------------------------- colours
 _RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])

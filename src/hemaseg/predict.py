@@ -68,9 +68,14 @@ def predict_cells(model: nn.Module, images: list[torch.Tensor], cfg: PredictConf
             cells = [_sparse(d, resized, size, cfg) for d, resized, size in zip(detections, batch.image_sizes, sizes)]
             if getattr(model, "outline", None) is None:
                 return cells
-            maps = foreground_maps(model, batch.tensors, batch.image_sizes, sizes, bf16=bf16)
-            return [refine_outlines(c, fg, OUTLINE_RADIUS * size[1] / resized[1], model.outline_skip_label)
-                    for c, fg, resized, size in zip(cells, maps, batch.image_sizes, sizes)]
+            skip = model.outline_skip_label  # an image without a cell to redraw keeps its (empty) result:
+            todo = [i for i, c in enumerate(cells) if (c.labels != skip).any()]  # a red-cell field saves the U-Net
+            if todo:
+                resized = [batch.image_sizes[i] for i in todo]
+                maps = foreground_maps(model, batch.tensors[todo], resized, [sizes[i] for i in todo], bf16=bf16)
+                for i, fg, rs in zip(todo, maps, resized):
+                    cells[i] = refine_outlines(cells[i], fg, OUTLINE_RADIUS * sizes[i][1] / rs[1], skip)
+            return cells
         outputs = model([im.to(device) for im in images])
     finally:
         model.train(was_training)

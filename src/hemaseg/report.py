@@ -16,7 +16,7 @@ from .data.io import DataError, why
 from .data.formats import DatasetSource, SampleRef
 from .evaluation import Evaluation
 from .predict import Method, SegmentConfig
-from .redcells import morphology_grades
+from .redcells import FRAME_SHARE, is_counted, morphology_grades
 from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
@@ -192,7 +192,7 @@ def differential(results_dir: str | Path) -> dict:
             if row.get("type"):
                 row["source"] = image["name"]
                 cells.append(row)
-            elif row.get("class") == "red_cell":
+            elif row.get("class") == "red_cell" and is_counted(row):  # not the slivers cut by the frame
                 red.append(row)
     from .celltypes import TYPES
 
@@ -220,12 +220,13 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     number = lambda r, k: int(float(r.get(k) or 0))  # noqa: E731
     n_red = sum(number(r, "n_red_cells") for r in images)
     n_plt = sum(number(r, "n_platelets") for r in images)
+    cut = sum(number(r, "n_cut_by_frame") for r in images)  # red cells and platelets left out of the counts
     white = sum(number(r, k) for r in images for k in r if k in ("n_white_cell", "n_cell"))
     unit = "um" if red and all(r.get("equivalent_diameter_um") for r in red) else "px"
     sizes = [float(r[f"equivalent_diameter_{unit}"]) for r in red if r.get(f"equivalent_diameter_{unit}")]
     per = lambda n: round(1000 * n / n_red, 2) if n_red else None  # noqa: E731
     morphology = [r["morphology"] for r in red if r.get("morphology")]
-    return {"red_cells": n_red, "platelets": n_plt, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
+    return {"red_cells": n_red, "platelets": n_plt, "cut_by_frame": cut, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
             "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None,
             "morphology": morphology_grades(morphology) if morphology else None}
 
@@ -292,7 +293,9 @@ def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
     unit = "µm" if red["unit"] == "um" else "px"
     text = (f"<p>{red['red_cells']} red cells and {red['platelets']} platelets: {red['platelets_per_1000_red']} platelets "
             f"and {red['white_per_1000_red']} white cells per 1000 red cells. Mean red-cell diameter "
-            f"{red['mean_diameter']} {unit}.</p>")
+            f"{red['mean_diameter']} {unit}."
+            + (f" {red['cut_by_frame']} cells cut by the frame with under {FRAME_SHARE:.0%} of a cell in view are not counted."
+               if red.get("cut_by_frame") else "") + "</p>")
     curve = _img(histogram_png(red["diameters"], f"red-cell diameter ({unit})", bins=30), "Price-Jones curve") if red["diameters"] else ""
     if red.get("morphology"):
         graded = [r for r in red["morphology"] if r["cells"]]

@@ -35,8 +35,8 @@ from .measure import columns, measure
 from .nuclei import NUCLEATED, cell_nuclei
 from .errors import SettingError
 from .predict import Method, SegmentConfig, image_scale, run_method, run_methods
-from .redcells import (MORPHOLOGY_COLUMNS, RED_CELL, RED_COLUMNS, SMEAR_CLASSES, bundled_morphology, find_smear_cells, red_cell_measures,
-                       red_morphology, smear_quality)
+from .redcells import (MORPHOLOGY_COLUMNS, RED_CELL, RED_COLUMNS, SMEAR_CLASSES, bundled_morphology, counted_cells, find_smear_cells,
+                       red_cell_measures, red_morphology, smear_quality)
 from .scale import RED_CELL_UM, ScaleEstimate
 from .viz import overlay_cells
 
@@ -59,7 +59,8 @@ class _Failure(Exception):
 
 
 SCALE_COLUMNS = ("scale", "pixel_size_um", "scale_trusted", "red_cell_px", "resize")  # summary.csv, per image
-SMEAR_COLUMNS = ("platelets_per_1000_red", "white_per_1000_red", "red_coverage", "red_touching", "smear_hint")  # with red cells
+SMEAR_COLUMNS = ("n_cut_by_frame", "platelets_per_1000_red", "white_per_1000_red", "red_coverage", "red_touching",
+                 "smear_hint")  # with red cells
 
 
 def scale_columns(scale: ScaleEstimate) -> dict:
@@ -204,7 +205,9 @@ class Job:
 
     def count_column(self, cls: str) -> str:
         """summary.csv's column of the cells of class ``cls``: ``n_CLASS``; for the red cells and platelets
-        the job adds, ``n_red_cells`` and ``n_platelets`` (``n_platelet`` counts the cells typed platelet)."""
+        the job adds, ``n_red_cells`` and ``n_platelets`` (``n_platelet`` counts the cells typed platelet).
+        Red cells and platelets cut by the frame that :func:`hemaseg.redcells.counted_cells` leaves out are
+        not in them (``n_cut_by_frame``)."""
         if cls in SMEAR_CLASSES and cls not in self.method.classes:
             return f"n_{cls}s"
         return f"n_{cls}"
@@ -235,26 +238,29 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     rows = measure(cells, names, pixel_size, nuclei=job.with_nuclei)
     for row in rows:
         row["um_scale"] = um_scale
+    counted = counted_cells(cells, names) if cfg.smear_cells else np.ones(len(cells), bool)
     if cfg.smear_cells:
-        for row, extra in zip(rows, red_cell_measures(rgb, cells, names)):
+        for row, extra, c in zip(rows, red_cell_measures(rgb, cells, names), counted.tolist()):
             row.update(extra)
+            row["counted"] = c  # False: a red cell or platelet cut by the frame, left out of the counts
     if job.morphology is not None:
         for row, extra in zip(rows, red_morphology(job.morphology, rgb, cells, names, typing_pixel_size(job.method, scale, cfg))):
             row.update(extra)
     if job.types:
         type_rows(job.classifier, raw, cells, rows, typing_pixel_size(job.method, scale, cfg))
-    cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + (list(RED_COLUMNS) if cfg.smear_cells else [])
+    cell_columns = (columns(pixel_size, nuclei=job.with_nuclei) + ([*RED_COLUMNS, "counted"] if cfg.smear_cells else [])
                     + (list(MORPHOLOGY_COLUMNS) if job.morphology is not None else []) + (["um_scale"] if pixel_size else [])
                     + (type_columns(job.classifier) if job.classifier else []))
     write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
     _write_exports(out, name, cfg.exports, cells, names, rows, lab)
     row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale)}
+    in_count = [n for n, c in zip(names, counted.tolist()) if c]  # cells cut by the frame: counted_cells
     for c in classes:
-        row[job.count_column(c)] = names.count(c)
+        row[job.count_column(c)] = in_count.count(c)
     for t in job.types:
         row[f"n_{t}"] = sum(r.get("type") == t for r in rows)
     if cfg.smear_cells:
-        row.update({**smear_counts(names), **smear_quality(cells, names)})
+        row.update({"n_cut_by_frame": len(names) - len(in_count), **smear_counts(in_count), **smear_quality(cells, names)})
     h, w = lab.shape
     image_info = {"id": image_id, "file_name": str(path), "height": h, "width": w}
     anns = [{"id": 0, "image_id": image_id, "category_id": int(c), "segmentation": encode_rle_in_box(m, box, h, w),

@@ -151,13 +151,17 @@ def differential(case_id: int) -> dict:
             "target": {"count": target, "done": lab["white_cells"]}}
 
 
+# red cells and platelets cut by the frame that segment leaves out of the counts (hemaseg.redcells.counted_cells)
+COUNTED = "COALESCE(json_extract(c.measurements, '$.counted'), 'True') != 'False'"
+
+
 def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
     """The case's red cells and platelets as ``hemaseg report`` sums a segment folder
     (:func:`hemaseg.report.red_cell_summary`: counts, ratios, diameters, morphology grades) and a row per
     field (its counts and smear hint); ``(None, [])`` when the station found none (not ``--red-cells``)."""
     fields: dict[int, dict] = {}
     for r in con().execute("SELECT i.id, i.name, i.smear, c.class, COUNT(c.id) n FROM images i JOIN cells c ON c.image_id = i.id "
-                           "WHERE i.case_id = ? GROUP BY i.id, c.class ORDER BY i.id", (case_id,)):
+                           f"WHERE i.case_id = ? AND {COUNTED} GROUP BY i.id, c.class ORDER BY i.id", (case_id,)):
         f = fields.setdefault(r["id"], {"image": r["name"], "n_red_cells": 0, "n_platelets": 0, "n_white_cell": 0,
                                         **json.loads(r["smear"] or "{}")})
         key = {RED_CELL: "n_red_cells", PLATELET: "n_platelets"}.get(r["class"])
@@ -169,7 +173,7 @@ def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
     if not any(f["n_red_cells"] or f["n_platelets"] for f in images):
         return None, []
     red = [json.loads(r[0]) for r in con().execute("SELECT c.measurements FROM cells c JOIN images i ON i.id = c.image_id "
-                                                   "WHERE i.case_id = ? AND c.class = ? ORDER BY c.id", (case_id, RED_CELL))]
+                                                   f"WHERE i.case_id = ? AND c.class = ? AND {COUNTED} ORDER BY c.id", (case_id, RED_CELL))]
     return red_cell_summary(images, red), images
 
 
