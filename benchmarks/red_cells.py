@@ -17,6 +17,10 @@ morphology - against the truth each source has.
   >= 30 cells, recall per class, confusion matrix;
 * bccd (the 58 held-out fields): **platelet** recall and precision at box IoU >= 0.3 against BCCD's
   platelet boxes (one to one); red-cell box recall (BCCD boxes some red cells only: no precision);
+* pbc (every 4th held-out crop, 360x363 CellaVision, another lab): **red-cell count error** per crop
+  against its YOLO boxes of every red cell. These annotators box every visible piece of a cell, slivers
+  at the frame too, so every found red cell is compared (the ``all`` count), beside ``segment``'s count;
+  and red-cell box recall at IoU 0.3;
 * painted (``hemaseg synth`` whole fields, exact truth, three magnifications): count error of red cells
   and platelets;
 * seconds per 640x480 field: the whole call (white cells, scale, red cells, platelets, morphology), the
@@ -40,9 +44,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_sources import PIXEL_SIZE, folder, held_out  # noqa: E402
+from real_sources import PIXEL_SIZE, folder, held_out, pbc_classes  # noqa: E402
 
-from hemaseg.data.boxes import box_iou, read_voc  # noqa: E402
+from hemaseg.data.boxes import box_iou, read_voc, read_yolo  # noqa: E402
 from hemaseg.data.contract import image_to_rgb8, image_to_tensor  # noqa: E402
 from hemaseg.data.io import read_image  # noqa: E402
 from hemaseg.metrics import matched_ious  # noqa: E402
@@ -164,6 +168,25 @@ def bccd(job: Job, limit: int | None) -> dict:
             "platelet_precision": tp / n_found if n_found else None, "red_box_recall": red_hit / red_true if red_true else None}
 
 
+def pbc(job: Job, limit: int | None) -> dict:
+    classes = pbc_classes()
+    rows, hit = [], 0
+    for path in held_out("pbc")[::4][:limit]:
+        f = smear_cells(job, path)
+        red = f.red
+        truth = read_yolo(path.parent / "labels" / f"{path.stem}.txt", classes, red.height, red.width).only({RED_CELL}).xyxy
+        if not len(truth):
+            continue
+        hit += len(matched_ious(box_iou(truth, red.boxes.astype(np.float64)), 0.3)) if len(red) else 0
+        rows.append({"boxes": len(truth), "found": len(red), "counted": int(counted_cells(red, [RED_CELL] * len(red)).sum())})
+    err = lambda k: float(np.mean([abs(r[k] - r["boxes"]) / r["boxes"] for r in rows])) if rows else None  # noqa: E731
+    bias = lambda k: float(np.mean([(r[k] - r["boxes"]) / r["boxes"] for r in rows])) if rows else None  # noqa: E731
+    total = sum(r["boxes"] for r in rows)
+    return {"crops": len(rows), "red_boxes": total, "count_error_all": err("found"), "count_bias_all": bias("found"),
+            "count_error_counted": err("counted"), "count_bias_counted": bias("counted"),
+            "red_box_recall": hit / total if total else None}
+
+
 def painted(limit: int | None) -> dict:
     from hemaseg.data.formats import load_sample, open_dataset
     from hemaseg.data.synthetic import SynthConfig, write_dataset
@@ -204,8 +227,9 @@ def main() -> None:
     for true_scale in (False, True):
         key = "true_scale" if true_scale else "default_call"
         jobs = {s: Job.of(args.out, method, SegmentConfig(smear_cells=True, pixel_size=PIXEL_SIZE[s] if true_scale else None))
-                for s in ("chula", "bccd")}  # true scale: as --pixel-size gives it
-        result[key] = {"chula": chula(jobs["chula"], args.limit), "bccd": bccd(jobs["bccd"], args.limit)}
+                for s in ("chula", "bccd", "pbc")}  # true scale: as --pixel-size gives it
+        result[key] = {"chula": chula(jobs["chula"], args.limit), "bccd": bccd(jobs["bccd"], args.limit),
+                       "pbc": pbc(jobs["pbc"], args.limit)}
         print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology")}
                                for s, r in result[key].items()}), flush=True)
         m = result[key]["chula"]["morphology"]

@@ -10,7 +10,7 @@ import torch
 
 from hemaseg.celltypes import (
     UNIDENTIFIED, CellTypeClassifier, CropSet, TypeConfig, TypeNet, TypeTrainConfig, allowed_matrix, allowed_types,
-    augment, context_crop, fit_celltypes, fit_temperature, lab_stats, labelled_crops, reinhard, rgb_to_lab,
+    augment, context_crop, context_crops, fit_celltypes, fit_temperature, lab_stats, labelled_crops, reinhard, rgb_to_lab,
     lab_to_rgb, set_loss, split_crops,
 )
 from hemaseg.model import CheckpointError
@@ -45,6 +45,24 @@ def test_context_crop_mirrors_beyond_the_edge_and_refuses_bad_input():
         context_crop(im[..., 0], (10, 10), 1.0)
     with pytest.raises(ValueError, match="pixel size"):
         context_crop(im, (10, 10), 0.0)
+
+
+def test_context_crops_of_a_whole_field_match_the_crops_cut_one_by_one():
+    cfg = TypeConfig(pixel_size=0.25, context=64, size=48)
+    rng = np.random.default_rng(0)
+    for px in (0.1, 0.2, 0.3):  # shrunk, nearly as is, enlarged
+        im = _disk_image(5 / px, size=240)
+        im = np.clip(im.astype(int) + rng.integers(-10, 10, im.shape), 0, 255).astype(np.uint8)
+        centres = [(120.0, 120.0), (119.4, 121.7), (3.0, 230.0), (237.0, 2.0)]  # the last two reach past the edge
+        many = context_crops(im, centres, px, cfg)
+        one = np.stack([context_crop(im, c, px, cfg) for c in centres])
+        assert many.shape == one.shape == (4, 64, 64, 3) and many.dtype == np.uint8
+        dark_many, dark_one = (many[..., 2] < 180).sum((1, 2)), (one[..., 2] < 180).sum((1, 2))
+        assert np.abs(dark_many[:2] - dark_one[:2]).max() <= 0.03 * dark_one[0], (px, dark_many, dark_one)  # the cell: same size
+        assert np.abs(many.astype(int) - one).mean() < 6, px  # same windows, to within a fraction of a pixel
+    assert context_crops(im, [], px, cfg).shape == (0, 64, 64, 3)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        context_crops(im[..., 0], centres, 0.2, cfg)
 
 
 def test_lab_conversion_agrees_with_scikit_image_and_inverts():

@@ -145,3 +145,25 @@ def test_a_model_with_an_outline_saves_loads_and_predicts(tmp_path):
     assert ModelConfig.from_dict(old).outline == 0 and ModelConfig.from_dict(old).outline_levels == 4
     deeper = build_model(ModelConfig(outline=4, outline_levels=5))
     assert deeper.outline.net.multiple == 16 and len(deeper.outline.net.down) == 5
+
+
+def test_the_outline_head_runs_only_on_images_with_cells_to_redraw():
+    """A field without white cells (most red-cell fields) skips the full-resolution U-Net: the same result,
+    and the cells of the other images in the batch are redrawn as when each goes alone."""
+    import dataclasses
+
+    from hemaseg.data.synthetic import SynthConfig, generate
+    from hemaseg.model import default_model
+
+    model, _ = load_model(default_model())
+    seen = []
+    forward = model.outline.forward
+    model.outline.forward = lambda tensors, sizes: (seen.append(list(sizes)), forward(tensors, sizes))[1]
+    cfg = dataclasses.replace(SynthConfig.wbc_field(240, 320), white_radius=(40, 48))
+    field = torch.from_numpy(generate(np.random.default_rng(3), cfg).image).permute(2, 0, 1).float() / 255
+    blank = torch.full_like(field, 0.9)  # the smear's background, nothing on it
+    together = predict_cells(model, [blank, field])
+    assert len(together[0]) == 0 and len(together[1]) > 0
+    assert len(seen) == 1 and len(seen[0]) == 1  # the U-Net saw the field only
+    alone = predict_cells(model, [field])[0]
+    assert len(seen) == 2 and np.array_equal(alone.union(), together[1].union())

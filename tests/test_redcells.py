@@ -243,3 +243,45 @@ def test_segment_red_cells_without_types_reports_the_red_cells_from_the_command_
     r = runner.invoke(app, ["segment", str(tmp_path / "in"), "--method", "otsu", "--out", str(tmp_path / "plain"), "--no-progress"])
     r = runner.invoke(app, ["report", str(tmp_path / "plain")])
     assert r.exit_code != 0 and "--red-cells" in r.output  # neither types nor red cells: told what to run
+
+
+def test_cells_cut_by_the_frame_count_when_most_of_a_cell_is_in_view():
+    from hemaseg.cells import Cells
+    from hemaseg.redcells import FRAME_SHARE, counted_cells
+
+    lab = np.zeros((60, 80), int)
+    for k, (y, x) in enumerate([(20, 20), (20, 40), (40, 30)]):  # three whole red cells, 10 px squares
+        lab[y: y + 10, x: x + 10] = k + 1
+    lab[0:9, 60:70] = 4   # cut by the top edge, 9/10 of a cell in view: counted
+    lab[52:60, 0:10] = 5  # cut, 8/10 in view: counted (FRAME_SHARE 0.8)
+    lab[0:10, 0:7] = 6    # cut twice, 7/10: not counted
+    lab[55:60, 70:80] = 7  # platelet-sized, but a platelet: measured against the platelets, not the red cells
+    lab[30:34, 70:74] = 8  # a whole platelet of 16 px: the sliver of 50 px is larger than it, so it counts
+    cells = Cells.from_labels(lab)
+    names = ["red_cell"] * 6 + ["platelet"] * 2
+    assert FRAME_SHARE == 0.8
+    assert counted_cells(cells, names).tolist() == [True, True, True, True, True, False, True, True]
+    assert counted_cells(cells, names, share=0.5).tolist() == [True] * 8
+    assert counted_cells(cells, ["white_cell"] * 8).all()  # the method's own cells always count
+    only_cut = cells.select([3, 5])  # no whole red cell to compare with: the cut ones against their median (80 px)
+    assert counted_cells(only_cut, ["red_cell"] * 2).tolist() == [True, True]
+    assert counted_cells(only_cut, ["red_cell"] * 2, share=0.9).tolist() == [True, False]
+    assert counted_cells(cells.select([]), []).tolist() == []
+    with pytest.raises(SettingError, match="share"):
+        counted_cells(cells, names, share=0.0)
+
+
+def test_a_cell_lying_on_another_is_two_cells_and_an_elliptocyte_one():
+    img = _field(160, 260)
+    for x in (30, 80, 130, 180, 230):  # single cells set the field's median cell
+        _disc(img, 30, x, 20, RED, pallor=0.4)
+    _disc(_disc(img, 110, 60, 20, RED, pallor=0.4), 110, 78, 18, RED, pallor=0.4)  # one on the other: no neck
+    yy, xx = np.mgrid[:160, :260]
+    img[((yy - 115) / 11) ** 2 + ((xx - 190) / 30) ** 2 <= 1] = RED  # an elliptocyte: long, but one cell's area
+    off = find_smear_cells(img, 40.0, cfg=SmearConfig(pair_area=1e6))
+    on = find_smear_cells(img, 40.0)
+    assert len(off) == 7 and len(on) == 8, (len(off), len(on))  # the stacked pair split, the elliptocyte whole
+    lab = on.label_image()
+    assert lab[110, 50] != lab[110, 88] and lab[110, 50] > 0 and lab[115, 170] == lab[115, 210] > 0
+    with pytest.raises(SettingError, match="pair_area"):
+        SmearConfig(pair_area=0.9)

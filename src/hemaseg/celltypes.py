@@ -150,38 +150,45 @@ def context_crop(image: np.ndarray, center: tuple[float, float], pixel_size: flo
 def context_crops(image: np.ndarray, centers: Sequence[tuple[float, float]], pixel_size: float,
                   cfg: TypeConfig = TypeConfig()) -> np.ndarray:
     """:func:`context_crop` of each of ``centers`` (``(y, x)``, image pixels) of ``image`` (``HWC`` uint8 RGB,
-    ``pixel_size`` um per px) from one resampling of the whole (mirror-padded) image instead of one per
-    window (PIL's bilinear filter, antialiased when shrinking): the same windows to within a fraction of a
-    pixel, a twentieth of the time for the hundred red cells of a field. Returns ``N x context x context x 3`` uint8.
+    ``pixel_size`` um per px), all at once: the image is mirror-padded and antialiased once, then every
+    window is sampled bilinearly on the very grid :func:`context_crop` uses (one ``grid_sample`` call) -
+    the same crops but within a grey level or two near a window's edge, where the antialiasing sees the
+    image beyond it, a tenth of the time for the hundred red cells of a field.
+    Returns ``N x context x context x 3`` uint8.
 
     >>> im = np.zeros((40, 40, 3), np.uint8); im[10:30, 10:30] = 200
     >>> cfg = TypeConfig(pixel_size=1.0, context=16, size=16)
     >>> c = context_crops(im, [(20, 20), (10, 1)], 0.5, cfg)
     >>> c.shape, int(c[0, 8, 8, 0]), int(c[0, 0, 0, 0])
     ((2, 16, 16, 3), 200, 0)
-    >>> bool(np.abs(c.astype(int) - np.stack([context_crop(im, (20, 20), 0.5, cfg), context_crop(im, (10, 1), 0.5, cfg)])).mean() < 10)
-    True
+    >>> one = np.stack([context_crop(im, (20, 20), 0.5, cfg), context_crop(im, (10, 1), 0.5, cfg)])
+    >>> int(np.abs(c.astype(int) - one)[:, 3:-3, 3:-3].max())
+    0
     """
-    from PIL import Image
+    from scipy import ndimage as ndi
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"context_crops needs an HxWx3 uint8 image, not {image.shape} {image.dtype}")
     check_pixel_size(pixel_size)
-    if not len(centers):
-        return np.zeros((0, cfg.context, cfg.context, 3), np.uint8)
-    half = cfg.context * cfg.pixel_size / pixel_size / 2  # window half-side in image pixels
-    m = int(math.ceil(half)) + 2
-    padded = np.pad(image, ((m, m), (m, m), (0, 0)), mode="symmetric")
-    h, w = padded.shape[:2]
-    size = (max(1, round(h * pixel_size / cfg.pixel_size)), max(1, round(w * pixel_size / cfg.pixel_size)))
-    big = np.asarray(Image.fromarray(padded).resize(size[::-1], Image.Resampling.BILINEAR))  # antialiased when shrinking
-    big = np.pad(big, ((cfg.context, cfg.context), (cfg.context, cfg.context), (0, 0)), mode="edge")
-    fy, fx, c = size[0] / h, size[1] / w, cfg.context
-    out = np.empty((len(centers), c, c, 3), np.uint8)
-    for k, (y, x) in enumerate(centers):
-        y0, x0 = int(round((y + m) * fy - c / 2)) + c, int(round((x + m) * fx - c / 2)) + c
-        out[k] = big[y0: y0 + c, x0: x0 + c]
-    return out
+    n, c = len(centers), cfg.context
+    if not n:
+        return np.zeros((0, c, c, 3), np.uint8)
+    half = c * cfg.pixel_size / pixel_size / 2  # window half-side in image pixels, as context_crop
+    side = max(1, int(round(2 * half)))
+    m = side + 2  # every window lies inside the mirrored margin
+    x = np.pad(image, ((m, m), (m, m), (0, 0)), mode="symmetric").astype(np.float32)
+    sigma = (side / c - 1) / 2  # scikit-image's antialiasing (context_crop's resize) when shrinking
+    if int(4 * sigma + 0.5) > 0:  # (below, its kernel is one tap: nothing to do)
+        x = ndi.gaussian_filter(x, (sigma, sigma, 0), mode="mirror")
+    h, w = x.shape[:2]
+    step = (torch.arange(c, dtype=torch.float64) + 0.5) * side / c - 0.5  # output pixel -> window pixel
+    corner = torch.tensor([(round(y - half), round(v - half)) for y, v in centers], dtype=torch.float64) + m
+    ys = (corner[:, :1] + step + 0.5) / h * 2 - 1  # N x c, grid_sample's [-1, 1] (align_corners=False)
+    xs = (corner[:, 1:] + step + 0.5) / w * 2 - 1
+    grid = torch.stack([xs[:, None, :].expand(n, c, c), ys[:, :, None].expand(n, c, c)], -1).float()
+    src = torch.from_numpy(x).permute(2, 0, 1)[None].expand(n, 3, h, w)
+    out = F.grid_sample(src, grid, mode="bilinear", align_corners=False)
+    return np.clip(np.round(out.permute(0, 2, 3, 1).numpy()), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------- colours

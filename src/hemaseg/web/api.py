@@ -379,19 +379,14 @@ def merge_cells(cell_id: int):
                     [a["class"]], px, nuclei=False)[0]
     kept.update({k: v for k, v in shape.items() if k in kept and k != "id"})
     nucleus = json.loads(a["nucleus"]) + json.loads(b["nucleus"])
-    con().execute("BEGIN IMMEDIATE")
-    try:
-        con().execute("UPDATE reclassifications SET cell_id = ? WHERE cell_id = ?", (cell_id, other_id))
-        con().execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'merge')",
-                      (cell_id, f"#{b['number']} ({b['type'] or b['class']})", f"#{a['number']}", user_name(), db.now()))
-        con().execute("UPDATE cells SET outline = ?, nucleus = ?, bbox = ?, measurements = ? WHERE id = ?",
-                      (json.dumps(polygons(mask, x0, y0)), json.dumps(nucleus), json.dumps([x0, y0, x0 + w, y0 + h]),
-                       json.dumps(kept), cell_id))
-        con().execute("DELETE FROM cells WHERE id = ?", (other_id,))
-        con().execute("COMMIT")
-    except BaseException:
-        con().execute("ROLLBACK")
-        raise
+    with db.transaction(con()) as c:  # the history moves, the outline grows and the other cell goes: all or none
+        c.execute("UPDATE reclassifications SET cell_id = ? WHERE cell_id = ?", (cell_id, other_id))
+        c.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, 'merge')",
+                  (cell_id, f"#{b['number']} ({b['type'] or b['class']})", f"#{a['number']}", user_name(), db.now()))
+        c.execute("UPDATE cells SET outline = ?, nucleus = ?, bbox = ?, measurements = ? WHERE id = ?",
+                  (json.dumps(polygons(mask, x0, y0)), json.dumps(nucleus), json.dumps([x0, y0, x0 + w, y0 + h]),
+                   json.dumps(kept), cell_id))
+        c.execute("DELETE FROM cells WHERE id = ?", (other_id,))
     return changed_cell(a, {"id": cell_id, "merged": other_id})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,22 +136,43 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return con
 
 
+@contextmanager
+def transaction(con: sqlite3.Connection):
+    """The block's changes all at once or none: ``BEGIN IMMEDIATE`` (the write lock first, so two writers
+    queue instead of failing half-way), ``COMMIT`` at its end, ``ROLLBACK`` and the error again on any
+    exception.
+
+    >>> c = sqlite3.connect(":memory:", isolation_level=None); _ = c.execute("CREATE TABLE t (x)")
+    >>> try:
+    ...     with transaction(c):
+    ...         _ = c.execute("INSERT INTO t VALUES (1)"); raise ValueError("stop")
+    ... except ValueError:
+    ...     pass
+    >>> with transaction(c):
+    ...     _ = c.execute("INSERT INTO t VALUES (2)")
+    >>> [r[0] for r in c.execute("SELECT x FROM t")]
+    [2]
+    """
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def migrate(con: sqlite3.Connection) -> int:
     """Apply the migrations the database lacks; returns the schema version now."""
     version = con.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise RuntimeError(f"database schema version {version} is newer than this hemaseg ({len(MIGRATIONS)})")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(con):
             for statement in script.split(";"):
                 if statement.strip():
                     con.execute(statement)
             con.execute(f"PRAGMA user_version = {number}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return len(MIGRATIONS)
 
 
@@ -163,8 +185,7 @@ def _change_cell(con: sqlite3.Connection, cell_id: int, column: str, value: str 
     """Set a cell's ``column`` (``type`` or ``excluded``) to ``value`` and record the change in its history
     as ``kind``, atomically: refused (:class:`Conflict`) once the case is signed off (``what`` names the
     change) or by ``check(old value)``. Returns the old value and whether anything changed."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(con):
         row = con.execute(f"SELECT c.{column} old, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
                           "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
         if row is None:
@@ -178,10 +199,6 @@ def _change_cell(con: sqlite3.Connection, cell_id: int, column: str, value: str 
             con.execute(f"UPDATE cells SET {column} = ? WHERE id = ?", (value, cell_id))
             con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, ?)",
                         (cell_id, row["old"] or "", value or "", who, now(), kind))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return row["old"], changed
 
 

@@ -166,8 +166,7 @@ class Worker:
                             json.dumps([int(v) for v in box]), json.dumps(polygons(mask, x0, y0)),
                             json.dumps(polygons(nucleus, x0, y0) if nucleus is not None and nucleus.any() else []),
                             json.dumps(measurements)))
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction(con):
             con.execute("DELETE FROM cells WHERE image_id = ?", (image_id,))
             con.executemany("INSERT INTO cells (image_id, number, class, score, predicted_type, type_confidence, type, bbox, "
                             "outline, nucleus, measurements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
@@ -175,7 +174,3 @@ class Worker:
             smear = {k: summary.rows[0][k] for k in SMEAR_COLUMNS if k in summary.rows[0]}
             con.execute("UPDATE images SET status = 'done', width = ?, height = ?, scale = ?, smear = ? WHERE id = ?",
                         (w, h, json.dumps(scale), json.dumps(smear), image_id))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
