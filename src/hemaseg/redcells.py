@@ -139,8 +139,7 @@ def split_pairs(lab: np.ndarray, cfg: SmearConfig = SmearConfig()) -> np.ndarray
     major / minor axis), where a macrocyte is round and an elliptocyte no larger than its neighbours. It is
     split between two seeds on its long axis, one cell radius in from each end (each pixel to the nearer
     seed within the object: for two equal discs, the chord where they overlap); a split leaving a part
-    under half a cell is not made. Objects cut by the frame are left as
-    they are.
+    under half a cell is not made. Objects cut by the frame are left as they are.
 
     >>> yy, xx = np.mgrid[:100, :200]
     >>> disc = lambda y, x, r=14: (yy - y) ** 2 + (xx - x) ** 2 <= r ** 2
@@ -154,7 +153,7 @@ def split_pairs(lab: np.ndarray, cfg: SmearConfig = SmearConfig()) -> np.ndarray
     """
     from skimage.measure import regionprops
 
-    props = [p for p in regionprops(lab)]
+    props = regionprops(lab)
     if not props:
         return lab
     h, w = lab.shape
@@ -278,7 +277,7 @@ def counted_cells(cells: Cells, names: Sequence[str], share: float = FRAME_SHARE
     whole ones always count. Other classes (the method's white cells) always count.
 
     On Chula RBC-12's training fields the annotators pointed at half of the cut red cells showing four
-    fifths of a cell, hardly any under half, and at every whole one (benchmarks/frame_share.py), hence
+    fifths of a cell, hardly any under half, and at nearly every whole one (benchmarks/frame_share.py), hence
     :data:`FRAME_SHARE`.
 
     >>> lab = np.zeros((20, 30), int); lab[2:8, 2:8] = 1; lab[10:16, 2:8] = 2; lab[0:5, 12:18] = 3; lab[0:2, 22:28] = 4
