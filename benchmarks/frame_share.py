@@ -63,10 +63,15 @@ def red_cells(rgb: np.ndarray, white: np.ndarray, red_px: float, cfg: SmearConfi
     return found.select(found.labels == 1)
 
 
+def truths_per_cell(red: Cells, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """How many of the points ``(ys, xs)`` each found cell holds."""
+    lab = red.label_image()
+    return np.bincount(lab[ys.clip(0, lab.shape[0] - 1), xs.clip(0, lab.shape[1] - 1)], minlength=len(red) + 1)[1:]
+
+
 def pointed_throughout(red: Cells, pts: np.ndarray) -> bool:
     """At least 90% of the field's whole found red cells (at least 20) hold a point."""
-    lab = red.label_image()
-    per = np.bincount(lab[pts[:, 1].clip(0, lab.shape[0] - 1), pts[:, 0].clip(0, lab.shape[1] - 1)], minlength=len(red) + 1)[1:]
+    per = truths_per_cell(red, pts[:, 1], pts[:, 0])
     cut = cut_by_frame(red)
     return (~cut).sum() >= 20 and (per[~cut] > 0).mean() >= 0.9
 
@@ -81,9 +86,8 @@ def main() -> None:
         if not pointed_throughout(red, pts):
             continue
         fields += 1
-        lab = red.label_image()
-        h, w = lab.shape
-        per = np.bincount(lab[pts[:, 1].clip(0, h - 1), pts[:, 0].clip(0, w - 1)], minlength=len(red) + 1)[1:]
+        h, w = red.height, red.width
+        per = truths_per_cell(red, pts[:, 1], pts[:, 0])
         cut = cut_by_frame(red)
         area = np.array([m.sum() for m in red.masks], np.float64)
         share = area / np.median(area[~cut])

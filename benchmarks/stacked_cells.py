@@ -14,7 +14,7 @@ First, with the split off, the whole found red cells at least ``area`` times the
 (a split is right), one (a split is wrong) or none. Then, split off and on (at the settings shipped):
 Chula's merged points, its found cells without a point, point recall and count error against the points
 of the inner frame (one red cell in from each edge); PBC's red-cell count error (every found cell against
-every box) and box recall at IoU 0.3.
+every box) and box recall at IoU 0.3; and, split off, what the PBC boxes without a found cell are.
 
 Chula RBC-12 (Naruenatthanaset et al. 2021, MIT); PBC (Acevedo et al. 2020, CC BY 4.0; boxes: Abou Ali
 et al. 2025).
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from frame_share import pointed_throughout, red_cells, training_fields  # noqa: E402
+from frame_share import pointed_throughout, red_cells, training_fields, truths_per_cell  # noqa: E402
 from real_sources import folder, pbc_classes  # noqa: E402
 
 from hemaseg.data.boxes import box_iou, read_yolo  # noqa: E402
@@ -59,12 +59,6 @@ def pbc_crops():
         boxes = read_yolo(path.parent / "labels" / f"{path.stem}.txt", classes, *rgb.shape[:2]).only({"red_cell"}).xyxy
         if len(boxes):
             yield rgb, white.union(), RED_CELL_UM / typing_pixel_size(method, scale, SegmentConfig()), boxes
-
-
-def truths_per_cell(red, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """How many of the points ``(ys, xs)`` each found cell holds."""
-    lab = red.label_image()
-    return np.bincount(lab[ys.clip(0, lab.shape[0] - 1), xs.clip(0, lab.shape[1] - 1)], minlength=len(red) + 1)[1:]
 
 
 def shapes(red) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,6 +112,18 @@ def main() -> None:
             pbc_err.append((len(red) - len(b)) / len(b))
             box_hit += len(matched_ious(box_iou(b, red.boxes.astype(np.float64)), 0.3)) if len(red) else 0
             boxes += len(b)
+        if cfg is OFF:  # what the boxes without a found cell are: slivers at the frame, or inside the crop
+            missed = []
+            for rgb, white, px, b in pbc:
+                red = red_cells(rgb, white, px, cfg)
+                iou = box_iou(b, red.boxes.astype(np.float64)) if len(red) else np.zeros((len(b), 1))
+                h, w = rgb.shape[:2]
+                edge = (b[:, 0] <= 1) | (b[:, 1] <= 1) | (b[:, 2] >= w - 1) | (b[:, 3] >= h - 1)
+                share = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (np.pi * px**2 / 4)  # box area / a cell's area
+                missed += [(e, s) for e, s, m in zip(edge, share, iou.max(1) < 0.3) if m]
+            at_edge = [s for e, s in missed if e]
+            print(f"PBC boxes without a found cell at IoU 0.3 (split off): {len(missed)}, {len(at_edge)} of them at the frame "
+                  f"(median {np.median(at_edge) if at_edge else 0:.2f} of a cell's area), {len(missed) - len(at_edge)} inside")
         print(f"{name}: Chula ({len(chula)} fields) merged points {merged}, found cells without a point {empty}, point recall "
               f"{hit / n:.4f}, inner count error {np.mean(np.abs(errors)):.4f} (bias {np.mean(errors):+.4f}) | PBC ({len(pbc)} crops, "
               f"{boxes} boxes) count error {np.mean(np.abs(pbc_err)):.4f} (bias {np.mean(pbc_err):+.4f}), box recall {box_hit / boxes:.4f}",
