@@ -12,7 +12,11 @@ morphology - against the truth each source has.
   cells cut by the frame with at least :data:`hemaseg.redcells.FRAME_SHARE` of a cell in view:
   :func:`hemaseg.redcells.counted_cells`), beside all found red cells, the whole ones only, and the cells
   (by their centre) against the points of the inner frame one red cell in from each edge, where no
-  convention for cells cut by the frame matters (the finder's own error); **morphology** - the class the bundled classifier gives each found red cell that holds a point,
+  convention for cells cut by the frame matters (the finder's own error); the count error's parts
+  (:func:`count_terms`: whole cells against their points, cut cells counted against the points in cut
+  cells, points in no cell); the **ICSH grade** of each class per field from the counted cells' calls
+  against the grade of the experts' points (:func:`grade_agreement`); **morphology** - the class the
+  bundled classifier gives each found red cell that holds a point,
   against the point's (uncategorised left out): balanced accuracy over all classes and over those with
   >= 30 cells, recall per class, confusion matrix;
 * bccd (the 58 held-out fields): **platelet** recall and precision at box IoU >= 0.3 against BCCD's
@@ -45,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from real_sources import PIXEL_SIZE, folder, held_out, pbc_classes  # noqa: E402
+from frame_share import truths_per_cell  # noqa: E402
 
 from hemaseg.data.boxes import box_iou, read_voc, read_yolo  # noqa: E402
 from hemaseg.data.contract import image_to_rgb8, image_to_tensor  # noqa: E402
@@ -53,7 +58,8 @@ from hemaseg.metrics import matched_ious  # noqa: E402
 from hemaseg.model import default_model  # noqa: E402
 from hemaseg.cells import Cells  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
-from hemaseg.redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL, counted_cells, cut_by_frame, find_smear_cells, red_morphology  # noqa: E402
+from hemaseg.redcells import (GRADES, ICSH_GRADES, MORPHOLOGY_CLASSES, PLATELET, RED_CELL, counted_cells, cut_by_frame,  # noqa: E402
+                              find_smear_cells, morphology_grades, red_morphology)
 from hemaseg.segment import Job, typing_pixel_size, with_smear_cells  # noqa: E402
 from hemaseg.scale import RED_CELL_UM  # noqa: E402
 
@@ -110,6 +116,54 @@ def morphology_scores(truth: list[str], said: list[str]) -> dict:
     return sc
 
 
+def count_terms(counts: list[dict]) -> dict:
+    """The count error of ``segment``'s count split into its parts, per field as shares of the points
+    (mean and mean absolute value over the fields): ``whole`` - whole found cells against the points in
+    them (the finder: cells the experts left out, artefacts, cells split in two); ``cut`` - cut cells
+    counted (:func:`hemaseg.redcells.counted_cells`) against the points in cut cells (how the convention
+    matches each field's annotator); ``missed`` - points in no found cell (always negative)."""
+    if not counts:
+        return {}
+    terms = {"whole": [(c["found_whole"] - c["points_whole"]) / c["points"] for c in counts],
+             "cut": [(c["counted_cut"] - c["points_cut"]) / c["points"] for c in counts],
+             "missed": [-(c["points"] - c["points_whole"] - c["points_cut"]) / c["points"] for c in counts]}
+    out = {f"count_term_{k}": {"bias": round(float(np.mean(v)), 4), "mean_abs": round(float(np.mean(np.abs(v))), 4)} for k, v in terms.items()}
+    cut_shares = [(c["counted_cut"] - c["points_cut"]) / c["points"] for c in counts]
+    out["count_error_if_whole_exact"] = round(float(np.mean(np.abs(np.add(cut_shares, terms["missed"])))), 4)
+    return out
+
+
+def field_grades(called: list[str], pointed: list[str]) -> dict:
+    """Per graded class (:data:`hemaseg.redcells.ICSH_GRADES`): ``[experts' grade, grade called]`` of one
+    field - the ICSH grade of the class's share of the experts' points (uncategorised left out) and of the
+    counted red cells' morphology calls, as ``hemaseg report`` grades a case."""
+    truth = {r["morphology"]: r["grade"] for r in morphology_grades(pointed)}
+    said = {r["morphology"]: r["grade"] for r in morphology_grades(called)}
+    return {c: [truth[c], said[c]] for c in ICSH_GRADES}
+
+
+def grade_agreement(counts: list[dict]) -> dict:
+    """Per graded class, on the fields pointed throughout: the share of fields whose called ICSH grade
+    equals the experts' (``exact``) or lies one grade off (``within_one``), how many fields the experts'
+    points grade 1+ or more (``graded``) and the calls do (``called_graded``), how many the calls grade
+    higher (``over``) or lower (``under``); the same over every class (``all``) and over the classes graded
+    1+ in some field by either (``graded_classes``: the others agree trivially)."""
+    if not counts:
+        return {}
+    out = {}
+    for c in ICSH_GRADES:
+        pairs = [(GRADES.index(f["grades"][c][0]), GRADES.index(f["grades"][c][1])) for f in counts]
+        d = np.array([abs(a - b) for a, b in pairs])
+        out[c] = {"exact": round(float((d == 0).mean()), 3), "within_one": round(float((d <= 1).mean()), 3),
+                  "graded": sum(a > 0 for a, _ in pairs), "called_graded": sum(b > 0 for _, b in pairs),
+                  "over": sum(b > a for a, b in pairs), "under": sum(b < a for a, b in pairs)}
+    for key, classes in (("all", list(ICSH_GRADES)), ("graded_classes", [c for c in ICSH_GRADES if out[c]["graded"] or out[c]["called_graded"]])):
+        d = np.array([abs(GRADES.index(f["grades"][c][0]) - GRADES.index(f["grades"][c][1])) for c in classes for f in counts])
+        out[key] = {"exact": round(float((d == 0).mean()), 3) if len(d) else None,
+                    "within_one": round(float((d <= 1).mean()), 3) if len(d) else None, "classes": len(classes)}
+    return out
+
+
 def chula(job: Job, limit: int | None) -> dict:
     per_class = {c: [0, 0] for c in CHULA_CLASSES}
     counts, seconds, step, step_morph, red_pxs, truth, said = [], [], [], [], [], [], []
@@ -133,9 +187,15 @@ def chula(job: Job, limit: int | None) -> dict:
             m = f.red_px  # inner frame: one red cell in from each edge, where no convention for cut cells matters
             inside = lambda y, x: (y >= m) & (y < h - m) & (x >= m) & (x < w - m)  # noqa: E731
             centres = np.array([(b[1] + np.nonzero(k)[0].mean(), b[0] + np.nonzero(k)[1].mean()) for b, k in zip(red.boxes, red.masks)]).reshape(-1, 2)
-            counts.append({"field": path.stem, "points": len(pts), "found": len(red), "found_whole": int((~cut_by_frame(red)).sum()),
-                           "counted": int(counted_cells(red, [RED_CELL] * len(red)).sum()),
-                           "points_inner": int(inside(pts[:, 1], pts[:, 0]).sum()), "found_inner": int(inside(centres[:, 0], centres[:, 1]).sum())})
+            cut, counted = cut_by_frame(red), counted_cells(red, [RED_CELL] * len(red))
+            per = truths_per_cell(red, pts[:, 1], pts[:, 0])
+            counts.append({"field": path.stem, "points": len(pts), "found": len(red), "found_whole": int((~cut).sum()),
+                           "counted": int(counted.sum()),
+                           "points_inner": int(inside(pts[:, 1], pts[:, 0]).sum()), "found_inner": int(inside(centres[:, 0], centres[:, 1]).sum()),
+                           # counted - points = whole cells - their points + counted cut cells - their points - points in no cell
+                           "points_whole": int(per[~cut].sum()), "points_cut": int(per[cut].sum()), "counted_cut": int((counted & cut).sum()),
+                           "grades": field_grades([f.morphology[i] for i in np.nonzero(counted)[0]],
+                                                  [CHULA_CLASSES[c] for c in pts[:, 2] if CHULA_CLASSES[c] != "uncategorised"])})
     hit, total = (sum(v[i] for v in per_class.values()) for i in (0, 1))
     return {"fields": len(seconds), "points": total, "point_recall": hit / total,
             "recall_per_class": {c: {"points": n, "recall": round(k / n, 3) if n else None} for c, (k, n) in per_class.items()},
@@ -146,6 +206,7 @@ def chula(job: Job, limit: int | None) -> dict:
             "count_error_all": float(np.mean([abs(c["found"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_error_whole": float(np.mean([abs(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
             "count_bias_whole": float(np.mean([(c["found_whole"] - c["points"]) / c["points"] for c in counts])) if counts else None,
+            **count_terms(counts), "grades": grade_agreement(counts),
             "counts": counts, "seconds_per_field": float(np.mean(seconds)), "seconds_red_step": float(np.mean(step)),
             "seconds_morphology_step": float(np.mean(step_morph)), "red_cell_px_median": float(np.median(red_pxs)),
             "morphology": morphology_scores(truth, said)}
@@ -230,11 +291,13 @@ def main() -> None:
                 for s in ("chula", "bccd", "pbc")}  # true scale: as --pixel-size gives it
         result[key] = {"chula": chula(jobs["chula"], args.limit), "bccd": bccd(jobs["bccd"], args.limit),
                        "pbc": pbc(jobs["pbc"], args.limit)}
-        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology")}
+        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology", "grades")}
                                for s, r in result[key].items()}), flush=True)
         m = result[key]["chula"]["morphology"]
         print(key, "morphology", json.dumps({k: m[k] for k in ("cells", "accuracy", "balanced_accuracy", "balanced_accuracy_classes_30")}),
               json.dumps({c: v["recall"] for c, v in m["per_type"].items()}), flush=True)
+        print(key, "ICSH grades (exact, within one, fields graded by the points / by the calls)",
+              json.dumps({c: [v["exact"], v["within_one"], v.get("graded"), v.get("called_graded")] for c, v in result[key]["chula"]["grades"].items()}), flush=True)
     result["painted"] = painted(args.limit)
     print("painted", json.dumps({k: v for k, v in result["painted"].items() if k != "rows"}))
     args.out.mkdir(parents=True, exist_ok=True)
