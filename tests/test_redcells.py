@@ -285,3 +285,16 @@ def test_a_cell_lying_on_another_is_two_cells_and_an_elliptocyte_one():
     assert lab[110, 50] != lab[110, 88] and lab[110, 50] > 0 and lab[115, 170] == lab[115, 210] > 0
     with pytest.raises(SettingError, match="pair_area"):
         SmearConfig(pair_area=0.9)
+
+
+def test_the_report_gives_each_class_its_share_in_percent_with_one_decimal():
+    from hemaseg.report import red_cell_summary, red_section
+
+    rows = [{"equivalent_diameter_um": "7.5", "morphology": "normal"}] * 499 + [{"equivalent_diameter_um": "9.5", "morphology": "macrocyte"}]
+    red = red_cell_summary([{"n_red_cells": "500", "n_platelets": "10", "n_white_cell": "1"}], rows)
+    _, page = red_section(red, [{"image": "a.png", "n_red_cells": "500", "n_platelets": "10"}])
+    assert "<td>macrocyte</td><td>1</td><td>0.2</td><td>none</td>" in page and "<td>99.8</td>" in page
+    assert "0.2000" not in page and "20.0 platelets" in page
+    assert "Sizes come from each field's scale" not in page  # no scale estimated: nothing to warn of
+    red = red_cell_summary([{"n_red_cells": "500", "n_platelets": "10", "n_white_cell": "1"}], [{**r, "um_scale": "estimated"} for r in rows])
+    assert red["scale_estimated"] and "Sizes come from each field's scale" in red_section(red, [])[1]

@@ -14,6 +14,7 @@ from PIL import Image
 from hemaseg.data.synthetic import SynthConfig, write_dataset
 from flask.testing import FlaskClient
 
+from hemaseg.redcells import MORPHOLOGY_CLASSES
 from hemaseg.web import db
 from hemaseg.web.app import create_app, default_segmenter
 
@@ -279,9 +280,6 @@ def test_an_excluded_cell_leaves_the_differential_stays_visible_and_comes_back(c
                                  ({"who": "x"}, 400, "'reason' is required")):
         r = client.post(f"/api/cells/{cell['id']}/exclusion", json=bad)
         assert r.status_code == status and message in r.get_json()["error"], bad
-    red = next((c for c in client.get(f"/api/cases/{case_id}/cells").get_json() if c["type"] is None), None)
-    if red is not None:
-        assert client.post(f"/api/cells/{red['id']}/exclusion", json={"reason": "artefact", "who": "x"}).status_code == 400
     r = app.test_client(user="Dr Bo").post(f"/api/cells/{cell['id']}/exclusion", json={"reason": None})  # counted again
     assert r.get_json()["differential"]["counts"] == before["counts"] and r.get_json()["differential"]["excluded"] == {}
     history = client.get(f"/api/cells/{cell['id']}").get_json()["history"]
@@ -466,6 +464,43 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     assert all(m["grade"] in ("", "none", "1+", "2+", "3+") for m in morph.values())
     page = client.get(f"/cases/{case_id}/report.html").get_data(as_text=True)
     assert "ICSH grade" in page and "Price-Jones curve" in page and f">{detail['morphology']}<" in page
+    # reviewed by class: a class's red cells, least sure first; a reviewer's class or exclusion moves the grades
+    said, first = detail["morphology"], red_cells[0]
+    listed = client.get(f"/api/cases/{case_id}/cells?morphology={said}").get_json()
+    assert first["id"] in [c["id"] for c in listed] and len(listed) == morph[said]["cells"]
+    assert [c["morphology_confidence"] for c in listed] == sorted(c["morphology_confidence"] for c in listed)
+    other = next(m for m in MORPHOLOGY_CLASSES if m != said)
+    r = client.post(f"/api/cells/{first['id']}/morphology", json={"morphology": other, "expected": said})
+    assert r.status_code == 200 and r.get_json()["result"] == {"id": first["id"], "old": said, "morphology": other, "changed": True}
+    now = {m["morphology"]: m for m in r.get_json()["red"]["morphology"]}
+    assert now[other]["cells"] == morph.get(other, {"cells": 0})["cells"] + 1 and now[said]["cells"] == morph[said]["cells"] - 1
+    assert now[other]["percent"] == round(100 * now[other]["cells"] / len(red_cells), 1)
+    for bad, status, message in (({"morphology": said, "expected": said}, 409, f"the cell is now '{other}'"),  # a stale tab
+                                 ({"morphology": "sickle", "expected": other}, 400, "unknown morphology 'sickle'"),
+                                 ({"morphology": said}, 400, "'expected' (the class the reviewer saw) is required")):
+        r = client.post(f"/api/cells/{first['id']}/morphology", json=bad)
+        assert r.status_code == status and message in r.get_json()["error"], bad
+    white = next(c for c in cells if c["class"] == "cell")
+    r = client.post(f"/api/cells/{white['id']}/morphology", json={"morphology": said, "expected": said})
+    assert r.status_code == 400 and "only red cells have a morphology" in r.get_json()["error"]
+    r = client.post(f"/api/cells/{first['id']}/exclusion", json={"reason": "artefact"})  # not a red cell after all
+    assert r.status_code == 200 and r.get_json()["red"]["red_cells"] == len(red_cells) - 1
+    assert sum(m["cells"] for m in r.get_json()["red"]["morphology"]) == len(red_cells) - 1
+    assert r.get_json()["differential"] == case["differential"]  # the white cells' differential is untouched
+    kept = {c["id"]: c for c in client.get(f"/api/cases/{case_id}/cells?morphology={other}").get_json()}
+    assert kept[first["id"]]["excluded"] == "artefact" and kept[first["id"]]["reviewed"] == other  # still listed, to undo
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/cases/{case_id}/export.csv").get_data(as_text=True))))
+    row = next(r for r in rows if r["class"] == "red_cell" and r["cell"] == str(first["number"]))
+    assert (row["morphology"], row["predicted_morphology"], row["excluded"]) == (other, said, "artefact")
+    coco = client.get(f"/api/cases/{case_id}/export_coco.json").get_json()
+    assert [a["attributes"]["morphology"] for a in coco["annotations"] if a["cell_id"] == first["number"]] == [other]
+    history = client.get(f"/api/cells/{first['id']}").get_json()["history"]
+    assert [(h["kind"], h["old_type"], h["new_type"]) for h in history] == [("morphology", said, other), ("exclusion", "", "artefact")]
+    r = client.post(f"/api/cells/{first['id']}/exclusion", json={"reason": None})  # counted again
+    assert r.get_json()["red"]["red_cells"] == len(red_cells)
+    client.post(f"/api/cases/{case_id}/signoff", json={})
+    r = client.post(f"/api/cells/{first['id']}/morphology", json={"morphology": said, "expected": other})
+    assert r.status_code == 409 and "signed off" in r.get_json()["error"]
     # serve --no-red-cells: white cells only, and the case page has no red-cell panel
     white = dataclasses.replace(segmenter, cfg=dataclasses.replace(segmenter.cfg, smear_cells=False))
     app = _app(tmp_path / "white", white)

@@ -139,6 +139,27 @@ def test_create_upload_reclassify_restart(tmp_path, browser):
         Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-exclusion")))).select_by_value("")
         wait.until(lambda d: count(new) == before_new + 1)
 
+        # red cells by class (issue 21): a class's row opens its red cells; one given another class moves the counts
+        def red_count(morphology: str) -> int:
+            return int(browser.execute_script("const r = document.querySelector(`#morphology tr[data-morphology='${arguments[0]}'] .count`);"
+                                              "return r ? r.textContent : 0", morphology))
+
+        row = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#morphology tbody tr")))
+        said = row.get_attribute("data-morphology")
+        n_said = red_count(said)
+        row.click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "red-review-title"), f"Red cells: {said} ({n_said})"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#red-gallery .thumb")) == n_said
+        browser.find_element(By.CSS_SELECTOR, "#red-gallery .thumb").click()
+        select = Select(wait.until(EC.element_to_be_clickable((By.ID, "cell-morphology"))))
+        other = next(o.get_attribute("value") for o in select.options if o.get_attribute("value") != said)
+        n_other = red_count(other)
+        select.select_by_value(other)
+        wait.until(lambda d: red_count(said) == n_said - 1 and red_count(other) == n_other + 1)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "red-review-title"), f"Red cells: {said} ({n_said - 1})"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "cell-panel"), f"{said} → {other}"))  # the history line
+        browser.save_screenshot(str(shots / "case_red_review.png"))
+
         browser.find_element(By.CSS_SELECTOR, "#images a").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#outlines polygon")) >= 2)
         browser.find_element(By.ID, "show-ids").click()

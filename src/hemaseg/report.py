@@ -208,7 +208,8 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     summary.csv's rows, ``red``: the red cells' rows of the cells CSVs): their counts, platelets and white
     cells per 1000 red cells, the red cells' diameters (µm where the scale is known, else px) with their
     mean - the Price-Jones curve's data - and, where the red cells have a ``morphology``, the share and
-    ICSH grade of each class (:func:`hemaseg.redcells.morphology_grades`).
+    ICSH grade of each class (:func:`hemaseg.redcells.morphology_grades`); ``scale_estimated``: their µm
+    come from a field's estimated scale (``um_scale``), not a given pixel size.
 
     >>> s = red_cell_summary([{"n_red_cells": "2", "n_platelets": "1", "n_white_cell": "0"}],
     ...                      [{"equivalent_diameter_um": "7.0"}, {"equivalent_diameter_um": "8.0"}])
@@ -228,6 +229,7 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     morphology = [r["morphology"] for r in red if r.get("morphology")]
     return {"red_cells": n_red, "platelets": n_plt, "cut_by_frame": cut, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
             "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None,
+            "scale_estimated": unit == "um" and any(r.get("um_scale") == "estimated" for r in red),
             "morphology": morphology_grades(morphology) if morphology else None}
 
 
@@ -285,6 +287,12 @@ def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
     return d
 
 
+SIZE_CAVEAT = ("Sizes come from each field's scale as read off its own cells: the mean diameter, the curve and the size "
+               "classes (macrocyte, microcyte) cannot show a field whose red cells are all small or all large (microcyte "
+               "recall 0.18 so, 0.53 with the true scale: docs/benchmarks.md). When red-cell size matters, segment "
+               "with the camera's µm per pixel (hemaseg segment --pixel-size).")
+
+
 def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
     """The report's red cells and platelets (``red``: :func:`red_cell_summary`; ``images``: a row per field
     with its ``image``, ``n_red_cells``, ``n_platelets``, ``platelets_per_1000_red`` and ``smear_hint``):
@@ -296,9 +304,11 @@ def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
             f"{red['mean_diameter']} {unit}."
             + (f" {red['cut_by_frame']} cells cut by the frame with under {FRAME_SHARE:.0%} of a cell in view are not counted."
                if red.get("cut_by_frame") else "") + "</p>")
+    if red.get("scale_estimated"):
+        text += f"<p>{SIZE_CAVEAT}</p>"
     curve = _img(histogram_png(red["diameters"], f"red-cell diameter ({unit})", bins=30), "Price-Jones curve") if red["diameters"] else ""
     if red.get("morphology"):
-        graded = [r for r in red["morphology"] if r["cells"]]
+        graded = [{**r, "percent": f"{r['percent']:.1f}"} for r in red["morphology"] if r["cells"]]  # as in the tables of white cells
         text += (html_table(graded, (("morphology", "morphology"), ("cells", "red cells"), ("percent", "%"), ("grade", "ICSH grade")))
                  + f"<p>Classes of {sum(r['cells'] for r in red['morphology'])} red cells by an automatic classifier "
                  "(its accuracy per class is in docs/benchmarks.md), graded as ICSH 2015 recommends (Palmer et al.): "

@@ -18,8 +18,9 @@ from ..data.formats import IMAGE_EXTENSIONS
 from ..data.io import atomic_write
 from . import db
 from .auth import requires, user_name
-from .context import (MAX_NAME, body, case_dict, case_row, cell_png, con, differential, image_rgb, open_case, png, row_or_404,
-                      station, text)
+from ..redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL
+from .context import (COUNTED, MAX_NAME, MORPHOLOGY, body, case_dict, case_row, cell_png, con, differential, image_rgb, open_case, png,
+                      red_cells, row_or_404, station, text)
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -267,7 +268,8 @@ def get_image(image_id: int):
     row = row_or_404("images", image_id, "image")
     cells = [db.cell_dict(r) for r in con().execute("SELECT * FROM cells WHERE image_id = ? ORDER BY number", (image_id,))]
     d = {k: row[k] for k in row.keys() if k != "path"}
-    return jsonify({**d, "cells": cells, "types": list(station().types), "exclusions": list(db.EXCLUSIONS)})
+    return jsonify({**d, "cells": cells, "types": list(station().types), "exclusions": list(db.EXCLUSIONS),
+                    "morphologies": list(MORPHOLOGY_CLASSES)})
 
 
 @api.get("/images/<int:image_id>/file")
@@ -283,8 +285,17 @@ def image_file(image_id: int):
 @api.get("/cases/<int:case_id>/cells")
 def case_cells(case_id: int):
     """The case's cells (``?typed=1``: the typed white cells only, as the gallery shows them - a field holds
-    hundreds of red cells)."""
+    hundreds of red cells; ``?morphology=CLASS``: the red cells of that class, as the reviewer or else the
+    classifier called them, counted by the frame rule, excluded ones too, least sure first)."""
     case_row(case_id)
+    morphology = request.args.get("morphology")
+    if morphology is not None:
+        rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.excluded, c.morphology reviewed, "
+                             f"{MORPHOLOGY} morphology, json_extract(c.measurements, '$.morphology') predicted_morphology, "
+                             "json_extract(c.measurements, '$.morphology_confidence') morphology_confidence, i.name image "
+                             f"FROM cells c JOIN images i ON i.id = c.image_id WHERE i.case_id = ? AND c.class = ? AND {COUNTED} "
+                             f"AND {MORPHOLOGY} = ? ORDER BY morphology_confidence, c.id", (case_id, RED_CELL, morphology)).fetchall()
+        return jsonify([dict(r) for r in rows])
     typed = "AND c.type IS NOT NULL " if request.args.get("typed") == "1" else ""
     rows = con().execute("SELECT c.id, c.image_id, c.number, c.class, c.type, c.excluded, c.predicted_type, c.type_confidence, "
                          "json_extract(c.measurements, '$.top_type') top_type, "
@@ -329,22 +340,48 @@ def set_type(cell_id: int):
 
 
 def changed_cell(row, result: dict):
-    """The answer to a change of the cell ``row``: the change, the cell as it is now, its case's differential."""
+    """The answer to a change of the cell ``row``: the change, the cell as it is now, its case's differential
+    (and, for a red cell or platelet, its red cells' counts and grades)."""
     case_id = con().execute("SELECT case_id FROM images WHERE id = ?", (row["image_id"],)).fetchone()[0]
-    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", row["id"], "cell")), differential=differential(case_id))
+    extra = {}
+    if row["class"] in (RED_CELL, PLATELET):
+        red, _ = red_cells(case_id)
+        extra["red"] = {k: v for k, v in red.items() if k != "diameters"} if red else None
+    return jsonify(result=result, cell=db.cell_dict(row_or_404("cells", row["id"], "cell")), differential=differential(case_id), **extra)
+
+
+@api.post("/cells/<int:cell_id>/morphology")
+def set_morphology(cell_id: int):
+    """Set a red cell's morphology class (``morphology``; ``expected``: the class the reviewer saw); the
+    case's red-cell grades follow."""
+    d = body()
+    new, who = text(d, "morphology"), user_name()
+    row = row_or_404("cells", cell_id, "cell")
+    if row["class"] != RED_CELL:
+        abort(400, f"cell {cell_id} is a {row['class']}: only red cells have a morphology class")
+    if "expected" not in d:
+        abort(400, "'expected' (the class the reviewer saw) is required, so that a change made meanwhile in another "
+                   "tab is not overwritten unseen")
+    try:
+        result = db.set_morphology(con(), cell_id, new, who, d["expected"])
+    except ValueError as err:
+        abort(400, str(err))
+    except db.Conflict as err:
+        abort(409, str(err))
+    return changed_cell(row, result)
 
 
 @api.post("/cells/<int:cell_id>/exclusion")
 def set_exclusion(cell_id: int):
-    """Leave a typed cell out of the differential (``reason``: one of ``db.EXCLUSIONS``) or, with
-    ``reason`` null, count it again."""
+    """Leave a typed cell out of the differential, or a red cell or platelet out of the red-cell counts and
+    grades (``reason``: one of ``db.EXCLUSIONS``) or, with ``reason`` null, count it again."""
     d = body()
     who = user_name()
     if "reason" not in d:
         abort(400, f"'reason' is required: one of {', '.join(db.EXCLUSIONS)}, or null to count the cell again")
     row = row_or_404("cells", cell_id, "cell")
-    if row["type"] is None:
-        abort(400, f"cell {cell_id} is a {row['class']}: only typed (white) cells are in the differential")
+    if row["type"] is None and row["class"] not in (RED_CELL, PLATELET):
+        abort(400, f"cell {cell_id} is a {row['class']}: only typed (white) cells, red cells and platelets are counted")
     try:
         result = db.set_excluded(con(), cell_id, d["reason"], who)
     except ValueError as err:
@@ -402,10 +439,18 @@ def export_csv(case_id: int):
         rows.append({"image": r["image"], "cell": r["number"], "class": r["class"], "score": r["score"],
                      "type": r["type"] or "", "excluded": r["excluded"] or "", "predicted_type": r["predicted_type"] or "",
                      "type_confidence": "" if r["type_confidence"] is None else r["type_confidence"],
-                     **json.loads(r["measurements"])})
+                     **json.loads(r["measurements"]), **reviewed_morphology(r)})
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["image", "cell", "class", "score", "type"]
     return csv_text(rows, keys), 200, {"Content-Type": "text/csv; charset=utf-8",
                                        "Content-Disposition": f'attachment; filename="case{case_id}_cells.csv"'}
+
+
+def reviewed_morphology(row) -> dict:
+    """A red cell's morphology as a reviewer set it, beside the classifier's (``predicted_morphology``);
+    empty where no reviewer changed it (the measurements hold the classifier's)."""
+    if not row["morphology"]:
+        return {}
+    return {"morphology": row["morphology"], "predicted_morphology": json.loads(row["measurements"]).get("morphology", "")}
 
 
 @api.get("/cases/<int:case_id>/export_coco.json")
@@ -422,7 +467,9 @@ def export_coco(case_id: int):
                          "segmentation": [[v for xy in poly for v in xy] for poly in outline[:1]],
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": json.loads(c["measurements"]).get("area_px"),
                          "score": c["score"], "iscrowd": 0, "cell_id": c["number"],
-                         "attributes": {"type": c["type"], "predicted_type": c["predicted_type"], "excluded": c["excluded"]}})
+                         "attributes": {"type": c["type"], "predicted_type": c["predicted_type"], "excluded": c["excluded"],
+                                        **({"morphology": c["morphology"] or json.loads(c["measurements"]).get("morphology")}
+                                           if c["class"] == RED_CELL else {})}})
     coco = {"info": {"description": f"hemaseg review station, case {case_id}"}, "images": images, "annotations": anns,
             "categories": [{"id": i, "name": n} for n, i in cats.items()]}
     return jsonify(coco), 200, {"Content-Disposition": f'attachment; filename="case{case_id}_coco.json"'}

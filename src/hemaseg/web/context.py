@@ -15,7 +15,7 @@ from flask import abort, current_app, g, request
 from PIL import Image
 
 from ..nuclei import NUCLEATED
-from ..redcells import PLATELET, RED_CELL
+from ..redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL
 from ..report import lab_counts, red_cell_summary, tally
 from . import db
 from .worker import Worker
@@ -153,6 +153,10 @@ def differential(case_id: int) -> dict:
 
 # red cells and platelets cut by the frame that segment leaves out of the counts (hemaseg.redcells.counted_cells)
 COUNTED = "COALESCE(json_extract(c.measurements, '$.counted'), 'True') != 'False'"
+# a red cell's or platelet's count: counted by segment's convention and not excluded by a reviewer (white
+# cells' exclusions concern the differential only)
+RED_COUNTED = f"{COUNTED} AND (c.excluded IS NULL OR c.class NOT IN ('{RED_CELL}', '{PLATELET}'))"
+MORPHOLOGY = "COALESCE(c.morphology, json_extract(c.measurements, '$.morphology'))"  # a reviewer's class, else the classifier's
 
 
 def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
@@ -161,7 +165,7 @@ def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
     field (its counts and smear hint); ``(None, [])`` when the station found none (not ``--red-cells``)."""
     fields: dict[int, dict] = {}
     for r in con().execute("SELECT i.id, i.name, i.smear, c.class, COUNT(c.id) n FROM images i JOIN cells c ON c.image_id = i.id "
-                           f"WHERE i.case_id = ? AND {COUNTED} GROUP BY i.id, c.class ORDER BY i.id", (case_id,)):
+                           f"WHERE i.case_id = ? AND {RED_COUNTED} GROUP BY i.id, c.class ORDER BY i.id", (case_id,)):
         f = fields.setdefault(r["id"], {"image": r["name"], "n_red_cells": 0, "n_platelets": 0, "n_white_cell": 0,
                                         **json.loads(r["smear"] or "{}")})
         key = {RED_CELL: "n_red_cells", PLATELET: "n_platelets"}.get(r["class"])
@@ -172,8 +176,9 @@ def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
     images = list(fields.values())
     if not any(f["n_red_cells"] or f["n_platelets"] for f in images):
         return None, []
-    red = [json.loads(r[0]) for r in con().execute("SELECT c.measurements FROM cells c JOIN images i ON i.id = c.image_id "
-                                                   f"WHERE i.case_id = ? AND c.class = ? AND {COUNTED} ORDER BY c.id", (case_id, RED_CELL))]
+    red = [{**json.loads(r[0]), "morphology": r[1]} if r[1] else json.loads(r[0]) for r in con().execute(
+        f"SELECT c.measurements, {MORPHOLOGY} FROM cells c JOIN images i ON i.id = c.image_id "
+        f"WHERE i.case_id = ? AND c.class = ? AND {RED_COUNTED} ORDER BY c.id", (case_id, RED_CELL))]
     return red_cell_summary(images, red), images
 
 
@@ -191,6 +196,7 @@ def case_dict(case_id: int) -> dict:
     scales = [s for s in scales if s]
     c["estimated_pixel_size"] = round(float(np.median(scales)), 4) if scales else None  # as segment read the images
     c.update(images=images, differential=differential(case_id), types=list(station().types), exclusions=list(db.EXCLUSIONS),
+             morphologies=list(MORPHOLOGY_CLASSES),
              fields={k: {"kind": kind, "label": label} for k, (kind, label) in db.CASE_FIELDS.items()},
              red={k: v for k, v in red.items() if k != "diameters"} if red else None,
              progress={"total": len(images), "done": status.count("done"), "failed": status.count("failed"),

@@ -112,6 +112,10 @@ MIGRATIONS = (
         at TEXT NOT NULL
     );
     """,
+    # 9: a red cell's morphology as a reviewer set it (NULL: the classifier's call, in its measurements)
+    """
+    ALTER TABLE cells ADD COLUMN morphology TEXT;
+    """,
 )
 # a case's sample fields: name -> (kind, what the page shows); text fields hold at most 200 characters
 CASE_FIELDS = {"sample_id": ("text", "sample ID"), "collected": ("text", "date collected"), "stain": ("text", "stain"),
@@ -181,10 +185,11 @@ class Conflict(Exception):
 
 
 def _change_cell(con: sqlite3.Connection, cell_id: int, column: str, value: str | None, who: str, kind: str, what: str,
-                 check=None) -> tuple[str | None, bool]:
-    """Set a cell's ``column`` (``type`` or ``excluded``) to ``value`` and record the change in its history
-    as ``kind``, atomically: refused (:class:`Conflict`) once the case is signed off (``what`` names the
-    change) or by ``check(old value)``. Returns the old value and whether anything changed."""
+                 check=None, unset: str | None = None) -> tuple[str | None, bool]:
+    """Set a cell's ``column`` (``type``, ``excluded`` or ``morphology``) to ``value`` and record the change
+    in its history as ``kind``, atomically: refused (:class:`Conflict`) once the case is signed off (``what``
+    names the change) or by ``check(old value)``. ``unset``: the value a NULL column stands for (a red
+    cell's morphology: the classifier's call). Returns the old value and whether anything changed."""
     with transaction(con):
         row = con.execute(f"SELECT c.{column} old, k.signed_off_at FROM cells c JOIN images i ON i.id = c.image_id "
                           "JOIN cases k ON k.id = i.case_id WHERE c.id = ?", (cell_id,)).fetchone()
@@ -192,14 +197,15 @@ def _change_cell(con: sqlite3.Connection, cell_id: int, column: str, value: str 
             raise KeyError(cell_id)
         if row["signed_off_at"]:
             raise Conflict(f"the case is signed off: its cells can no longer be {what}")
+        old = row["old"] if row["old"] is not None else unset
         if check is not None:
-            check(row["old"])
-        changed = row["old"] != value
+            check(old)
+        changed = old != value
         if changed:
             con.execute(f"UPDATE cells SET {column} = ? WHERE id = ?", (value, cell_id))
             con.execute("INSERT INTO reclassifications (cell_id, old_type, new_type, who, at, kind) VALUES (?, ?, ?, ?, ?, ?)",
-                        (cell_id, row["old"] or "", value or "", who, now(), kind))
-    return row["old"], changed
+                        (cell_id, old or "", value or "", who, now(), kind))
+    return old, changed
 
 
 def reclassify(con: sqlite3.Connection, cell_id: int, new_type: str, who: str, expected: str | None = None,
@@ -216,13 +222,36 @@ def reclassify(con: sqlite3.Connection, cell_id: int, new_type: str, who: str, e
 
 
 def set_excluded(con: sqlite3.Connection, cell_id: int, reason: str | None, who: str) -> dict:
-    """Leave a cell out of the differential for ``reason`` (one of :data:`EXCLUSIONS`) or, with None,
-    count it again; recorded in the history (kind ``exclusion``), atomically. The cell, its outline and its
-    type stay: an exclusion is reversible. Refused (:class:`Conflict`) once the case is signed off."""
+    """Leave a cell out of the differential (a red cell or platelet: out of the red-cell counts and grades)
+    for ``reason`` (one of :data:`EXCLUSIONS`) or, with None, count it again; recorded in the history (kind
+    ``exclusion``), atomically. The cell, its outline and its type stay: an exclusion is reversible.
+    Refused (:class:`Conflict`) once the case is signed off."""
     if reason is not None and reason not in EXCLUSIONS:
         raise ValueError(f"unknown exclusion '{reason}'; choose from {', '.join(EXCLUSIONS)}")
     old, changed = _change_cell(con, cell_id, "excluded", reason, who, "exclusion", "excluded or counted again")
     return {"id": cell_id, "old": old, "excluded": reason, "changed": changed}
+
+
+def set_morphology(con: sqlite3.Connection, cell_id: int, morphology: str, who: str, expected: str) -> dict:
+    """Set a red cell's morphology class (one of :data:`hemaseg.redcells.MORPHOLOGY_CLASSES`) and record
+    the change (kind ``morphology``), atomically; refused (:class:`Conflict`) unless its class is still
+    ``expected`` (what the reviewer saw: the classifier's call until someone changes it), or once the case
+    is signed off. Its case's grades follow (:func:`hemaseg.web.context.red_cells`)."""
+    from ..redcells import MORPHOLOGY_CLASSES
+
+    if morphology not in MORPHOLOGY_CLASSES:
+        raise ValueError(f"unknown morphology '{morphology}'; choose from {', '.join(MORPHOLOGY_CLASSES)}")
+    said = con.execute("SELECT json_extract(measurements, '$.morphology') FROM cells WHERE id = ?", (cell_id,)).fetchone()
+    if said is None:
+        raise KeyError(cell_id)
+
+    def still_expected(old):
+        if old != expected:
+            raise Conflict(f"the cell is now '{old}' (you saw '{expected}'): reload and try again")
+
+    old, changed = _change_cell(con, cell_id, "morphology", morphology, who, "morphology", "reclassified", still_expected,
+                                unset=said[0])
+    return {"id": cell_id, "old": old, "morphology": morphology, "changed": changed}
 
 
 def cell_dict(row: sqlite3.Row) -> dict:

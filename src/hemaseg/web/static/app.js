@@ -73,14 +73,17 @@ const hemaseg = (() => {
   }
 
   // red cells and platelets (serve --red-cells): ratios, mean diameter, morphology with its ICSH grade
-  function redPanel(red) {
+  function redPanel(red, onPick) {
     $("#red").hidden = !red;
     if (!red) return;
     const unit = red.unit === "um" ? "µm" : "px";
     $("#red-counts").textContent = `${red.red_cells} red cells, ${red.platelets} platelets: ${red.platelets_per_1000_red} platelets `
-      + `and ${red.white_per_1000_red} white cells per 1000 red cells; mean diameter ${red.mean_diameter} ${unit}`;
+      + `and ${red.white_per_1000_red} white cells per 1000 red cells; mean diameter ${red.mean_diameter} ${unit}`
+      + (red.scale_estimated ? " (sizes from each field's estimated scale: a field of all small or all large cells reads as normal-sized)" : "");
     $("#morphology tbody").replaceChildren(...(red.morphology || []).filter((m) => m.cells).map((m) =>
-      el("tr", { "data-morphology": m.morphology }, el("td", { text: m.morphology }), el("td", { class: "count", text: m.cells }),
+      el("tr", { "data-morphology": m.morphology, class: onPick ? "pick" : "", title: onPick ? "show these red cells" : "",
+        onclick: () => onPick && onPick(m.morphology) },
+      el("td", { text: m.morphology }), el("td", { class: "count", text: m.cells }),
         el("td", { text: m.percent.toFixed(1) }), el("td", { text: m.grade }))));
   }
 
@@ -125,6 +128,38 @@ const hemaseg = (() => {
           el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
       }
     }
+    if (c.type === null && (c.class === "red_cell" || c.class === "platelet")) {  // counts and grades of red cells
+      const m = c.measurements || {};
+      const change = (path, json, restore) => async () => {
+        try {
+          const r = await api(`/api/cells/${cellId}/${path}`, { json: json() });
+          showError("");
+          if (onChange) onChange(r);
+          await showCell(cellId, onChange);
+        } catch (e) { showError(e.message); restore(); }
+      };
+      if (c.class === "red_cell" && m.morphology) {
+        const seen = c.morphology || m.morphology;  // a reviewer's class, else the classifier's
+        const select = el("select", { id: "cell-morphology" },
+          ...(window.hemasegMorphologies || []).map((t) => el("option", { value: t, text: t })));
+        select.value = seen;
+        select.addEventListener("change", change("morphology", () => ({ morphology: select.value, expected: seen }),
+          () => { select.value = seen; }));
+        children.push(el("p", { text: `classifier: ${m.morphology} (${Number(m.morphology_confidence ?? 0).toFixed(2)})` }),
+          el("label", { text: "morphology " }, select), el("br"));
+      }
+      const exclude = el("select", { id: "cell-exclusion" }, el("option", { value: "", text: "counted" }),
+        ...(window.hemasegExclusions || []).map((r) => el("option", { value: r, text: `excluded: ${r.replace("_", " ")}` })));
+      exclude.value = c.excluded || "";
+      exclude.addEventListener("change", change("exclusion", () => ({ reason: exclude.value || null }),
+        () => { exclude.value = c.excluded || ""; }));
+      children.push(el("label", { text: "in the red-cell counts: " }, exclude));
+      if (c.history.length) {
+        const said = (h, v) => (h.kind === "exclusion" ? (v ? `excluded: ${v.replace("_", " ")}` : "counted") : v);
+        children.push(el("h3", { text: "History" }), el("ul", {}, ...c.history.map((h) =>
+          el("li", { text: `${said(h, h.old_type)} → ${said(h, h.new_type)}, ${h.who}, ${h.at}` }))));
+      }
+    }
     if (c.type !== null) {  // a reviewer's comment on the cell
       const note = el("textarea", { id: "cell-comment", rows: "2", cols: "30", maxlength: "2000" });
       note.value = c.comment || "";
@@ -164,6 +199,7 @@ const hemaseg = (() => {
       const c = await api(`/api/cases/${caseId}`);
       window.hemasegTypes = c.types;
       window.hemasegExclusions = c.exclusions;
+      window.hemasegMorphologies = c.morphologies;
       if (!$("#fields").childElementCount) {  // the sample fields, filled once (not while someone types)
         $("#fields").replaceChildren(...Object.entries(c.fields).map(([k, f]) => el("label", {}, `${f.label} `,
           el("input", { name: k, "data-kind": f.kind, size: f.kind === "number" ? "6" : "14", value: c.details[k] ?? "",
@@ -172,7 +208,7 @@ const hemaseg = (() => {
       }
       for (const input of $("#details").querySelectorAll("input, textarea, button")) input.disabled = !!c.signed_off_at;
       differentialTable(c.differential);
-      redPanel(c.red);
+      redPanel(c.red, redGallery);
       const p = c.progress;
       $("#bar").max = Math.max(1, p.total); $("#bar").value = p.done + p.failed;
       $("#progress-text").textContent = `${p.done} of ${p.total} images segmented` + (p.failed ? `, ${p.failed} failed` : "")
@@ -195,6 +231,26 @@ const hemaseg = (() => {
       if (p.pending && !polling) polling = setInterval(refresh, 1000);
       if (!p.pending && polling) { clearInterval(polling); polling = null; await gallery(); }
       return c;
+    }
+    // the red cells of one morphology class, least sure first (excluded ones too, marked): each opens in the
+    // cell panel, where its class or its place in the counts is changed and the grades follow
+    async function redGallery(morphology, keep) {
+      const cells = await api(`/api/cases/${caseId}/cells?morphology=${encodeURIComponent(morphology)}`);
+      $("#red-review").hidden = false;
+      $("#red-review-title").textContent = `Red cells: ${morphology} (${cells.length})`;
+      const pick = (thumb) => {
+        document.querySelectorAll("#red-gallery .thumb.selected").forEach((x) => x.classList.remove("selected"));
+        thumb.classList.add("selected");
+        showCell(Number(thumb.dataset.cell), async (r) => { if (r.red) redPanel(r.red, redGallery); await redGallery(morphology, thumb.dataset.cell); });
+      };
+      $("#red-gallery").replaceChildren(...cells.map((c) => el("figure", { class: "thumb-box" }, el("img", {
+        class: c.excluded ? "thumb excluded" : "thumb", src: `/api/cells/${c.id}/crop.png`, alt: `${c.image} cell ${c.number}`,
+        "data-cell": c.id, title: `${c.image} #${c.number}: ${c.morphology}${c.reviewed ? " (reviewed)" : ""}`,
+        onclick: (ev) => pick(ev.target),
+      }), el("figcaption", { text: c.reviewed ? "reviewed" : Number(c.morphology_confidence ?? 0).toFixed(2) }))));
+      const again = keep && document.querySelector(`#red-gallery .thumb[data-cell="${keep}"]`);
+      if (again) again.classList.add("selected");
+      if (!keep) $("#red-review").scrollIntoView({ block: "start" });  // opened from the table: bring it into view
     }
     // the classifier's two most probable types, e.g. "monocyte 0.62, lymphocyte 0.30"
     function topTwo(c) {
@@ -321,6 +377,7 @@ const hemaseg = (() => {
     const data = await api(`/api/images/${imageId}`);
     window.hemasegTypes = data.types;
     window.hemasegExclusions = data.exclusions;
+    window.hemasegMorphologies = data.morphologies;
     const img = $("#picture"), svg = $("#overlay"), stage = $("#stage"), viewer = $("#viewer");
     const ns = "http://www.w3.org/2000/svg";
     let scale = 1, tx = 0, ty = 0;
