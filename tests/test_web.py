@@ -501,6 +501,21 @@ def test_the_station_with_red_cells_stores_and_exports_them_beside_the_white_cel
     client.post(f"/api/cases/{case_id}/signoff", json={})
     r = client.post(f"/api/cells/{first['id']}/morphology", json={"morphology": said, "expected": other})
     assert r.status_code == 409 and "signed off" in r.get_json()["error"]
+    # the lab's µm per pixel, entered before the images: they are segmented at it, as with segment --pixel-size
+    given = client.post("/api/cases", json={"name": "red at 0.25"}).get_json()["id"]
+    r = client.post(f"/api/cases/{given}/details", json={"pixel_size_um": 60})
+    assert r.status_code == 400 and "'pixel_size_um' must be 0.005-50 um/px" in r.get_json()["error"]
+    assert client.post(f"/api/cases/{given}/details", json={"pixel_size_um": 0.25}).status_code == 200
+    assert _upload(client, given, fields[:1]).status_code == 201
+    _wait(app)
+    at = client.get(f"/api/cases/{given}").get_json()
+    assert at["images"][0]["status"] == "done" and at["estimated_pixel_size"] == 0.25
+    cells_at = client.get(f"/api/images/{at['images'][0]['id']}").get_json()["cells"]
+    red_at = [c["measurements"] for c in cells_at if c["class"] == "red_cell"]
+    assert {m["um_scale"] for m in red_at} == {"given"} and not at["red"]["scale_estimated"]
+    one = red_at[0]  # the same pixels, measured at the given scale
+    assert abs(one["equivalent_diameter_um"] - 0.25 * one["equivalent_diameter_px"]) < 0.01
+    assert case["red"]["scale_estimated"]  # the first case's sizes came from the scale read off the field
     # serve --no-red-cells: white cells only, and the case page has no red-cell panel
     white = dataclasses.replace(segmenter, cfg=dataclasses.replace(segmenter.cfg, smear_cells=False))
     app = _app(tmp_path / "white", white)

@@ -290,7 +290,8 @@ def write_differential(results_dir: str | Path, per_type: int = 40) -> dict:
 SIZE_CAVEAT = ("Sizes come from each field's scale as read off its own cells: the mean diameter, the curve and the size "
                "classes (macrocyte, microcyte) cannot show a field whose red cells are all small or all large (microcyte "
                "recall 0.18 so, 0.53 with the true scale: docs/benchmarks.md). When red-cell size matters, segment "
-               "with the camera's µm per pixel (hemaseg segment --pixel-size).")
+               "with the camera's µm per pixel (hemaseg segment --pixel-size; in the station, the case's µm per "
+               "pixel, entered before its images are added).")
 
 
 def red_section(red: dict, images: list[dict]) -> tuple[str, str]:

@@ -16,6 +16,8 @@ from PIL import Image
 
 from ..data.formats import IMAGE_EXTENSIONS
 from ..data.io import atomic_write
+from ..errors import SettingError
+from ..model import check_pixel_size
 from . import db
 from .auth import requires, user_name
 from ..redcells import MORPHOLOGY_CLASSES, PLATELET, RED_CELL
@@ -132,6 +134,10 @@ def set_details(case_id: int):
             abort(400, f"'{key}' must be {'a text of at most 200 characters' if kind == 'text' else 'a positive number'}")
     if "target_count" in details and details["target_count"] != int(details["target_count"]):
         abort(400, "'target_count' must be a whole number of cells")
+    try:  # images added from now on are segmented at it (worker.case_config)
+        check_pixel_size(details.get("pixel_size_um"), "'pixel_size_um'")
+    except SettingError as err:
+        abort(400, str(err))
     comment = d.get("comment", case["comment"])
     if not isinstance(comment, str) or len(comment) > 5000:
         abort(400, "'comment' must be a text of at most 5000 characters")

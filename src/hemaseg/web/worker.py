@@ -8,6 +8,7 @@ cells are stored in the database with their outlines as polygons for the viewer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -95,6 +96,15 @@ class Segmenter:
     classifier: object | None = None
 
 
+def case_config(con, case_id: int, cfg: SegmentConfig) -> SegmentConfig:
+    """The settings an image of case ``case_id`` is segmented with: ``cfg``, at the case's µm per pixel
+    when the lab entered one (its sample field ``pixel_size_um``: the image's sizes in µm then come from it,
+    as with ``segment --pixel-size``, not from the scale read off the image)."""
+    row = con.execute("SELECT details FROM cases WHERE id = ?", (case_id,)).fetchone()
+    given = json.loads(row[0] or "{}").get("pixel_size_um") if row is not None else None
+    return dataclasses.replace(cfg, pixel_size=float(given)) if given and cfg.pixel_size is None else cfg
+
+
 class Worker:
     """Segments queued images of the database at ``db_path`` in a daemon thread; ``enqueue(image_id)``."""
 
@@ -148,7 +158,7 @@ class Worker:
                              "segment it with `hemaseg segment` (tiled)")
         out = self.results / str(row["case_id"]) / str(image_id)
         s = self.segmenter
-        summary = segment_files([path], s.method, out, s.cfg, progress=False, log=lambda m: None,
+        summary = segment_files([path], s.method, out, case_config(con, row["case_id"], s.cfg), progress=False, log=lambda m: None,
                                 classifier=s.classifier, keep_cells=True)
         if summary.failed:
             raise ValueError(summary.failed[0][1])

@@ -79,7 +79,8 @@ const hemaseg = (() => {
     const unit = red.unit === "um" ? "µm" : "px";
     $("#red-counts").textContent = `${red.red_cells} red cells, ${red.platelets} platelets: ${red.platelets_per_1000_red} platelets `
       + `and ${red.white_per_1000_red} white cells per 1000 red cells; mean diameter ${red.mean_diameter} ${unit}`
-      + (red.scale_estimated ? " (sizes from each field's estimated scale: a field of all small or all large cells reads as normal-sized)" : "");
+      + (red.scale_estimated ? " (sizes from each field's estimated scale: a field of all small or all large cells reads as"
+        + " normal-sized; enter the µm per pixel before adding images)" : "");
     $("#morphology tbody").replaceChildren(...(red.morphology || []).filter((m) => m.cells).map((m) =>
       el("tr", { "data-morphology": m.morphology, class: onPick ? "pick" : "", title: onPick ? "show these red cells" : "",
         onclick: () => onPick && onPick(m.morphology) },
