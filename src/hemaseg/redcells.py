@@ -19,6 +19,7 @@ Every size is a fraction of a red cell, so the same settings hold at any magnifi
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -414,9 +415,10 @@ def morphology_grades(morphologies: Sequence[str]) -> list[dict]:
     [('normal', 90, 90.0, ''), ('target', 8, 8.0, '1+'), ('schistocyte', 2, 2.0, '2+')]
     """
     n = len(morphologies)
+    counts = Counter(morphologies)
     out = []
     for c in MORPHOLOGY_CLASSES:
-        k = sum(m == c for m in morphologies)
+        k = counts[c]
         percent = round(100 * k / n, 1) if n else 0.0
         out.append({"morphology": c, "cells": k, "percent": percent, "grade": icsh_grade(c, percent) if n else ""})
     return out
