@@ -25,6 +25,9 @@ morphology - against the truth each source has.
   against its YOLO boxes of every red cell. These annotators box every visible piece of a cell, slivers
   at the frame too, so every found red cell is compared (the ``all`` count), beside ``segment``'s count;
   and red-cell box recall at IoU 0.3;
+* every source: the morphology calls of its counted red cells pooled (:class:`Calls`): the share of each
+  class, the ICSH grades a case of them all would read, and the share the classifier is unsure of - on
+  another lab's images (no red-cell classes to score against; PBC's donors are healthy) how far it strays;
 * painted (``hemaseg synth`` whole fields, exact truth, three magnifications): count error of red cells
   and platelets;
 * seconds per 640x480 field: the whole call (white cells, scale, red cells, platelets, morphology), the
@@ -59,7 +62,7 @@ from hemaseg.model import default_model  # noqa: E402
 from hemaseg.cells import Cells  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
 from hemaseg.redcells import (GRADES, ICSH_GRADES, MORPHOLOGY_CLASSES, PLATELET, RED_CELL, counted_cells, cut_by_frame,  # noqa: E402
-                              find_smear_cells, morphology_grades, red_morphology)
+                              find_smear_cells, morphology_grades, red_morphology, unsure_share)
 from hemaseg.segment import Job, typing_pixel_size, with_smear_cells  # noqa: E402
 from hemaseg.scale import RED_CELL_UM  # noqa: E402
 
@@ -79,6 +82,7 @@ class Field:
     red: Cells
     platelets: Cells
     morphology: list[str]  # per red cell
+    confidence: list[float]  # the classifier's probability of each red cell's class
     seconds: float  # all of it: white cells, scale, red cells and platelets, morphology
     seconds_red: float  # the red-cell and platelet step
     seconds_morphology: float
@@ -100,7 +104,8 @@ def smear_cells(job: Job, path: Path) -> Field:
     t3 = time.perf_counter()
     is_red = np.array([n == RED_CELL for n in names], bool)
     return Field(cells.select(is_red), cells.select(np.array([n == PLATELET for n in names], bool)),
-                 [c["morphology"] for c, r in zip(calls, is_red) if r], t3 - t0, t2 - t1, t3 - t2, RED_CELL_UM / px)
+                 [c["morphology"] for c, r in zip(calls, is_red) if r], [c["morphology_confidence"] for c, r in zip(calls, is_red) if r],
+                 t3 - t0, t2 - t1, t3 - t2, RED_CELL_UM / px)
 
 
 def morphology_scores(truth: list[str], said: list[str]) -> dict:
@@ -167,8 +172,10 @@ def grade_agreement(counts: list[dict]) -> dict:
 def chula(job: Job, limit: int | None) -> dict:
     per_class = {c: [0, 0] for c in CHULA_CLASSES}
     counts, seconds, step, step_morph, red_pxs, truth, said = [], [], [], [], [], [], []
+    calls = Calls()
     for path in held_out("chula")[:limit]:
         f = smear_cells(job, path)
+        calls.add(f)
         red = f.red
         seconds.append(f.seconds), step.append(f.seconds_red), step_morph.append(f.seconds_morphology), red_pxs.append(f.red_px)
         pts = np.loadtxt(folder("chula") / "labels" / f"{path.stem}.txt", ndmin=2).astype(int)
@@ -209,13 +216,37 @@ def chula(job: Job, limit: int | None) -> dict:
             **count_terms(counts), "grades": grade_agreement(counts),
             "counts": counts, "seconds_per_field": float(np.mean(seconds)), "seconds_red_step": float(np.mean(step)),
             "seconds_morphology_step": float(np.mean(step_morph)), "red_cell_px_median": float(np.median(red_pxs)),
-            "morphology": morphology_scores(truth, said)}
+            "morphology": morphology_scores(truth, said), "morphology_calls": calls.summary()}
+
+
+class Calls:
+    """The morphology calls of a source's counted red cells, pooled: their classes, the share of each, the
+    ICSH grades a case of them all would read, and the share the classifier is unsure of
+    (:func:`hemaseg.redcells.unsure_share`) - on another lab's images, where no red cell has a class to
+    score against, how far the classifier strays from what it learned (PBC's donors are healthy)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.confidence: list[float] = []
+
+    def add(self, f: Field) -> None:
+        keep = counted_cells(f.red, [RED_CELL] * len(f.red))
+        self.calls += [m for m, k in zip(f.morphology, keep) if k]
+        self.confidence += [c for c, k in zip(f.confidence, keep) if k]
+
+    def summary(self) -> dict:
+        grades = morphology_grades(self.calls)
+        return {"cells": len(self.calls), "unsure_share": unsure_share(self.confidence),
+                "percent": {r["morphology"]: r["percent"] for r in grades},
+                "graded": {r["morphology"]: r["grade"] for r in grades if r["grade"] not in ("", "none")}}
 
 
 def bccd(job: Job, limit: int | None) -> dict:
     tp = n_true = n_found = red_hit = red_true = 0
+    calls = Calls()
     for path in held_out("bccd")[:limit]:
         f = smear_cells(job, path)
+        calls.add(f)
         red, plt = f.red, f.platelets
         boxes, _ = read_voc(folder("bccd") / "annotations" / f"{path.stem}.xml")
         truth = boxes.only({"Platelets"}).xyxy
@@ -226,14 +257,17 @@ def bccd(job: Job, limit: int | None) -> dict:
             red_hit += len(matched_ious(box_iou(rb, red.boxes.astype(np.float64)), 0.3)) if len(red) else 0
             red_true += len(rb)
     return {"platelets_true": n_true, "platelets_found": n_found, "platelet_recall": tp / n_true if n_true else None,
-            "platelet_precision": tp / n_found if n_found else None, "red_box_recall": red_hit / red_true if red_true else None}
+            "platelet_precision": tp / n_found if n_found else None, "red_box_recall": red_hit / red_true if red_true else None,
+            "morphology_calls": calls.summary()}
 
 
 def pbc(job: Job, limit: int | None) -> dict:
     classes = pbc_classes()
     rows, hit = [], 0
+    calls = Calls()
     for path in held_out("pbc")[::4][:limit]:
         f = smear_cells(job, path)
+        calls.add(f)
         red = f.red
         truth = read_yolo(path.parent / "labels" / f"{path.stem}.txt", classes, red.height, red.width).only({RED_CELL}).xyxy
         if not len(truth):
@@ -245,7 +279,7 @@ def pbc(job: Job, limit: int | None) -> dict:
     total = sum(r["boxes"] for r in rows)
     return {"crops": len(rows), "red_boxes": total, "count_error_all": err("found"), "count_bias_all": bias("found"),
             "count_error_counted": err("counted"), "count_bias_counted": bias("counted"),
-            "red_box_recall": hit / total if total else None}
+            "red_box_recall": hit / total if total else None, "morphology_calls": calls.summary()}
 
 
 def painted(limit: int | None) -> dict:
@@ -291,11 +325,13 @@ def main() -> None:
                 for s in ("chula", "bccd", "pbc")}  # true scale: as --pixel-size gives it
         result[key] = {"chula": chula(jobs["chula"], args.limit), "bccd": bccd(jobs["bccd"], args.limit),
                        "pbc": pbc(jobs["pbc"], args.limit)}
-        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology", "grades")}
+        print(key, json.dumps({s: {k: v for k, v in r.items() if k not in ("counts", "recall_per_class", "morphology", "grades", "morphology_calls")}
                                for s, r in result[key].items()}), flush=True)
         m = result[key]["chula"]["morphology"]
         print(key, "morphology", json.dumps({k: m[k] for k in ("cells", "accuracy", "balanced_accuracy", "balanced_accuracy_classes_30")}),
               json.dumps({c: v["recall"] for c, v in m["per_type"].items()}), flush=True)
+        for s in ("chula", "pbc", "bccd"):
+            print(key, s, "morphology calls of the counted red cells:", json.dumps(result[key][s]["morphology_calls"]), flush=True)
         print(key, "ICSH grades (exact, within one, fields graded by the points / by the calls)",
               json.dumps({c: [v["exact"], v["within_one"], v.get("graded"), v.get("called_graded")] for c, v in result[key]["chula"]["grades"].items()}), flush=True)
     result["painted"] = painted(args.limit)

@@ -298,3 +298,26 @@ def test_the_report_gives_each_class_its_share_in_percent_with_one_decimal():
     assert "Sizes come from each field's scale" not in page  # no scale estimated: nothing to warn of
     red = red_cell_summary([{"n_red_cells": "500", "n_platelets": "10", "n_white_cell": "1"}], [{**r, "um_scale": "estimated"} for r in rows])
     assert red["scale_estimated"] and "Sizes come from each field's scale" in red_section(red, [])[1]
+
+
+def test_a_case_whose_red_cells_the_classifier_is_mostly_unsure_of_is_flagged_doubtful(capsys):
+    from pathlib import Path
+
+    from hemaseg.cli import _say_report
+    from hemaseg.redcells import UNSURE_BELOW, bundled_morphology
+    from hemaseg.report import red_cell_summary, red_section
+
+    assert UNSURE_BELOW == bundled_morphology().cfg.threshold  # the classifier's own threshold, not a second number
+    fields = [{"n_red_cells": "100", "n_platelets": "5", "n_white_cell": "0"}]
+    sure = [{"morphology": "normal", "morphology_confidence": "0.9"}] * 60
+    unsure = [{"morphology": "schistocyte", "morphology_confidence": "0.4"}] * 40
+    red = red_cell_summary(fields, sure + unsure)
+    assert (red["morphology_unsure"], red["morphology_doubtful"]) == (0.4, False)  # as on the lab it learned from
+    assert "classifier is unsure" not in red_section(red, [])[1]
+    red = red_cell_summary(fields, sure[:40] + unsure + unsure[:20])  # unsure of 60%: another lab's images
+    assert (red["morphology_unsure"], red["morphology_doubtful"]) == (0.6, True)
+    assert "The red-cell classifier is unsure of 60% of these red cells" in red_section(red, [])[1]
+    _say_report({"typed": 0, "red": red}, Path("out"))
+    assert "DOUBTFUL: the classifier is unsure of 60% of these red cells" in capsys.readouterr().out
+    red = red_cell_summary(fields, unsure[:20])  # too few cells to say
+    assert red["morphology_unsure"] is None and not red["morphology_doubtful"]

@@ -695,3 +695,26 @@ def test_two_outlines_of_one_cell_merge_into_one(case):
     elsewhere = next(c for c in _typed(client, case_id) if c["image_id"] != image_id)
     r = client.post(f"/api/cells/{a['id']}/merge", json={"with": elsewhere["id"]})
     assert r.status_code == 400 and "different images" in r.get_json()["error"]
+
+
+def test_a_case_read_mostly_unsure_is_doubtful_until_reviewers_set_the_classes(tmp_path):
+    from flask import Flask
+
+    from hemaseg.web import context
+
+    con = db.connect(tmp_path / "h.sqlite3")
+    con.execute("INSERT INTO cases (name, created_at) VALUES ('c', ?)", (db.now(),))
+    con.execute("INSERT INTO images (case_id, name, path, status, created_at) VALUES (1, 'f', '', 'done', ?)", (db.now(),))
+    m = {"equivalent_diameter_px": 40.0, "counted": "True", "morphology": "schistocyte", "morphology_confidence": 0.4}
+    con.executemany("INSERT INTO cells (image_id, number, class, score, bbox, outline, nucleus, measurements) "
+                    "VALUES (1, ?, 'red_cell', 1, '[0, 0, 1, 1]', '[]', '[]', ?)", [(k, json.dumps(m)) for k in range(40)])
+    app = Flask("t")
+    app.config["DB"] = str(tmp_path / "h.sqlite3")
+    with app.app_context():
+        red, _ = context.red_cells(1)
+        assert (red["morphology_unsure"], red["morphology_doubtful"]) == (1.0, True)
+        for cell_id in range(1, 31):  # reviewers set 30 of the 40 cells' classes: sure now
+            db.set_morphology(con, cell_id, "normal", "Dr Ada", "schistocyte")
+        red, _ = context.red_cells(1)
+        assert (red["morphology_unsure"], red["morphology_doubtful"]) == (0.25, False)
+        assert {m["morphology"]: m["cells"] for m in red["morphology"] if m["cells"]} == {"normal": 30, "schistocyte": 10}

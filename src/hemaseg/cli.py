@@ -498,7 +498,9 @@ def _say_report(d: dict, out: Path) -> None:
     if red:
         graded = [f"{m['morphology']} {m['percent']:.1f}% ({m['grade']})" for m in red["morphology"] or [] if m["grade"] not in ("", "none")]
         typer.echo(f"{red['red_cells']} red cells, {red['platelets']} platelets ({red['platelets_per_1000_red']} per 1000 red cells); "
-                   f"graded: {', '.join(graded) or 'none'}")
+                   f"graded: {', '.join(graded) or 'none'}"
+                   + (f" - DOUBTFUL: the classifier is unsure of {red['morphology_unsure']:.0%} of these red cells "
+                      "(images unlike those it learned from; see the report)" if red.get("morphology_doubtful") else ""))
     typer.echo(f"-> {out / 'differential.html'} (research use only)")
 
 

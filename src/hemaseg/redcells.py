@@ -388,6 +388,12 @@ ICSH_GRADES: dict[str, tuple[float, float, float]] = {
     "schistocyte": (0.05, 1.0, 2.05),
 }
 GRADES = ("none", "1+", "2+", "3+")
+# the bundled classifier is unsure of a cell under its own threshold (models/redcells.pt: 0.66, the lowest
+# calling 95% of its calibration cells right); of a case's red cells, it is unsure of 31% on the held-out
+# fields of the lab it learned from and of over half on other labs' images (PBC 56%, BCCD 72%:
+# docs/benchmarks.md, issue 21), where its classes and grades do not hold
+UNSURE_BELOW = 0.66
+MOSTLY_UNSURE = 0.5  # unsure of more than this share of a case's red cells: its grades are flagged
 
 
 def icsh_grade(morphology: str, percent: float) -> str:
@@ -422,6 +428,18 @@ def morphology_grades(morphologies: Sequence[str]) -> list[dict]:
         percent = round(100 * k / n, 1) if n else 0.0
         out.append({"morphology": c, "cells": k, "percent": percent, "grade": icsh_grade(c, percent) if n else ""})
     return out
+
+
+def unsure_share(confidences: Sequence[float], least: int = 30) -> float | None:
+    """The share of red cells whose morphology ``confidences`` lie under :data:`UNSURE_BELOW`; None under
+    ``least`` cells (too few to say).
+
+    >>> unsure_share([0.4] * 20 + [0.9] * 20), unsure_share([0.9] * 10)
+    (0.5, None)
+    """
+    if len(confidences) < least:
+        return None
+    return round(float(np.mean(np.asarray(confidences, np.float64) < UNSURE_BELOW)), 3)
 
 
 def red_morphology(classifier, rgb: np.ndarray, cells: Cells, names: Sequence[str], pixel_size: float) -> list[dict]:

@@ -16,7 +16,7 @@ from .data.io import DataError, why
 from .data.formats import DatasetSource, SampleRef
 from .evaluation import Evaluation
 from .predict import Method, SegmentConfig
-from .redcells import FRAME_SHARE, is_counted, morphology_grades
+from .redcells import FRAME_SHARE, MOSTLY_UNSURE, is_counted, morphology_grades, unsure_share
 from .viz import histogram_png
 
 COMPARE_COLUMNS = (("method", "method"), ("images", "images"), ("mean_iou", "mean IoU"), ("mean_dice", "Dice"),
@@ -209,7 +209,10 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     cells per 1000 red cells, the red cells' diameters (µm where the scale is known, else px) with their
     mean - the Price-Jones curve's data - and, where the red cells have a ``morphology``, the share and
     ICSH grade of each class (:func:`hemaseg.redcells.morphology_grades`); ``scale_estimated``: their µm
-    come from a field's estimated scale (``um_scale``), not a given pixel size.
+    come from a field's estimated scale (``um_scale``), not a given pixel size; ``morphology_unsure``: the
+    share of red cells the classifier is unsure of (:func:`hemaseg.redcells.unsure_share`; a reviewer's
+    class counts as sure), and ``morphology_doubtful`` when it is unsure of most
+    (:data:`hemaseg.redcells.MOSTLY_UNSURE`: images unlike those it learned from).
 
     >>> s = red_cell_summary([{"n_red_cells": "2", "n_platelets": "1", "n_white_cell": "0"}],
     ...                      [{"equivalent_diameter_um": "7.0"}, {"equivalent_diameter_um": "8.0"}])
@@ -227,10 +230,12 @@ def red_cell_summary(images: list[dict], red: list[dict]) -> dict | None:
     sizes = [float(r[f"equivalent_diameter_{unit}"]) for r in red if r.get(f"equivalent_diameter_{unit}")]
     per = lambda n: round(1000 * n / n_red, 2) if n_red else None  # noqa: E731
     morphology = [r["morphology"] for r in red if r.get("morphology")]
+    unsure = unsure_share([float(r["morphology_confidence"]) for r in red if r.get("morphology_confidence") not in (None, "")])
     return {"red_cells": n_red, "platelets": n_plt, "cut_by_frame": cut, "platelets_per_1000_red": per(n_plt), "white_per_1000_red": per(white),
             "diameters": sizes, "unit": unit, "mean_diameter": round(sum(sizes) / len(sizes), 3) if sizes else None,
             "scale_estimated": unit == "um" and any(r.get("um_scale") == "estimated" for r in red),
-            "morphology": morphology_grades(morphology) if morphology else None}
+            "morphology": morphology_grades(morphology) if morphology else None,
+            "morphology_unsure": unsure, "morphology_doubtful": unsure is not None and unsure > MOSTLY_UNSURE}
 
 
 def _csv_rows(path: Path, needed: tuple[str, ...], remedy: str) -> list[dict]:
@@ -294,6 +299,13 @@ SIZE_CAVEAT = ("Sizes come from each field's scale as read off its own cells: th
                "pixel, entered before its images are added).")
 
 
+def doubtful_morphology(unsure: float) -> str:
+    """What the report says when the red-cell classifier is unsure of most of a case's red cells."""
+    return (f"The red-cell classifier is unsure of {unsure:.0%} of these red cells (31% on images of the lab it learned "
+            "from): these images are unlike its training images, and its classes and grades do not hold for them "
+            "(on healthy donors of another lab it graded schistocytes 3+). Review the cells, or leave the grades out.")
+
+
 def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
     """The report's red cells and platelets (``red``: :func:`red_cell_summary`; ``images``: a row per field
     with its ``image``, ``n_red_cells``, ``n_platelets``, ``platelets_per_1000_red`` and ``smear_hint``):
@@ -305,6 +317,8 @@ def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
             f"{red['mean_diameter']} {unit}."
             + (f" {red['cut_by_frame']} cells cut by the frame with under {FRAME_SHARE:.0%} of a cell in view are not counted."
                if red.get("cut_by_frame") else "") + "</p>")
+    if red.get("morphology_doubtful"):
+        text += f"<p><b>{doubtful_morphology(red['morphology_unsure'])}</b></p>"
     if red.get("scale_estimated"):
         text += f"<p>{SIZE_CAVEAT}</p>"
     curve = _img(histogram_png(red["diameters"], f"red-cell diameter ({unit})", bins=30), "Price-Jones curve") if red["diameters"] else ""

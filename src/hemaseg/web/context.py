@@ -179,8 +179,9 @@ def red_cells(case_id: int) -> tuple[dict | None, list[dict]]:
     # only what the summary reads, taken out in SQL: a case of 100 fields holds some 12,000 red cells, and the
     # case page asks every second while images are segmented
     keys = ("equivalent_diameter_um", "equivalent_diameter_px", "um_scale")
-    red = [{k: v for k, v in zip((*keys, "morphology"), r) if v is not None} for r in con().execute(
-        "SELECT " + ", ".join(f"json_extract(c.measurements, '$.{k}')" for k in keys) + f", {MORPHOLOGY} "
+    sure = "CASE WHEN c.morphology IS NULL THEN json_extract(c.measurements, '$.morphology_confidence') ELSE 1.0 END"  # a reviewer's: sure
+    red = [{k: v for k, v in zip((*keys, "morphology", "morphology_confidence"), r) if v is not None} for r in con().execute(
+        "SELECT " + ", ".join(f"json_extract(c.measurements, '$.{k}')" for k in keys) + f", {MORPHOLOGY}, {sure} "
         f"FROM cells c JOIN images i ON i.id = c.image_id WHERE i.case_id = ? AND c.class = ? AND {RED_COUNTED} ORDER BY c.id",
         (case_id, RED_CELL))]
     return red_cell_summary(images, red), images

@@ -80,7 +80,9 @@ const hemaseg = (() => {
     $("#red-counts").textContent = `${red.red_cells} red cells, ${red.platelets} platelets: ${red.platelets_per_1000_red} platelets `
       + `and ${red.white_per_1000_red} white cells per 1000 red cells; mean diameter ${red.mean_diameter} ${unit}`
       + (red.scale_estimated ? " (sizes from each field's estimated scale: a field of all small or all large cells reads as"
-        + " normal-sized; enter the µm per pixel before adding images)" : "");
+        + " normal-sized; enter the µm per pixel before adding images)" : "")
+      + (red.morphology_doubtful ? `. DOUBTFUL: the classifier is unsure of ${Math.round(100 * red.morphology_unsure)}% of these`
+        + " red cells (31% on the lab it learned from): review them before any grade is reported" : "");
     $("#morphology tbody").replaceChildren(...(red.morphology || []).filter((m) => m.cells).map((m) =>
       el("tr", { "data-morphology": m.morphology, class: onPick ? "pick" : "", title: onPick ? "show these red cells" : "",
         onclick: () => onPick && onPick(m.morphology) },
