@@ -62,7 +62,7 @@ from hemaseg.model import default_model  # noqa: E402
 from hemaseg.cells import Cells  # noqa: E402
 from hemaseg.predict import ModelMethod, SegmentConfig, segment_image  # noqa: E402
 from hemaseg.redcells import (GRADES, ICSH_GRADES, MORPHOLOGY_CLASSES, PLATELET, RED_CELL, counted_cells, cut_by_frame,  # noqa: E402
-                              find_smear_cells, morphology_grades, red_morphology, unsure_share)
+                              find_smear_cells, morphology_grades, red_morphology, under_white_cells, unsure_share)
 from hemaseg.segment import Job, typing_pixel_size, with_smear_cells  # noqa: E402
 from hemaseg.scale import RED_CELL_UM  # noqa: E402
 
@@ -87,6 +87,9 @@ class Field:
     seconds_red: float  # the red-cell and platelet step
     seconds_morphology: float
     red_px: float  # the red-cell diameter (px) it worked at
+    counted: np.ndarray  # per red cell: in segment's count (counted_cells of all the field's cells, white ones too)
+    cut: np.ndarray  # per red cell: cut by the frame or partly under a white cell (counted only with most of it in view)
+    under: np.ndarray  # per red cell: next to a white cell (hemaseg.redcells.under_white_cells)
 
 
 def smear_cells(job: Job, path: Path) -> Field:
@@ -103,9 +106,11 @@ def smear_cells(job: Job, path: Path) -> Field:
     calls = red_morphology(job.morphology, image_to_rgb8(raw), cells, names, px)
     t3 = time.perf_counter()
     is_red = np.array([n == RED_CELL for n in names], bool)
+    counted, under = counted_cells(cells, names), under_white_cells(cells, names)
+    cut = cut_by_frame(cells) | under
     return Field(cells.select(is_red), cells.select(np.array([n == PLATELET for n in names], bool)),
                  [c["morphology"] for c, r in zip(calls, is_red) if r], [c["morphology_confidence"] for c, r in zip(calls, is_red) if r],
-                 t3 - t0, t2 - t1, t3 - t2, RED_CELL_UM / px)
+                 t3 - t0, t2 - t1, t3 - t2, RED_CELL_UM / px, counted[is_red], cut[is_red], under[is_red])
 
 
 def morphology_scores(truth: list[str], said: list[str]) -> dict:
@@ -194,7 +199,7 @@ def chula(job: Job, limit: int | None) -> dict:
             m = f.red_px  # inner frame: one red cell in from each edge, where no convention for cut cells matters
             inside = lambda y, x: (y >= m) & (y < h - m) & (x >= m) & (x < w - m)  # noqa: E731
             centres = np.array([(b[1] + np.nonzero(k)[0].mean(), b[0] + np.nonzero(k)[1].mean()) for b, k in zip(red.boxes, red.masks)]).reshape(-1, 2)
-            cut, counted = cut_by_frame(red), counted_cells(red, [RED_CELL] * len(red))
+            cut, counted = f.cut, f.counted
             per = truths_per_cell(red, pts[:, 1], pts[:, 0])
             counts.append({"field": path.stem, "points": len(pts), "found": len(red), "found_whole": int((~cut).sum()),
                            "counted": int(counted.sum()),
@@ -228,15 +233,25 @@ class Calls:
     def __init__(self):
         self.calls: list[str] = []
         self.confidence: list[float] = []
+        self.per_field: list[float] = []  # the share unsure of, per field with at least 5 counted red cells
+        self.next_to_white: list[tuple[bool, str]] = []  # every counted red cell: next to a white cell?, its call
 
     def add(self, f: Field) -> None:
-        keep = counted_cells(f.red, [RED_CELL] * len(f.red))
+        keep = f.counted
         self.calls += [m for m, k in zip(f.morphology, keep) if k]
-        self.confidence += [c for c, k in zip(f.confidence, keep) if k]
+        conf = [c for c, k in zip(f.confidence, keep) if k]
+        self.next_to_white += [(bool(u), m) for u, m, k in zip(f.under, f.morphology, keep) if k]
+        self.confidence += conf
+        if len(conf) >= 5:
+            self.per_field.append(unsure_share(conf, least=5))
 
     def summary(self) -> dict:
         grades = morphology_grades(self.calls)
-        return {"cells": len(self.calls), "unsure_share": unsure_share(self.confidence),
+        q = np.percentile(self.per_field, [50, 95, 100]).round(2).tolist() if self.per_field else None
+        schisto = {side: [m == "schistocyte" for u, m in self.next_to_white if u == (side == "next_to_white")]
+                   for side in ("next_to_white", "elsewhere")}
+        return {"cells": len(self.calls), "unsure_share": unsure_share(self.confidence), "unsure_per_field_median_95th_max": q,
+                "schistocyte_share": {k: [len(v), round(float(np.mean(v)), 3) if v else None] for k, v in schisto.items()},
                 "percent": {r["morphology"]: r["percent"] for r in grades},
                 "graded": {r["morphology"]: r["grade"] for r in grades if r["grade"] not in ("", "none")}}
 
@@ -273,7 +288,7 @@ def pbc(job: Job, limit: int | None) -> dict:
         if not len(truth):
             continue
         hit += len(matched_ious(box_iou(truth, red.boxes.astype(np.float64)), 0.3)) if len(red) else 0
-        rows.append({"boxes": len(truth), "found": len(red), "counted": int(counted_cells(red, [RED_CELL] * len(red)).sum())})
+        rows.append({"boxes": len(truth), "found": len(red), "counted": int(f.counted.sum())})
     err = lambda k: float(np.mean([abs(r[k] - r["boxes"]) / r["boxes"] for r in rows])) if rows else None  # noqa: E731
     bias = lambda k: float(np.mean([(r[k] - r["boxes"]) / r["boxes"] for r in rows])) if rows else None  # noqa: E731
     total = sum(r["boxes"] for r in rows)

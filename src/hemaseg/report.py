@@ -315,7 +315,8 @@ def red_section(red: dict, images: list[dict]) -> tuple[str, str]:
     text = (f"<p>{red['red_cells']} red cells and {red['platelets']} platelets: {red['platelets_per_1000_red']} platelets "
             f"and {red['white_per_1000_red']} white cells per 1000 red cells. Mean red-cell diameter "
             f"{red['mean_diameter']} {unit}."
-            + (f" {red['cut_by_frame']} cells cut by the frame with under {FRAME_SHARE:.0%} of a cell in view are not counted."
+            + (f" {red['cut_by_frame']} cells cut by the frame or partly under a white cell, with under {FRAME_SHARE:.0%} of a cell in view,"
+               " are not counted."
                if red.get("cut_by_frame") else "") + "</p>")
     if red.get("morphology_doubtful"):
         text += f"<p><b>{doubtful_morphology(red['morphology_unsure'])}</b></p>"

@@ -206,7 +206,7 @@ class Job:
     def count_column(self, cls: str) -> str:
         """summary.csv's column of the cells of class ``cls``: ``n_CLASS``; for the red cells and platelets
         the job adds, ``n_red_cells`` and ``n_platelets`` (``n_platelet`` counts the cells typed platelet).
-        Red cells and platelets cut by the frame that :func:`hemaseg.redcells.counted_cells` leaves out are
+        Red cells and platelets cut by the frame or a white cell that :func:`hemaseg.redcells.counted_cells` leaves out are
         not in them (``n_cut_by_frame``)."""
         if cls in SMEAR_CLASSES and cls not in self.method.classes:
             return f"n_{cls}s"
@@ -242,7 +242,7 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     if cfg.smear_cells:
         for row, extra, c in zip(rows, red_cell_measures(rgb, cells, names), counted.tolist()):
             row.update(extra)
-            row["counted"] = c  # False: a red cell or platelet cut by the frame, left out of the counts
+            row["counted"] = c  # False: a red cell or platelet cut by the frame or a white cell, left out of the counts
     if job.morphology is not None:
         for row, extra in zip(rows, red_morphology(job.morphology, rgb, cells, names, typing_pixel_size(job.method, scale, cfg))):
             row.update(extra)
@@ -254,7 +254,7 @@ def write_image_results(job: Job, path: Path, name: str, image_id: int, raw, cel
     write_text(out / f"{name}_cells.csv", csv_text(rows, cell_columns))
     _write_exports(out, name, cfg.exports, cells, names, rows, lab)
     row = {"image": str(path), "name": name, "status": "ok", "error": "", "cells": len(rows), **scale_columns(scale)}
-    in_count = [n for n, c in zip(names, counted.tolist()) if c]  # cells cut by the frame: counted_cells
+    in_count = [n for n, c in zip(names, counted.tolist()) if c]  # cells cut by the frame or a white cell: counted_cells
     for c in classes:
         row[job.count_column(c)] = in_count.count(c)
     for t in job.types:

@@ -151,7 +151,7 @@ def differential(case_id: int) -> dict:
             "target": {"count": target, "done": lab["white_cells"]}}
 
 
-# red cells and platelets cut by the frame that segment leaves out of the counts (hemaseg.redcells.counted_cells)
+# red cells and platelets cut by the frame or a white cell that segment leaves out of the counts (hemaseg.redcells.counted_cells)
 COUNTED = "COALESCE(json_extract(c.measurements, '$.counted'), 'True') != 'False'"
 # a red cell's or platelet's count: counted by segment's convention and not excluded by a reviewer (white
 # cells' exclusions concern the differential only)
