@@ -13,7 +13,9 @@ learns, field-wise 5-fold cross-validated, the chance that the experts left the 
 per model and threshold, the pointed and unpointed cells taken out and the mean count error (and bias)
 of ``segment``'s count (:func:`hemaseg.redcells.counted_cells`) per field, beside the count as it is and
 the count with the best constant correction (the error left once the bias is gone: the fields' own
-scatter).
+scatter). Before that: per field, the share of the counted cut cells the annotators pointed at and the
+whole found cells without a point, and how many whole cells with and without a point the bundled
+classifier calls schistocytes.
 
 Chula RBC-12 (Naruenatthanaset et al. 2021, MIT).
 """
@@ -40,10 +42,11 @@ from hemaseg.scale import RED_CELL_UM  # noqa: E402
 FOLDS = 5
 
 
-def describe(rgb: np.ndarray, red, red_px: float, clf) -> tuple[np.ndarray, np.ndarray]:
-    """``(shape_stain, features)`` per found red cell: ``N x 6`` (area and mean density against the field's
-    median whole cell, darkest density against that median, mean purple, solidity, elongation) and
-    ``N x 1280`` (the morphology classifier's features of the cell's crop, one view)."""
+def describe(rgb: np.ndarray, red, red_px: float, clf) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(shape_stain, features, calls)`` per found red cell: ``N x 6`` (area and mean density against the
+    field's median whole cell, darkest density against that median, mean purple, solidity, elongation),
+    ``N x 1280`` (the morphology classifier's features of the cell's crop, one view) and its class, as
+    ``segment`` calls it."""
     lab = red.label_image()
     density, purple = stain_maps(rgb)
     props = regionprops(lab, intensity_image=np.dstack([density, purple]))
@@ -56,7 +59,7 @@ def describe(rgb: np.ndarray, red, red_px: float, clf) -> tuple[np.ndarray, np.n
     crops = context_crops(rgb, [q.centroid for q in props], RED_CELL_UM / red_px, clf.cfg)
     with torch.no_grad():
         feats = clf.net.body.features(prepare(torch.as_tensor(crops), clf.cfg)).numpy()
-    return shape, feats
+    return shape, feats, [c.top for c in clf.calls(clf.probabilities(crops))]
 
 
 def main() -> None:
@@ -67,14 +70,23 @@ def main() -> None:
         red = red_cells(rgb, white, red_px)
         if not pointed_throughout(red, pts):
             continue
-        shape, feats = describe(rgb, red, red_px, clf)
+        shape, feats, calls = describe(rgb, red, red_px, clf)
         fields.append({"per": truths_per_cell(red, pts[:, 1], pts[:, 0]), "cut": cut_by_frame(red), "points": len(pts),
-                       "counted": counted_cells(red, [RED_CELL] * len(red)), "shape": shape, "both": np.hstack([shape, feats])})
+                       "counted": counted_cells(red, [RED_CELL] * len(red)), "shape": shape, "both": np.hstack([shape, feats]),
+                       "calls": np.array(calls)})
     fold = np.random.default_rng(0).permutation(len(fields)) % FOLDS
     base = np.array([(f["counted"].sum() - f["points"]) / f["points"] for f in fields])
     whole = sum(int((~f["cut"]).sum()) for f in fields)
     unpointed = sum(int(((f["per"] == 0) & ~f["cut"]).sum()) for f in fields)
     print(f"{len(fields)} training fields pointed throughout; {whole} whole found cells, {unpointed} without a point")
+    pointed_cut = [(f["per"][f["counted"] & f["cut"]] > 0).mean() for f in fields if (f["counted"] & f["cut"]).any()]
+    print("share of the counted cut cells the annotators pointed at, per field: least / median / most",
+          " / ".join(f"{v:.2f}" for v in np.percentile(pointed_cut, [0, 50, 100])))
+    unpointed_per_field = [int(((f["per"] == 0) & ~f["cut"]).sum()) for f in fields]
+    print("whole found cells without a point, per field: median / most", int(np.median(unpointed_per_field)), "/", max(unpointed_per_field))
+    schisto = [sum(int(((f["calls"] == "schistocyte") & ~f["cut"] & sel(f)).sum()) for f in fields)
+               for sel in (lambda f: f["per"] > 0, lambda f: f["per"] == 0)]
+    print(f"whole cells called schistocyte: {schisto[0]} holding a point, {schisto[1]} without one")
     print(f"as it is: mean count error {np.abs(base).mean():.4f} (bias {base.mean():+.4f}); "
           f"with the best constant correction: {np.abs(base - np.median(base)).mean():.4f}")
     print("model | C | threshold | pointed taken out | unpointed taken out | mean count error | bias")
