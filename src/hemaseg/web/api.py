@@ -465,7 +465,7 @@ def export_coco(case_id: int):
     images, anns, cats = [], [], {}
     for img in con().execute("SELECT * FROM images WHERE case_id = ? AND status = 'done' ORDER BY id", (case_id,)):
         images.append({"id": img["id"], "file_name": img["name"], "width": img["width"], "height": img["height"]})
-        for c in con().execute("SELECT * FROM cells WHERE image_id = ? ORDER BY number", (img["id"],)):
+        for c in con().execute(f"SELECT c.*, {MORPHOLOGY} shown FROM cells c WHERE c.image_id = ? ORDER BY c.number", (img["id"],)):
             cat = cats.setdefault(c["class"], len(cats) + 1)
             x0, y0, x1, y1 = json.loads(c["bbox"])
             outline = json.loads(c["outline"])
@@ -474,8 +474,7 @@ def export_coco(case_id: int):
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": json.loads(c["measurements"]).get("area_px"),
                          "score": c["score"], "iscrowd": 0, "cell_id": c["number"],
                          "attributes": {"type": c["type"], "predicted_type": c["predicted_type"], "excluded": c["excluded"],
-                                        **({"morphology": c["morphology"] or json.loads(c["measurements"]).get("morphology")}
-                                           if c["class"] == RED_CELL else {})}})
+                                        **({"morphology": c["shown"]} if c["class"] == RED_CELL else {})}})
     coco = {"info": {"description": f"hemaseg review station, case {case_id}"}, "images": images, "annotations": anns,
             "categories": [{"id": i, "name": n} for n, i in cats.items()]}
     return jsonify(coco), 200, {"Content-Disposition": f'attachment; filename="case{case_id}_coco.json"'}
